@@ -1,0 +1,255 @@
+//! Drivers: submit operations, request their cancellation, reap completions.
+//!
+//! Every backend implements [`Driver`]. The layers above see only this
+//! interface, so `uring`, `poll` and `sim` give the same completion semantics:
+//!
+//! - **O1** every [`Driver::submit`] yields exactly one [`Completion`], which
+//!   hands back the [`Op`] with its buffers;
+//! - **O2** [`Driver::cancel`] is a request: if the operation completed anyway,
+//!   its completion carries the real result (bytes included). Only an operation
+//!   that truly did not happen completes with `ECANCELED`;
+//! - **O3** the driver owns each op (and its buffers) from `submit` until its
+//!   completion is returned from [`Driver::wait`]; nothing the layers above do
+//!   can free memory the kernel may still write.
+//!
+//! All `unsafe` code that touches the kernel lives under this module.
+
+pub mod poll;
+pub mod sim;
+mod slots;
+mod socket;
+pub mod uring;
+
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::address::Address;
+
+pub(crate) use slots::Slots;
+
+/// Which backend a loop runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DriverKind {
+    /// Linux io_uring (the default when the kernel allows it).
+    Uring,
+    /// Readiness (epoll via mio) emulating completions with non-blocking syscalls.
+    Poll,
+    /// Deterministic in-memory simulation with a virtual clock, driven by a seed.
+    Sim,
+}
+
+impl DriverKind {
+    /// Lower-case name, as accepted by `PROACTOR_DRIVER` and `--driver`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Uring => "uring",
+            DriverKind::Poll => "poll",
+            DriverKind::Sim => "sim",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DriverKind {
+    type Err = io::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uring" | "io_uring" | "io-uring" => Ok(DriverKind::Uring),
+            "poll" | "epoll" => Ok(DriverKind::Poll),
+            "sim" => Ok(DriverKind::Sim),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown driver {other:?} (expected uring, poll or sim)"),
+            )),
+        }
+    }
+}
+
+/// A socket owned by a driver. For kernel drivers it is the file descriptor;
+/// for `sim` it is an index into the simulated network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub(crate) i32);
+
+/// Generation-tagged key of a submitted operation: a stale key (its op already
+/// completed, its slot maybe reused) never reaches another operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpKey {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// An operation, owning everything the kernel may touch while it is in flight.
+#[derive(Debug)]
+pub enum Op {
+    /// Accept one connection. On success `accepted` holds the new socket and the peer.
+    Accept {
+        listener: SocketId,
+        accepted: Option<(SocketId, Address)>,
+    },
+    /// Connect `socket` (from [`Driver::open_stream`]) to `addr`.
+    Connect { socket: SocketId, addr: Address },
+    /// Receive into the spare capacity of `buf` (its length is kept; on success
+    /// the driver extends the length by the number of bytes received, and the
+    /// result is that number; 0 means EOF). The capacity must be > length.
+    Recv { socket: SocketId, buf: Vec<u8> },
+    /// Send from `bufs`, in order, as one (vectored) syscall; `offset` bytes of
+    /// `bufs[0]` were already sent and are skipped. The result is how many bytes
+    /// went out (possibly fewer than offered).
+    Send {
+        socket: SocketId,
+        bufs: Vec<Bytes>,
+        offset: usize,
+    },
+    /// `shutdown(2)` the socket.
+    Shutdown { socket: SocketId, how: Shutdown },
+}
+
+impl Op {
+    /// Bytes this op offers to send, after `offset` (0 for non-send ops).
+    pub fn send_len(&self) -> usize {
+        match self {
+            Op::Send { bufs, offset, .. } => bufs.iter().map(|b| b.len()).sum::<usize>() - offset,
+            _ => 0,
+        }
+    }
+
+    /// Short name for traces and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Accept { .. } => "accept",
+            Op::Connect { .. } => "connect",
+            Op::Recv { .. } => "recv",
+            Op::Send { .. } => "send",
+            Op::Shutdown { .. } => "shutdown",
+        }
+    }
+}
+
+/// The one result of one submitted operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The `user` value given to [`Driver::submit`].
+    pub user: usize,
+    /// The key [`Driver::submit`] returned.
+    pub key: OpKey,
+    /// The operation, handed back with its buffers (and outputs, for accept/recv).
+    pub op: Op,
+    /// Bytes transferred, or 0 for ops that move none; `ECANCELED` only when a
+    /// cancel truly prevented the operation.
+    pub result: io::Result<usize>,
+}
+
+/// Socket options the layers above may set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockOpt {
+    /// `TCP_NODELAY` (ignored for Unix sockets).
+    NoDelay(bool),
+    /// `SO_SNDBUF`.
+    SendBuffer(usize),
+    /// `SO_RCVBUF`.
+    RecvBuffer(usize),
+}
+
+/// Wakes a loop blocked in [`Driver::wait`] from any thread.
+pub trait RemoteWaker: Send + Sync + fmt::Debug {
+    /// Makes the current or next `wait` return promptly.
+    fn wake(&self);
+}
+
+/// Counters every driver keeps; the simulator's sweep and the benchmarks report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Operations submitted.
+    pub submitted: u64,
+    /// Completions returned (equals `submitted` once nothing is in flight: O1).
+    pub completed: u64,
+    /// Cancellation requests made.
+    pub cancel_requests: u64,
+    /// Cancels that found their op already complete, whose completion then
+    /// carried a real result (the bpo-33694 race).
+    pub cancel_races: u64,
+    /// Cancels that truly cancelled (completion with `ECANCELED`).
+    pub cancelled: u64,
+    /// Receives that returned fewer bytes than the buffer could hold.
+    pub short_reads: u64,
+    /// Sends that sent fewer bytes than offered.
+    pub short_writes: u64,
+    /// Calls to the kernel's wait (`io_uring_enter`, `epoll_wait`) or sim steps.
+    pub waits: u64,
+}
+
+/// The backend interface. Single-threaded: a driver belongs to one loop.
+pub trait Driver: fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> DriverKind;
+
+    /// The loop's clock (virtual for `sim`). Monotonic.
+    fn now(&self) -> Instant;
+
+    /// Queues `op`; it reaches the kernel at the next [`Driver::wait`] (one
+    /// batch per loop turn). `user` comes back in the completion.
+    fn submit(&mut self, op: Op, user: usize) -> OpKey;
+
+    /// Requests cancellation of a submitted op. Never completes it here: its
+    /// one completion still arrives from `wait`, with the real result if the
+    /// op finished first (O2). A stale key is ignored.
+    fn cancel(&mut self, key: OpKey);
+
+    /// Submits everything queued, then waits until at least one completion is
+    /// available, a remote wake arrives, or `timeout` passes (`None`: no limit,
+    /// `Some(ZERO)`: do not block). Appends completions to `out`.
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+
+    /// A thread-safe handle that interrupts `wait`.
+    fn remote_waker(&self) -> Arc<dyn RemoteWaker>;
+
+    /// Operations submitted whose completion has not been returned yet.
+    fn in_flight(&self) -> usize;
+
+    /// Counters since the driver was created.
+    fn stats(&self) -> DriverStats;
+
+    /// A readable trace of recent scheduling decisions (`sim` only).
+    fn trace(&self) -> Option<String> {
+        None
+    }
+
+    /// Creates a listening stream socket bound to `addr` (port 0 picks one).
+    fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId>;
+
+    /// Creates an unconnected stream socket suitable for connecting to `addr`.
+    fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId>;
+
+    /// Closes a socket. The caller guarantees no op on it is in flight.
+    fn close(&mut self, socket: SocketId);
+
+    /// The socket's own address.
+    fn local_addr(&self, socket: SocketId) -> io::Result<Address>;
+
+    /// The connected peer's address.
+    fn peer_addr(&self, socket: SocketId) -> io::Result<Address>;
+
+    /// Sets a socket option.
+    fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()>;
+}
+
+/// The error a truly cancelled operation completes with.
+pub fn cancelled_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::ECANCELED)
+}
+
+/// Whether `err` is the completion of a truly cancelled operation.
+pub fn is_cancelled(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ECANCELED)
+}

@@ -1,0 +1,18 @@
+//! proactor: a completion-based event loop with asyncio-style transports and
+//! protocols, STARTTLS, and flow control that never loses a byte.
+//!
+//! See `DESIGN.md`'s contract (O1…L4); every guarantee is tested on the
+//! `uring`, `poll` and `sim` drivers.
+#![warn(missing_docs)]
+
+#[cfg(all(
+    not(debug_assertions),
+    any(feature = "broken-pause-cancels", feature = "broken-early-delivery")
+))]
+compile_error!("the broken-* features exist only to prove the tests can fail; never build them in release");
+
+pub mod address;
+pub mod driver;
+
+pub use address::Address;
+pub use driver::{DriverKind, DriverStats};
