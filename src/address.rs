@@ -68,11 +68,14 @@ impl FromStr for Address {
             return Ok(Address::Inet(a));
         }
         use std::net::ToSocketAddrs;
-        s.to_socket_addrs()?.next().map(Address::Inet).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("cannot resolve address {s:?}"),
-            )
-        })
+        s.to_socket_addrs()?
+            .next()
+            .map(Address::Inet)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("cannot resolve address {s:?}"),
+                )
+            })
     }
 }

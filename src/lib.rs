@@ -9,10 +9,21 @@
     not(debug_assertions),
     any(feature = "broken-pause-cancels", feature = "broken-early-delivery")
 ))]
-compile_error!("the broken-* features exist only to prove the tests can fail; never build them in release");
+compile_error!(
+    "the broken-* features exist only to prove the tests can fail; never build them in release"
+);
 
 pub mod address;
 pub mod driver;
 
 pub use address::Address;
 pub use driver::{DriverKind, DriverStats};
+pub mod event_loop;
+pub use event_loop::{Builder, EventLoop, Handle, JoinHandle, RemoteHandle, RunError, TimerHandle};
+pub mod protocol;
+pub mod transport;
+pub use protocol::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol};
+pub use transport::Ledger;
+pub use transport::{TlsInfo, Transport};
+pub mod net;
+pub use net::{ConnectOptions, Server, ServerOptions};

@@ -17,7 +17,7 @@
 pub mod poll;
 pub mod sim;
 mod slots;
-mod socket;
+pub(crate) mod socket;
 pub mod uring;
 
 use std::fmt;

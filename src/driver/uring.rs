@@ -6,3 +6,53 @@ use super::*;
 /// The `uring` driver.
 #[derive(Debug)]
 pub struct UringDriver;
+impl UringDriver {
+    /// Placeholder.
+    pub fn new(entries: u32) -> io::Result<UringDriver> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+impl Driver for UringDriver {
+    fn kind(&self) -> DriverKind {
+        unimplemented!()
+    }
+    fn now(&self) -> Instant {
+        unimplemented!()
+    }
+    fn submit(&mut self, op: Op, user: usize) -> OpKey {
+        unimplemented!()
+    }
+    fn cancel(&mut self, key: OpKey) {
+        unimplemented!()
+    }
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        unimplemented!()
+    }
+    fn remote_waker(&self) -> Arc<dyn RemoteWaker> {
+        unimplemented!()
+    }
+    fn in_flight(&self) -> usize {
+        unimplemented!()
+    }
+    fn stats(&self) -> DriverStats {
+        unimplemented!()
+    }
+    fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
+        unimplemented!()
+    }
+    fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
+        unimplemented!()
+    }
+    fn close(&mut self, socket: SocketId) {
+        unimplemented!()
+    }
+    fn local_addr(&self, socket: SocketId) -> io::Result<Address> {
+        unimplemented!()
+    }
+    fn peer_addr(&self, socket: SocketId) -> io::Result<Address> {
+        unimplemented!()
+    }
+    fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
+        unimplemented!()
+    }
+}

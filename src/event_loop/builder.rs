@@ -1,0 +1,98 @@
+//! Choosing and configuring the driver of a new loop.
+
+use std::io;
+
+use super::EventLoop;
+use crate::driver::poll::PollDriver;
+use crate::driver::sim::{SimConfig, SimDriver};
+use crate::driver::uring::UringDriver;
+use crate::driver::{Driver, DriverKind};
+
+/// Entries in the io_uring submission queue.
+const DEFAULT_URING_ENTRIES: u32 = 1024;
+
+/// Builds an [`EventLoop`].
+///
+/// The driver is, in order of precedence: [`Builder::driver`], the
+/// `PROACTOR_DRIVER` environment variable (`uring`, `poll`, `sim`), or
+/// `uring` with a logged fallback to `poll` when the kernel refuses io_uring.
+/// An explicit choice never falls back: it fails with the kernel's error.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    driver: Option<DriverKind>,
+    sim: Option<SimConfig>,
+    uring_entries: Option<u32>,
+}
+
+impl Builder {
+    /// Selects the driver explicitly.
+    pub fn driver(mut self, kind: DriverKind) -> Self {
+        self.driver = Some(kind);
+        self
+    }
+
+    /// Configures the `sim` driver (and selects it unless a driver was chosen).
+    pub fn sim_config(mut self, config: SimConfig) -> Self {
+        self.sim = Some(config);
+        self
+    }
+
+    /// Shorthand for a default [`SimConfig`] with this seed.
+    pub fn sim_seed(self, seed: u64) -> Self {
+        self.sim_config(SimConfig {
+            seed,
+            ..SimConfig::default()
+        })
+    }
+
+    /// Sets the io_uring submission queue size.
+    pub fn uring_entries(mut self, entries: u32) -> Self {
+        self.uring_entries = Some(entries);
+        self
+    }
+
+    /// The driver this builder would pick, before any fallback.
+    pub fn requested_driver(&self) -> io::Result<Option<DriverKind>> {
+        if let Some(k) = self.driver {
+            return Ok(Some(k));
+        }
+        if self.sim.is_some() {
+            return Ok(Some(DriverKind::Sim));
+        }
+        match std::env::var("PROACTOR_DRIVER") {
+            Ok(v) if !v.trim().is_empty() => v.parse().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates the loop.
+    pub fn build(self) -> io::Result<EventLoop> {
+        let requested = self.requested_driver()?;
+        let entries = self.uring_entries.unwrap_or(DEFAULT_URING_ENTRIES);
+        let driver: Box<dyn Driver> = match requested {
+            Some(DriverKind::Uring) => Box::new(UringDriver::new(entries)?),
+            Some(DriverKind::Poll) => Box::new(PollDriver::new()?),
+            Some(DriverKind::Sim) => Box::new(SimDriver::new(self.sim_settings())),
+            None => match UringDriver::new(entries) {
+                Ok(d) => Box::new(d),
+                Err(e) => {
+                    tracing::warn!("io_uring unavailable ({e}); falling back to the poll driver");
+                    Box::new(PollDriver::new()?)
+                }
+            },
+        };
+        Ok(EventLoop::from_driver(driver))
+    }
+
+    /// The sim settings: the given config, with `PROACTOR_SIM_SEED` overriding the seed.
+    fn sim_settings(&self) -> SimConfig {
+        let mut config = self.sim.clone().unwrap_or_default();
+        if let Some(seed) = std::env::var("PROACTOR_SIM_SEED")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            config.seed = seed;
+        }
+        config
+    }
+}

@@ -1,0 +1,114 @@
+//! Outgoing connections.
+
+use std::future::Future;
+use std::io;
+
+use futures_channel::oneshot;
+
+use crate::address::Address;
+use crate::driver::{Op, SockOpt};
+use crate::event_loop::Handle;
+use crate::protocol::AnyProtocol;
+use crate::transport::{StreamTransport, Transport};
+
+/// Socket settings for [`Handle::create_connection_with`].
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// `TCP_NODELAY` (default on, as asyncio does).
+    pub nodelay: bool,
+    /// `SO_SNDBUF`, if set.
+    pub send_buffer: Option<usize>,
+    /// `SO_RCVBUF`, if set.
+    pub recv_buffer: Option<usize>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            nodelay: true,
+            send_buffer: None,
+            recv_buffer: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    pub(crate) fn apply(&self, h: &Handle, socket: crate::driver::SocketId) -> io::Result<()> {
+        h.with_driver(|d| {
+            d.set_option(socket, SockOpt::NoDelay(self.nodelay))?;
+            if let Some(n) = self.send_buffer {
+                d.set_option(socket, SockOpt::SendBuffer(n))?;
+            }
+            if let Some(n) = self.recv_buffer {
+                d.set_option(socket, SockOpt::RecvBuffer(n))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Handle {
+    /// Connects to `addr` and starts `protocol` on the new transport.
+    /// Resolves once connected; `connection_made` is delivered on the next step.
+    pub fn create_connection(
+        &self,
+        addr: impl Into<Address>,
+        protocol: impl Into<AnyProtocol>,
+    ) -> impl Future<Output = io::Result<Transport>> {
+        self.create_connection_with(addr.into(), protocol.into(), ConnectOptions::default())
+    }
+
+    /// [`Handle::create_connection`] with socket options.
+    pub fn create_connection_with(
+        &self,
+        addr: Address,
+        protocol: AnyProtocol,
+        options: ConnectOptions,
+    ) -> impl Future<Output = io::Result<Transport>> {
+        let started = self.connect_socket(addr.clone(), options);
+        let h = self.clone();
+        async move {
+            let socket = started?
+                .await
+                .map_err(|_| io::Error::other("event loop closed"))??;
+            let _ = &addr;
+            Ok(StreamTransport::start(&h, socket, protocol))
+        }
+    }
+
+    /// Opens a socket and submits the connect; the receiver yields the
+    /// connected socket or the error (the socket is closed on error).
+    pub(crate) fn connect_socket(
+        &self,
+        addr: Address,
+        options: ConnectOptions,
+    ) -> io::Result<oneshot::Receiver<io::Result<crate::driver::SocketId>>> {
+        let socket = self.with_driver(|d| d.open_stream(&addr))?;
+        if let Err(e) = options.apply(self, socket) {
+            self.with_driver(|d| d.close(socket));
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        let h = self.clone();
+        self.submit(
+            Op::Connect {
+                socket,
+                addr: addr.clone(),
+            },
+            Box::new(move |c| {
+                let result = match c.result {
+                    Ok(_) => Ok(socket),
+                    Err(e) => {
+                        h.with_driver(|d| d.close(socket));
+                        Err(io::Error::new(e.kind(), format!("connect to {addr}: {e}")))
+                    }
+                };
+                if let Err(Ok(socket)) = tx.send(result) {
+                    // Nobody waits any more: do not leak the socket.
+                    h.with_driver(|d| d.close(socket));
+                }
+            }),
+        );
+        Ok(rx)
+    }
+}

@@ -1,0 +1,348 @@
+//! Listening servers: accept loop with back-off (L3) and connection tracking.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::address::Address;
+use crate::driver::socket::is_transient_accept_error;
+use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
+use crate::event_loop::{Handle, TimerHandle, WeakHandle};
+use crate::net::ConnectOptions;
+use crate::protocol::AnyProtocol;
+use crate::transport::{StreamTransport, Transport};
+
+/// First pause after an accept error; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Settings for [`Handle::create_server_with`].
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `listen(2)` backlog.
+    pub backlog: u32,
+    /// Options applied to each accepted socket.
+    pub socket: ConnectOptions,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            backlog: 1024,
+            socket: ConnectOptions::default(),
+        }
+    }
+}
+
+/// Builds the transport for an accepted socket (plain by default; the TLS
+/// layer supplies one that wraps the protocol).
+pub(crate) type Starter = Rc<dyn Fn(&Handle, SocketId, AnyProtocol) -> Transport>;
+
+/// A listening server. Dropping the handle does not stop it; call
+/// [`Server::close`].
+#[derive(Clone)]
+pub struct Server {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    lp: WeakHandle,
+    listener: SocketId,
+    addr: Address,
+    factory: Box<dyn Fn() -> AnyProtocol>,
+    starter: Starter,
+    options: ServerOptions,
+    st: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    accept: Option<OpKey>,
+    backoff: Option<TimerHandle>,
+    next_backoff: Duration,
+    closed: bool,
+    listener_closed: bool,
+    connections: Vec<Transport>,
+    accepted: u64,
+    accept_errors: u64,
+    waiters: Vec<Waker>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.st.borrow();
+        f.debug_struct("Server")
+            .field("addr", &self.inner.addr)
+            .field("closed", &st.closed)
+            .field("connections", &st.connections.len())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// Listens on `addr` and runs a protocol from `factory` on every accepted
+    /// connection. Port 0 picks a free port: see [`Server::local_addr`].
+    pub fn create_server<P, F>(&self, addr: impl Into<Address>, factory: F) -> io::Result<Server>
+    where
+        P: Into<AnyProtocol>,
+        F: Fn() -> P + 'static,
+    {
+        self.create_server_with(
+            addr.into(),
+            move || factory().into(),
+            ServerOptions::default(),
+        )
+    }
+
+    /// [`Handle::create_server`] with options.
+    pub fn create_server_with(
+        &self,
+        addr: Address,
+        factory: impl Fn() -> AnyProtocol + 'static,
+        options: ServerOptions,
+    ) -> io::Result<Server> {
+        let starter: Starter = Rc::new(StreamTransport::start);
+        self.create_server_inner(addr, Box::new(factory), options, starter)
+    }
+
+    pub(crate) fn create_server_inner(
+        &self,
+        addr: Address,
+        factory: Box<dyn Fn() -> AnyProtocol>,
+        options: ServerOptions,
+        starter: Starter,
+    ) -> io::Result<Server> {
+        let listener = self.with_driver(|d| d.listen(&addr, options.backlog))?;
+        let bound = self.with_driver(|d| d.local_addr(listener)).unwrap_or(addr);
+        let server = Server {
+            inner: Rc::new(Inner {
+                lp: self.downgrade(),
+                listener,
+                addr: bound,
+                factory,
+                starter,
+                options,
+                st: RefCell::new(State {
+                    next_backoff: MIN_BACKOFF,
+                    ..State::default()
+                }),
+            }),
+        };
+        server.arm();
+        Ok(server)
+    }
+}
+
+impl Server {
+    /// The address the server listens on (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> Address {
+        self.inner.addr.clone()
+    }
+
+    /// Whether [`Server::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.st.borrow().closed
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.inner.st.borrow().accepted
+    }
+
+    /// Accept errors survived so far (L3).
+    pub fn accept_errors(&self) -> u64 {
+        self.inner.st.borrow().accept_errors
+    }
+
+    /// Connections whose transport is still open.
+    pub fn active_connections(&self) -> usize {
+        let mut st = self.inner.st.borrow_mut();
+        st.connections.retain(|t| !t.is_released());
+        st.connections.len()
+    }
+
+    /// Stops accepting and closes the listening socket; existing connections
+    /// go on (asyncio's `Server.close`).
+    pub fn close(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        let accept = st.accept;
+        let backoff = st.backoff.take();
+        drop(st);
+        if let Some(t) = backoff {
+            t.cancel();
+        }
+        match (accept, self.inner.lp.upgrade()) {
+            (Some(k), Some(h)) => h.cancel(k),
+            _ => self.close_listener(),
+        }
+    }
+
+    /// Closes every connection gracefully.
+    pub fn close_clients(&self) {
+        for t in self.inner.st.borrow().connections.clone() {
+            t.close();
+        }
+    }
+
+    /// Aborts every connection.
+    pub fn abort_clients(&self) {
+        for t in self.inner.st.borrow().connections.clone() {
+            t.abort();
+        }
+    }
+
+    /// Resolves once the server is closed and every connection it accepted
+    /// has been released.
+    pub fn wait_closed(&self) -> WaitClosed {
+        WaitClosed {
+            server: self.clone(),
+        }
+    }
+
+    fn close_listener(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        if st.listener_closed {
+            return;
+        }
+        st.listener_closed = true;
+        drop(st);
+        if let Some(h) = self.inner.lp.upgrade() {
+            h.with_driver(|d| d.close(self.inner.listener));
+            if let (Address::Unix(p), crate::DriverKind::Uring | crate::DriverKind::Poll) =
+                (&self.inner.addr, h.driver_kind())
+            {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.notify();
+    }
+
+    fn notify(&self) {
+        let waiters = std::mem::take(&mut self.inner.st.borrow_mut().waiters);
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Keeps one accept in flight.
+    fn arm(&self) {
+        let Some(h) = self.inner.lp.upgrade() else {
+            return;
+        };
+        let mut st = self.inner.st.borrow_mut();
+        if st.closed || st.accept.is_some() {
+            return;
+        }
+        let me = self.clone();
+        st.accept = Some(h.submit(
+            Op::Accept {
+                listener: self.inner.listener,
+                accepted: None,
+            },
+            Box::new(move |c| me.on_accept(c)),
+        ));
+    }
+
+    fn on_accept(&self, c: Completion) {
+        let Some(h) = self.inner.lp.upgrade() else {
+            return;
+        };
+        self.inner.st.borrow_mut().accept = None;
+        let accepted = match c.op {
+            Op::Accept { accepted, .. } => accepted,
+            _ => None,
+        };
+        match (c.result, accepted) {
+            (Ok(_), Some((socket, _peer))) => {
+                if self.inner.st.borrow().closed {
+                    // The accept won the race with close(): the connection was
+                    // never handed to anyone, so close it cleanly.
+                    h.with_driver(|d| d.close(socket));
+                } else {
+                    self.start_connection(&h, socket);
+                }
+                self.inner.st.borrow_mut().next_backoff = MIN_BACKOFF;
+                self.arm();
+            }
+            (Err(e), _) if is_cancelled(&e) => {}
+            (Err(e), _) => {
+                self.backoff(&h, e);
+                return;
+            }
+            (Ok(_), None) => {
+                self.backoff(&h, io::Error::other("accept completed without a socket"));
+                return;
+            }
+        }
+        if self.inner.st.borrow().closed {
+            self.close_listener();
+        }
+    }
+
+    fn start_connection(&self, h: &Handle, socket: SocketId) {
+        if let Err(e) = self.inner.options.socket.apply(h, socket) {
+            tracing::warn!(%e, "could not set options on an accepted socket");
+        }
+        let protocol = (self.inner.factory)();
+        let t = (self.inner.starter)(h, socket, protocol);
+        let me = self.clone();
+        t.on_release(Box::new(move || me.notify()));
+        let mut st = self.inner.st.borrow_mut();
+        st.accepted += 1;
+        st.connections.retain(|t| !t.is_released());
+        st.connections.push(t);
+    }
+
+    /// L3: an accept error never ends the server; wait, then accept again.
+    fn backoff(&self, h: &Handle, error: io::Error) {
+        let mut st = self.inner.st.borrow_mut();
+        st.accept_errors += 1;
+        if st.closed {
+            drop(st);
+            self.close_listener();
+            return;
+        }
+        let delay = st.next_backoff;
+        st.next_backoff = (delay * 2).min(MAX_BACKOFF);
+        if is_transient_accept_error(&error) {
+            tracing::warn!(addr = %self.inner.addr, %error, ?delay, "accept failed; retrying");
+        } else {
+            tracing::error!(addr = %self.inner.addr, %error, ?delay, "accept failed; retrying");
+        }
+        let me = self.clone();
+        st.backoff = Some(h.call_later(delay, move || {
+            me.inner.st.borrow_mut().backoff = None;
+            me.arm();
+        }));
+    }
+}
+
+/// Future returned by [`Server::wait_closed`].
+#[derive(Debug)]
+pub struct WaitClosed {
+    server: Server,
+}
+
+impl Future for WaitClosed {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let s = &self.server;
+        let done =
+            s.is_closed() && s.inner.st.borrow().listener_closed && s.active_connections() == 0;
+        if done {
+            return Poll::Ready(());
+        }
+        // Connections wake us when they are released (see `start_connection`).
+        s.inner.st.borrow_mut().waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}

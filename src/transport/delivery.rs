@@ -1,0 +1,301 @@
+//! Protocol delivery that never nests (L4) and never reorders (R1–R4).
+//!
+//! A transport keeps a [`Delivery`]: the protocol, the data held for it, and
+//! the events it still has to hear about. [`dispatch`] takes the protocol out,
+//! calls it once, puts it back, and repeats until nothing is deliverable.
+//! A transport method called from inside a callback only changes the
+//! `Delivery` state; the running `dispatch` picks the change up right after
+//! the callback returns, before any other event of that transport.
+#![forbid(unsafe_code)]
+
+use std::cell::RefMut;
+use std::collections::VecDeque;
+use std::io;
+
+use super::Transport;
+use crate::protocol::AnyProtocol;
+
+/// Byte accounting of one transport (R1): at `connection_lost`,
+/// `received == delivered + discarded`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Bytes that came in from below (driver or TLS engine).
+    pub received: u64,
+    /// Bytes handed to the protocol.
+    pub delivered: u64,
+    /// Bytes dropped because the application closed or aborted, or the
+    /// connection failed, before they could be delivered.
+    pub discarded: u64,
+    /// Bytes currently held (received, not yet delivered).
+    pub held: u64,
+}
+
+impl Ledger {
+    /// Whether every received byte is accounted for.
+    pub fn balanced(&self) -> bool {
+        self.received == self.delivered + self.discarded + self.held
+    }
+}
+
+/// Data waiting for the protocol, in arrival order.
+#[derive(Debug)]
+pub(crate) enum Held {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// What the protocol of a transport has been told and still must be told.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    protocol: Option<AnyProtocol>,
+    /// A `set_protocol` made while the protocol was out being called.
+    replacement: Option<AnyProtocol>,
+    /// `connection_made` not yet delivered.
+    made_pending: bool,
+    /// Whether the current protocol was told `pause_writing` (W2 alternation).
+    told_write_paused: bool,
+    held: VecDeque<Held>,
+    /// `pause_reading()` is in effect (R2, R3).
+    pub(crate) read_paused: bool,
+    /// `connection_lost` is due with this error.
+    lost: Option<Option<io::Error>>,
+    /// `connection_lost` was delivered; nothing more ever is (R4).
+    pub(crate) finished: bool,
+    /// A callback is running: `dispatch` must not re-enter (L4).
+    busy: bool,
+    ledger: Ledger,
+    /// Test-only: deliver held data even while paused (the scheduling bug).
+    #[cfg(feature = "broken-early-delivery")]
+    pub(crate) broken_ignore_pause: bool,
+}
+
+/// The next thing to tell the protocol.
+enum Next {
+    Made,
+    PauseWriting,
+    ResumeWriting,
+    Data(Vec<u8>),
+    Eof,
+    Lost(Option<io::Error>),
+}
+
+impl Delivery {
+    pub(crate) fn new(protocol: AnyProtocol) -> Self {
+        Delivery {
+            protocol: Some(protocol),
+            replacement: None,
+            made_pending: true,
+            told_write_paused: false,
+            held: VecDeque::new(),
+            read_paused: false,
+            lost: None,
+            finished: false,
+            busy: false,
+            ledger: Ledger::default(),
+            #[cfg(feature = "broken-early-delivery")]
+            broken_ignore_pause: false,
+        }
+    }
+
+    /// A delivery whose protocol was already told `connection_made` (a
+    /// protocol swapped in by `start_tls`).
+    pub(crate) fn already_made(protocol: AnyProtocol) -> Self {
+        let mut d = Delivery::new(protocol);
+        d.made_pending = false;
+        d
+    }
+
+    /// Appends received bytes.
+    pub(crate) fn push_data(&mut self, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        let n = data.len() as u64;
+        self.ledger.received += n;
+        if self.lost.is_some() || self.finished {
+            self.ledger.discarded += n;
+            return;
+        }
+        self.ledger.held += n;
+        self.held.push_back(Held::Data(data));
+    }
+
+    /// Records bytes that arrived after the application closed: counted as
+    /// received and discarded, never delivered.
+    pub(crate) fn push_discarded(&mut self, n: usize) {
+        self.ledger.received += n as u64;
+        self.ledger.discarded += n as u64;
+    }
+
+    /// Appends the end of the stream.
+    pub(crate) fn push_eof(&mut self) {
+        if self.lost.is_none() && !self.finished {
+            self.held.push_back(Held::Eof);
+        }
+    }
+
+    /// Drops held data (the application closed, or the connection failed).
+    pub(crate) fn discard_held(&mut self) {
+        for h in self.held.drain(..) {
+            if let Held::Data(d) = h {
+                self.ledger.held -= d.len() as u64;
+                self.ledger.discarded += d.len() as u64;
+            }
+        }
+    }
+
+    /// Schedules `connection_lost(error)` (once; later calls are ignored).
+    /// Held data is discarded: the connection is over.
+    pub(crate) fn lose(&mut self, error: Option<io::Error>) {
+        if self.lost.is_some() || self.finished {
+            return;
+        }
+        self.discard_held();
+        self.lost = Some(error);
+    }
+
+    /// Whether `connection_lost` is scheduled or delivered.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_some() || self.finished
+    }
+
+    /// Whether held data or EOF waits for the protocol.
+    pub(crate) fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Bytes held for the protocol.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.ledger.held
+    }
+
+    pub(crate) fn ledger(&self) -> Ledger {
+        self.ledger
+    }
+
+    /// Installs a new protocol, now or as soon as the running callback returns.
+    /// The new protocol starts out told nothing about writing, so a paused
+    /// write side is announced to it with `pause_writing` first.
+    pub(crate) fn set_protocol(&mut self, protocol: AnyProtocol) {
+        if self.finished {
+            return;
+        }
+        if self.busy {
+            self.replacement = Some(protocol);
+        } else {
+            self.protocol = Some(protocol);
+        }
+        self.told_write_paused = false;
+    }
+
+    fn next(&mut self, write_paused: bool) -> Option<Next> {
+        if self.finished || self.busy {
+            return None;
+        }
+        if self.made_pending {
+            self.made_pending = false;
+            return Some(Next::Made);
+        }
+        if self.lost.is_none() && write_paused != self.told_write_paused {
+            self.told_write_paused = write_paused;
+            return Some(if write_paused {
+                Next::PauseWriting
+            } else {
+                Next::ResumeWriting
+            });
+        }
+        #[cfg(feature = "broken-early-delivery")]
+        let paused = self.read_paused && !self.broken_ignore_pause;
+        #[cfg(not(feature = "broken-early-delivery"))]
+        let paused = self.read_paused;
+        if !paused {
+            match self.held.pop_front() {
+                Some(Held::Data(d)) => {
+                    self.ledger.held -= d.len() as u64;
+                    return Some(Next::Data(d));
+                }
+                Some(Held::Eof) => return Some(Next::Eof),
+                None => {}
+            }
+        }
+        if let Some(e) = self.lost.take() {
+            self.finished = true;
+            return Some(Next::Lost(e));
+        }
+        None
+    }
+}
+
+/// A transport that owns a [`Delivery`].
+pub(crate) trait DeliveryHost {
+    /// Borrows the delivery state (briefly: never across a callback).
+    fn delivery(&self) -> RefMut<'_, Delivery>;
+    /// Whether the write side wants the protocol paused right now (W2).
+    fn write_paused(&self) -> bool;
+    /// The handle given to `connection_made`.
+    fn handle(&self) -> Transport;
+    /// `eof_received` returned false: close the transport.
+    fn close_after_eof(&self);
+    /// The protocol could not take data (a buffered protocol gave no buffer).
+    fn fail(&self, error: io::Error);
+    /// A delivered receive buffer, for reuse.
+    fn recycle(&self, buf: Vec<u8>);
+}
+
+/// Delivers every deliverable event of `host`, one callback at a time.
+/// Returns at once if a callback of this protocol is already running (L4):
+/// that running dispatch delivers the new events when the callback returns.
+pub(crate) fn dispatch(host: &dyn DeliveryHost) {
+    loop {
+        let write_paused = host.write_paused();
+        let (next, mut protocol) = {
+            let mut d = host.delivery();
+            let Some(next) = d.next(write_paused) else {
+                return;
+            };
+            let Some(p) = d.protocol.take() else {
+                return;
+            };
+            d.busy = true;
+            (next, p)
+        };
+        let mut eof_closes = false;
+        let mut failure = None;
+        match next {
+            Next::Made => protocol.connection_made(host.handle()),
+            Next::PauseWriting => protocol.pause_writing(),
+            Next::ResumeWriting => protocol.resume_writing(),
+            Next::Data(buf) => {
+                if let Err(e) = protocol.deliver(&buf) {
+                    failure = Some(e);
+                }
+                let n = buf.len() as u64;
+                host.delivery().ledger.delivered += n;
+                host.recycle(buf);
+            }
+            Next::Eof => eof_closes = !protocol.eof_received(),
+            Next::Lost(e) => protocol.connection_lost(e),
+        }
+        let finished = {
+            let mut d = host.delivery();
+            d.busy = false;
+            match d.replacement.take() {
+                Some(new) => d.protocol = Some(new),
+                None => d.protocol = Some(protocol),
+            }
+            if d.finished {
+                // Nothing is ever delivered again: release the protocol now.
+                d.protocol.take()
+            } else {
+                None
+            }
+        };
+        drop(finished);
+        if let Some(e) = failure {
+            host.fail(e);
+        }
+        if eof_closes {
+            host.close_after_eof();
+        }
+    }
+}
