@@ -7,7 +7,11 @@
 
 #[cfg(all(
     not(debug_assertions),
-    any(feature = "broken-pause-cancels", feature = "broken-early-delivery")
+    any(
+        feature = "broken-pause-cancels",
+        feature = "broken-early-delivery",
+        feature = "broken-scheduled-handshake"
+    )
 ))]
 compile_error!(
     "the broken-* features exist only to prove the tests can fail; never build them in release"
