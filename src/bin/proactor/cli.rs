@@ -2,6 +2,7 @@
 //! bad driver name, address or number is reported with the flag it came from.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use proactor::{Address, DriverKind};
@@ -39,10 +40,11 @@ pub struct RaceArgs {
     /// Bytes per packet.
     #[arg(long, default_value_t = 16 * 1024, value_parser = parse_size)]
     pub size: usize,
-    /// Milliseconds between the client's pause_reading / resume_reading
-    /// toggles, on the loop's clock (0: never pause).
-    #[arg(long, default_value_t = 100)]
-    pub pause_every: u64,
+    /// Time between the client's pause_reading / resume_reading toggles, on
+    /// the loop's clock: milliseconds, or with a unit (250us, 5ms, 1s); 0
+    /// never pauses.
+    #[arg(long, default_value = "100", value_parser = parse_interval, value_name = "MS")]
+    pub pause_every: Duration,
     /// Concurrent clients, each with its own pattern and verification.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub connections: u64,
@@ -161,6 +163,29 @@ fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A duration in milliseconds (`100`, `0.5`) or with a unit (`250us`, `5ms`, `1s`).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1e-3)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 100, 250us, 5ms, 1s)"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || !(0.0..=3600.0).contains(&secs) {
+        return Err(format!("{s:?} must be between 0 and 3600 s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +202,15 @@ mod tests {
         assert_eq!(parse_size("64"), Ok(64));
         assert!(parse_size("0").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn intervals_parse() {
+        assert_eq!(parse_interval("100"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_interval("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert!(parse_interval("-1").is_err());
+        assert!(parse_interval("soon").is_err());
     }
 }

@@ -34,7 +34,7 @@ pub struct RaceReport {
     pub connections: u64,
     pub packets: u64,
     pub size: usize,
-    pub pause_every_ms: u64,
+    pub pause_every_ms: f64,
     /// What the plan asked for, over every client (and seed).
     pub bytes_planned: u64,
     pub bytes_sent: u64,
@@ -65,7 +65,7 @@ impl RaceReport {
             connections: args.connections,
             packets: args.packets,
             size: args.size,
-            pause_every_ms: args.pause_every,
+            pause_every_ms: args.pause_every.as_secs_f64() * 1e3,
             bytes_planned: 0,
             bytes_sent: 0,
             bytes_echoed: 0,
@@ -177,6 +177,11 @@ impl RaceReport {
             self.seconds,
             self.throughput_mb_s()
         );
+        if self.pause_cycles == 0 && self.pause_every_ms > 0.0 && self.passed() {
+            println!(
+                "  note        the run ended before the first pause; --pause-every 1 (ms) toggles more often"
+            );
+        }
         for e in &self.errors {
             println!("  error       {e}");
         }

@@ -89,10 +89,10 @@ pub fn sweep(args: &RaceArgs, security: &'static str) -> Result<RaceReport, Fail
 /// The command line that replays one seed of this sweep.
 fn replay_command(args: &RaceArgs) -> String {
     format!(
-        "cargo run --release -- race --driver sim --packets {} --size {} --pause-every {} --connections {} --pattern-seed {}{}",
+        "cargo run --release -- race --driver sim --packets {} --size {} --pause-every {}us --connections {} --pattern-seed {}{}",
         args.packets,
         args.size,
-        args.pause_every,
+        args.pause_every.as_micros(),
         args.connections,
         args.pattern_seed,
         if args.starttls {

@@ -50,7 +50,7 @@ pub fn plans(args: &RaceArgs) -> Vec<Plan> {
             packets: args.packets,
             size: args.size,
             seed: args.pattern_seed.wrapping_add(i),
-            pause_every: (args.pause_every > 0).then(|| Duration::from_millis(args.pause_every)),
+            pause_every: (!args.pause_every.is_zero()).then_some(args.pause_every),
         })
         .collect()
 }
