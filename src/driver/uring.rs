@@ -527,12 +527,12 @@ impl UringDriver {
                 // SAFETY: msghdr is a plain C struct; all-zero is a valid
                 // value (null pointers, zero lengths).
                 let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-                msg.msgiov = iov.as_ptr() as *mut libc::iovec;
-                msg.msgiovlen = iov.len() as _;
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
                 let e = opcode::SendMsg::new(types::Fd(socket.0), &*msg)
                     .flags(libc::MSG_NOSIGNAL as u32)
                     .build();
-                slot.side = Side::Send { iov: iov, _msg: msg };
+                slot.side = Side::Send { iov, _msg: msg };
                 e
             }
             Op::Shutdown { socket, how } => {
