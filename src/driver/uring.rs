@@ -31,8 +31,8 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::socket;
 use super::{
-    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker,
-    SockOpt, SocketId, Slots,
+    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
+    SockOpt, SocketId,
 };
 use crate::address::Address;
 
@@ -106,10 +106,7 @@ impl RemoteWaker for EventFd {
             )
         };
         if n != 8 {
-            tracing::warn!(
-                "uring: eventfd wake failed: {}",
-                io::Error::last_os_error()
-            );
+            tracing::warn!("uring: eventfd wake failed: {}", io::Error::last_os_error());
         }
     }
 }
@@ -285,7 +282,7 @@ impl UringDriver {
 
     /// Keeps a read on the eventfd in flight.
     fn arm_waker(&mut self) {
-        if self.waker_armed || self.closing {
+        if self.waker_armed || self.closing || self.waker_buf.is_null() {
             return;
         }
         let entry = opcode::Read::new(
@@ -475,11 +472,13 @@ impl UringDriver {
         let ud = Slots::<Slot>::encode(key);
         let slot = self.slots.get_mut(key).expect("slot just inserted");
         let entry = match &mut slot.op {
-            Op::Accept { listener, .. } => {
-                opcode::Accept::new(types::Fd(listener.0), std::ptr::null_mut(), std::ptr::null_mut())
-                    .flags(libc::SOCK_CLOEXEC)
-                    .build()
-            }
+            Op::Accept { listener, .. } => opcode::Accept::new(
+                types::Fd(listener.0),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build(),
             Op::Connect { socket, addr } => match addr.to_sockaddr() {
                 Ok(sa) => {
                     let sa = Box::new(sa);
@@ -545,7 +544,11 @@ impl UringDriver {
                     let fd = socket.0;
                     // SAFETY: plain syscall on an fd the caller owns.
                     let r = unsafe { libc::shutdown(fd, how) };
-                    let res = if r == 0 { 0 } else { -errno(&io::Error::last_os_error()) };
+                    let res = if r == 0 {
+                        0
+                    } else {
+                        -errno(&io::Error::last_os_error())
+                    };
                     return self.complete_later(key, res);
                 }
                 opcode::Shutdown::new(types::Fd(socket.0), how).build()
@@ -665,6 +668,21 @@ impl Driver for UringDriver {
 
 impl Drop for UringDriver {
     fn drop(&mut self) {
+        let leaked = self.quiesce(DROP_DEADLINE);
+        if leaked > 0 {
+            tracing::warn!("uring: leaked {leaked} ops the kernel did not complete");
+        }
+        // `ring` closes when the fields drop, after everything the kernel could
+        // still touch was either completed or leaked.
+    }
+}
+
+impl UringDriver {
+    /// Shuts the driver down (O3): cancels every op still in the kernel and
+    /// reaps until each one's CQE arrived or `limit` passed. Ops the kernel
+    /// never answered are leaked, never freed. Returns how many were leaked
+    /// (the waker read included). The driver submits nothing afterwards.
+    fn quiesce(&mut self, limit: Duration) -> usize {
         self.closing = true;
         let mut garbage = std::mem::take(&mut self.backlog);
         while let Some((key, res)) = self.ready.pop_front() {
@@ -672,7 +690,6 @@ impl Drop for UringDriver {
                 garbage.push(self.finish(key, slot, res));
             }
         }
-        // Cancel everything still in the kernel.
         let live: Vec<OpKey> = self.live.iter().flatten().copied().collect();
         for key in live {
             self.cancel(key);
@@ -684,7 +701,7 @@ impl Drop for UringDriver {
             // SAFETY: ASYNC_CANCEL carries no pointers.
             unsafe { self.push(&entry) };
         }
-        let deadline = Instant::now() + DROP_DEADLINE;
+        let deadline = Instant::now() + limit;
         loop {
             Self::discard(&mut garbage);
             if self.slots.is_empty() && !self.waker_armed {
@@ -696,32 +713,30 @@ impl Drop for UringDriver {
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
             if let Err(e) = self.enter(Some(wait)) {
-                tracing::warn!("uring: io_uring_enter failed during drop: {e}");
+                tracing::warn!("uring: io_uring_enter failed during shutdown: {e}");
                 break;
             }
             self.reap(&mut garbage);
         }
         Self::discard(&mut garbage);
-        if !self.slots.is_empty() {
-            // The kernel never answered: it may still write these buffers.
-            tracing::warn!(
-                "uring: leaking {} ops the kernel did not complete",
-                self.slots.len()
-            );
+        let mut leaked = self.slots.len();
+        if leaked > 0 {
+            // The kernel may still write these buffers: never free them.
             std::mem::forget(std::mem::take(&mut self.slots));
+            self.live.clear();
         }
         if self.waker_armed {
-            tracing::warn!("uring: leaking the waker buffer");
-        } else {
-            // SAFETY: `waker_buf` came from Box::into_raw in `new` and the
-            // kernel's read of it has completed; it is freed exactly once.
+            leaked += 1;
+        } else if !self.waker_buf.is_null() {
+            // SAFETY: `waker_buf` came from Box::into_raw in `new`, the
+            // kernel's read of it has completed and no new read will be
+            // armed (`closing`); it is freed exactly once (then nulled).
             drop(unsafe { Box::from_raw(self.waker_buf) });
+            self.waker_buf = std::ptr::null_mut();
         }
-        // `ring` closes when the fields drop.
+        leaked
     }
-}
 
-impl UringDriver {
     /// Drops completions nobody will see, closing sockets they accepted.
     fn discard(garbage: &mut Vec<Completion>) {
         for c in garbage.drain(..) {
@@ -753,8 +768,10 @@ mod tests {
         match UringDriver::new(64) {
             Ok(d) => Some(d),
             Err(e)
-                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOSYS | libc::EACCES))
-                    || e.kind() == io::ErrorKind::Unsupported =>
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOSYS | libc::EACCES)
+                ) || e.kind() == io::ErrorKind::Unsupported =>
             {
                 eprintln!("SKIPPED: io_uring unavailable on this machine: {e}");
                 None
@@ -794,7 +811,10 @@ mod tests {
     fn assert_quiescent(d: &UringDriver) {
         let s = d.stats();
         assert_eq!(d.in_flight(), 0);
-        assert_eq!(s.submitted, s.completed, "O1: one completion per submit: {s:?}");
+        assert_eq!(
+            s.submitted, s.completed,
+            "O1: one completion per submit: {s:?}"
+        );
         assert_eq!(s.cancel_requests, s.cancel_races + s.cancelled, "{s:?}");
     }
 
@@ -862,7 +882,10 @@ mod tests {
         let ks = d.submit(
             Op::Send {
                 socket: client,
-                bufs: vec![Bytes::from_static(b"XXhello "), Bytes::from_static(b"world")],
+                bufs: vec![
+                    Bytes::from_static(b"XXhello "),
+                    Bytes::from_static(b"world"),
+                ],
                 offset: 2,
             },
             3,
@@ -1042,7 +1065,10 @@ mod tests {
         let _b = writer.join().unwrap();
         assert_eq!(received.len(), total);
         assert!(
-            received.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8),
+            received
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i % 251) as u8),
             "bytes lost or reordered"
         );
         println!("concurrent race stats: {:?}", d.stats());
@@ -1156,7 +1182,10 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(out.is_empty(), "{out:?}");
         assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
-        assert!(elapsed < Duration::from_secs(5), "wake did not interrupt wait: {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "wake did not interrupt wait: {elapsed:?}"
+        );
         // A wake that comes before the wait also makes it return.
         d.remote_waker().wake();
         let start = Instant::now();
@@ -1192,7 +1221,10 @@ mod tests {
         let start = Instant::now();
         d.wait(Some(Duration::from_millis(60)), &mut out).unwrap();
         let e = start.elapsed();
-        assert!(e >= Duration::from_millis(55) && e < Duration::from_secs(2), "{e:?}");
+        assert!(
+            e >= Duration::from_millis(55) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
         assert!(out.is_empty());
         assert_eq!(d.stats().waits, 2);
     }
@@ -1295,9 +1327,63 @@ mod tests {
         assert_eq!(d.in_flight(), 3);
         let start = Instant::now();
         drop(d);
-        assert!(start.elapsed() < Duration::from_millis(900), "drop had to time out");
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "drop had to time out"
+        );
         socket::close(a);
         socket::close(c);
         socket::close(listener);
+    }
+
+    #[test]
+    fn shutdown_reaps_every_op_and_leaks_nothing() {
+        let mut d = driver_or_skip!();
+        let (a, mut b) = pair();
+        let (c, _e) = pair();
+        d.submit(recv_op(a, 1 << 16), 0);
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        // Data arrives after the op is in the kernel but before the cancel:
+        // shutdown must still wait for (and free) that completion.
+        b.write_all(b"late").unwrap();
+        d.submit(recv_op(c, 1 << 16), 1);
+        assert_eq!(d.quiesce(Duration::from_secs(1)), 0);
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.waker_buf.is_null());
+        drop(d);
+        socket::close(a);
+        socket::close(c);
+    }
+
+    /// Kernels without EXT_ARG (< 5.11) wait with a Timeout op; kernels
+    /// without IORING_OP_SHUTDOWN (< 5.11) shut down synchronously.
+    #[test]
+    fn fallbacks_for_older_kernels() {
+        let mut d = driver_or_skip!();
+        d.ext_arg = false;
+        d.shutdown_supported = false;
+        let mut out = Vec::new();
+        let start = Instant::now();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        d.wait(Some(Duration::from_millis(60)), &mut out).unwrap();
+        let e = start.elapsed();
+        assert!(
+            e >= Duration::from_millis(55) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+        assert!(out.is_empty());
+        let waker = d.remote_waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        d.wait(None, &mut out).unwrap();
+        t.join().unwrap();
+        let (server, client, _) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
+        echo_roundtrip(&mut d, server, client);
+        d.close(server);
+        d.close(client);
+        assert_quiescent(&d);
     }
 }
