@@ -56,14 +56,20 @@ fn survive_emfile(kind: DriverKind) {
             }
             conns
         });
-        wait_until(&h, Duration::from_secs(10), "accept errors", || server.accept_errors() > 0).await;
+        wait_until(&h, Duration::from_secs(10), "accept errors", || {
+            server.accept_errors() > 0
+        })
+        .await;
         set_nofile(old);
         let conns = t.join().unwrap();
         assert!(!conns.is_empty());
         // The server recovers and serves every queued client.
-        wait_until(&h, Duration::from_secs(10), "all accepted after recovery", || {
-            server.accepted() as usize >= conns.len()
-        })
+        wait_until(
+            &h,
+            Duration::from_secs(10),
+            "all accepted after recovery",
+            || server.accepted() as usize >= conns.len(),
+        )
         .await;
         assert!(!server.is_closed(), "L3: the server keeps serving");
         server.close();

@@ -76,9 +76,12 @@ fn churn(lp: &EventLoop, total: usize, concurrency: usize) {
             sleep(&hh, Duration::from_millis(1)).await;
         }
         server.close();
-        wait_until(&hh, Duration::from_secs(30), "server and connections released", || {
-            server.active_connections() == 0 && server.is_closed()
-        })
+        wait_until(
+            &hh,
+            Duration::from_secs(30),
+            "server and connections released",
+            || server.active_connections() == 0 && server.is_closed(),
+        )
         .await;
         server.wait_closed().await;
         assert_eq!(server.accepted(), total as u64);
@@ -90,7 +93,10 @@ fn churn(lp: &EventLoop, total: usize, concurrency: usize) {
         h.run_once().unwrap();
     }
     let tables_after = h.table_sizes();
-    assert_eq!(tables_after, tables_before, "loop tables back to their starting size");
+    assert_eq!(
+        tables_after, tables_before,
+        "loop tables back to their starting size"
+    );
     assert_eq!(open_fds(), fds_before, "no file descriptor leaked");
 }
 
@@ -101,10 +107,28 @@ async fn wait(h: &Handle) {
 #[test]
 fn churn_10k_connections_leaves_no_trace() {
     if uring_available() {
-        churn(&EventLoop::builder().driver(DriverKind::Uring).build().unwrap(), 10_000, 64);
+        churn(
+            &EventLoop::builder()
+                .driver(DriverKind::Uring)
+                .build()
+                .unwrap(),
+            10_000,
+            64,
+        );
     }
-    churn(&EventLoop::builder().driver(DriverKind::Poll).build().unwrap(), 10_000, 64);
+    churn(
+        &EventLoop::builder()
+            .driver(DriverKind::Poll)
+            .build()
+            .unwrap(),
+        10_000,
+        64,
+    );
     let seed = sim_seeds(1)[0];
-    let lp = EventLoop::builder().driver(DriverKind::Sim).sim_seed(seed).build().unwrap();
+    let lp = EventLoop::builder()
+        .driver(DriverKind::Sim)
+        .sim_seed(seed)
+        .build()
+        .unwrap();
     churn(&lp, 10_000, 64);
 }

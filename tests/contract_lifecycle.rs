@@ -136,7 +136,10 @@ fn l4_every_method_from_every_callback() {
                     })
                     .await;
                     client.abort();
-                    wait_until(&h, Duration::from_secs(10), "client lost", || crec.borrow().lost == 1).await;
+                    wait_until(&h, Duration::from_secs(10), "client lost", || {
+                        crec.borrow().lost == 1
+                    })
+                    .await;
                     let rec = srec.borrow().clone().unwrap();
                     let r = rec.borrow();
                     r.assert_ok();
@@ -145,7 +148,10 @@ fn l4_every_method_from_every_callback() {
                     crec.borrow().assert_ok();
                     let t = r.transport.clone().unwrap();
                     drop(r);
-                    wait_until(&h, Duration::from_secs(10), "socket released", || t.is_released()).await;
+                    wait_until(&h, Duration::from_secs(10), "socket released", || {
+                        t.is_released()
+                    })
+                    .await;
                     assert!(t.ledger().balanced(), "{:?}", t.ledger());
                     server.close();
                 })
@@ -230,13 +236,19 @@ fn r1_set_protocol_carries_data_and_write_pause() {
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
             let payload = pattern(5, 0, 300_000);
             client.write(&payload);
-            wait_until(&h, Duration::from_secs(10), "swap", || second.borrow().is_some()).await;
+            wait_until(&h, Duration::from_secs(10), "swap", || {
+                second.borrow().is_some()
+            })
+            .await;
             sleep(&h, Duration::from_millis(20)).await;
             let rec2 = second.borrow().clone().unwrap();
             let t = rec2.borrow().transport.clone().unwrap();
             t.resume_reading();
             client.close();
-            wait_until(&h, Duration::from_secs(10), "lost", || rec2.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "lost", || {
+                rec2.borrow().lost == 1
+            })
+            .await;
             let rec1 = first.borrow().clone().unwrap();
             let (a, b) = (rec1.borrow(), rec2.borrow());
             a.assert_ok();
@@ -244,8 +256,16 @@ fn r1_set_protocol_carries_data_and_write_pause() {
             assert_eq!(a.lost, 0, "the old protocol is not told connection_lost");
             let mut all = a.data.clone();
             all.extend_from_slice(&b.data);
-            assert!(all == payload, "R1 across set_protocol: {} + {}", a.data.len(), b.data.len());
-            assert!(b.pauses >= 1, "the new protocol learned that writing is paused");
+            assert!(
+                all == payload,
+                "R1 across set_protocol: {} + {}",
+                a.data.len(),
+                b.data.len()
+            );
+            assert!(
+                b.pauses >= 1,
+                "the new protocol learned that writing is paused"
+            );
             server.close();
         })
         .unwrap();

@@ -58,9 +58,15 @@ fn l1_timers_never_fire_early() {
             let h2 = h.clone();
             h.call_later(Duration::from_millis(ms), move || {
                 let late_loop = h2.now().duration_since(start_loop);
-                assert!(late_loop >= Duration::from_millis(ms), "timer {i} early on loop clock");
+                assert!(
+                    late_loop >= Duration::from_millis(ms),
+                    "timer {i} early on loop clock"
+                );
                 if real {
-                    assert!(start_wall.elapsed() >= Duration::from_millis(ms), "timer {i} early on wall clock");
+                    assert!(
+                        start_wall.elapsed() >= Duration::from_millis(ms),
+                        "timer {i} early on wall clock"
+                    );
                 }
                 f.borrow_mut().push(i);
             });

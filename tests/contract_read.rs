@@ -53,18 +53,30 @@ fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
             let payload = pattern(1, 0, 200_000);
             client.write(&payload);
             sleep(&h, Duration::from_millis(100)).await;
-            assert!(srec.borrow().data.is_empty(), "R3: nothing delivered while paused");
+            assert!(
+                srec.borrow().data.is_empty(),
+                "R3: nothing delivered while paused"
+            );
             let held = st.ledger().held;
-            assert!(held > 0, "the in-flight receive completed while paused and was held (R2)");
+            assert!(
+                held > 0,
+                "the in-flight receive completed while paused and was held (R2)"
+            );
             st.resume_reading();
-            wait_until(&h, Duration::from_secs(10), "all bytes after resume", || {
-                srec.borrow().data.len() >= payload.len()
-            })
+            wait_until(
+                &h,
+                Duration::from_secs(10),
+                "all bytes after resume",
+                || srec.borrow().data.len() >= payload.len(),
+            )
             .await;
             assert!(srec.borrow().data == payload, "R1: bytes exact, in order");
             srec.borrow().assert_ok();
             client.close();
-            wait_until(&h, Duration::from_secs(10), "server sees close", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "server sees close", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             srec.borrow().assert_closed_cleanly();
             let ledger = st.ledger();
             assert!(ledger.balanced() && ledger.discarded == 0, "{ledger:?}");
@@ -76,7 +88,12 @@ fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
 
 /// Sends `total` patterned bytes from a client to a server whose reading is
 /// paused and resumed by `storm`, and checks every byte.
-fn storm(test: &str, total: usize, hooks: fn(&Handle) -> Hooks, driver_storm: fn(&Handle, Transport, Recs)) {
+fn storm(
+    test: &str,
+    total: usize,
+    hooks: fn(&Handle) -> Hooks,
+    driver_storm: fn(&Handle, Transport, Recs),
+) {
     on_every_driver(test, |lp| {
         let h = lp.handle();
         lp.run_until_complete(async move {
@@ -91,16 +108,32 @@ fn storm(test: &str, total: usize, hooks: fn(&Handle) -> Hooks, driver_storm: fn
                 client.write(chunk);
             }
             client.close();
-            wait_until(&h, Duration::from_secs(30), "all bytes through the storm", || {
-                let r = srec.borrow();
-                r.data.len() >= payload.len() || r.lost > 0
-            })
+            wait_until(
+                &h,
+                Duration::from_secs(30),
+                "all bytes through the storm",
+                || {
+                    let r = srec.borrow();
+                    r.data.len() >= payload.len() || r.lost > 0
+                },
+            )
             .await;
             st.resume_reading();
-            wait_until(&h, Duration::from_secs(30), "server connection_lost", || srec.borrow().lost == 1).await;
+            wait_until(
+                &h,
+                Duration::from_secs(30),
+                "server connection_lost",
+                || srec.borrow().lost == 1,
+            )
+            .await;
             let r = srec.borrow();
             r.assert_ok();
-            assert_eq!(r.data.len(), payload.len(), "R1: nothing lost: {}", r.summary());
+            assert_eq!(
+                r.data.len(),
+                payload.len(),
+                "R1: nothing lost: {}",
+                r.summary()
+            );
             assert!(r.data == payload, "R1: bytes in order, none duplicated");
             let ledger = st.ledger();
             assert!(ledger.balanced(), "{ledger:?}");
@@ -130,7 +163,12 @@ fn r1_pause_resume_storm_from_data_received() {
             ..Hooks::default()
         }
     }
-    storm("r1_pause_resume_storm_from_data_received", 2_000_000, hooks, nothing);
+    storm(
+        "r1_pause_resume_storm_from_data_received",
+        2_000_000,
+        hooks,
+        nothing,
+    );
 }
 
 /// R1/R3: a timer toggles reading every millisecond.
@@ -152,7 +190,12 @@ fn r1_pause_resume_storm_from_timers() {
         let _ = recs;
         tick(h.clone(), t, 0);
     }
-    storm("r1_pause_resume_storm_from_timers", 2_000_000, no_hooks, toggle);
+    storm(
+        "r1_pause_resume_storm_from_timers",
+        2_000_000,
+        no_hooks,
+        toggle,
+    );
 }
 
 /// R1/R3: another connection's callbacks pause and resume this one.
@@ -171,7 +214,10 @@ fn r1_pause_resume_from_another_connections_callbacks() {
             let tg = toggles.clone();
             let (pb, _rb) = Recorder::new();
             let b = h.create_connection(server.local_addr(), pb).await.unwrap();
-            wait_until(&h, Duration::from_secs(10), "B accepted", || recs.borrow().len() == 2).await;
+            wait_until(&h, Duration::from_secs(10), "B accepted", || {
+                recs.borrow().len() == 2
+            })
+            .await;
             let bt = recs.borrow()[1].borrow().transport.clone();
             let _ = bt;
             // Install the toggling hook on B's server protocol via set_protocol.
@@ -196,10 +242,16 @@ fn r1_pause_resume_from_another_connections_callbacks() {
                 b.write(cb);
             }
             b.close();
-            wait_until(&h, Duration::from_secs(30), "B done", || brec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(30), "B done", || {
+                brec.borrow().lost == 1
+            })
+            .await;
             at.resume_reading();
             a.close();
-            wait_until(&h, Duration::from_secs(30), "A done", || arec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(30), "A done", || {
+                arec.borrow().lost == 1
+            })
+            .await;
             assert!(toggles.get() > 0);
             for (rec, bytes) in [(&arec, &pa_bytes), (&brec, &pb_bytes)] {
                 let r = rec.borrow();
@@ -229,7 +281,10 @@ fn r3_eof_is_held_while_paused() {
             assert_eq!(srec.borrow().eof, 0);
             assert!(srec.borrow().data.is_empty());
             st.resume_reading();
-            wait_until(&h, Duration::from_secs(10), "eof", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "eof", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             let r = srec.borrow();
             r.assert_closed_cleanly();
             assert_eq!(r.data, b"hello");

@@ -13,7 +13,11 @@ use util::*;
 
 type Recs = Rc<RefCell<Vec<Rc<RefCell<Rec>>>>>;
 
-fn server_with(h: &Handle, options: ServerOptions, hooks: impl Fn() -> Hooks + 'static) -> (proactor::Server, Recs) {
+fn server_with(
+    h: &Handle,
+    options: ServerOptions,
+    hooks: impl Fn() -> Hooks + 'static,
+) -> (proactor::Server, Recs) {
     let recs: Recs = Rc::default();
     let r = recs.clone();
     let server = h
@@ -103,11 +107,17 @@ fn w2_back_pressure_alternates_and_loses_nothing() {
                 assert!(i < 100_000, "transfer stalled: {}", crec.borrow().summary());
             }
             let srec = recs.borrow()[0].clone();
-            wait_until(&h, Duration::from_secs(10), "server lost", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             let s = srec.borrow();
             s.assert_closed_cleanly();
             assert!(s.pauses >= 1, "the small buffer forced at least one pause");
-            assert!(s.resumes + 1 >= s.pauses && s.resumes <= s.pauses, "W2 alternation");
+            assert!(
+                s.resumes + 1 >= s.pauses && s.resumes <= s.pauses,
+                "W2 alternation"
+            );
             let c = crec.borrow();
             c.assert_closed_cleanly();
             assert_eq!(c.data.len(), TOTAL, "W1: every byte: {}", c.summary());
@@ -139,13 +149,19 @@ fn w3_close_flushes_then_closes() {
             });
             let (cp, crec) = Recorder::new();
             let _client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            wait_until(&h, Duration::from_secs(10), "client lost", || crec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
             let c = crec.borrow();
             c.assert_closed_cleanly();
             assert_eq!(c.eof, 1);
             assert!(c.data == payload, "W3: all flushed: {}", c.summary());
             let srec = recs.borrow()[0].clone();
-            wait_until(&h, Duration::from_secs(10), "server lost", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             srec.borrow().assert_closed_cleanly();
             server.close();
         })
@@ -171,15 +187,26 @@ fn w3_abort_drops_unsent_data() {
             });
             let (cp, crec) = Recorder::new();
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            wait_until(&h, Duration::from_secs(10), "client lost", || crec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
             assert!(crec.borrow().data.len() < TOTAL, "abort must not flush");
             let srec = recs.borrow()[0].clone();
-            wait_until(&h, Duration::from_secs(10), "server lost", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             srec.borrow().assert_closed_cleanly();
             crec.borrow().assert_ok();
             let _ = client;
             wait_until(&h, Duration::from_secs(10), "sockets released", || {
-                recs.borrow()[0].borrow().transport.as_ref().unwrap().is_released()
+                recs.borrow()[0]
+                    .borrow()
+                    .transport
+                    .as_ref()
+                    .unwrap()
+                    .is_released()
             })
             .await;
             server.close();
@@ -213,9 +240,15 @@ fn w3_write_eof_half_closes() {
             client.write(b"request");
             client.write_eof().unwrap();
             client.write(b"dropped: written after write_eof");
-            wait_until(&h, Duration::from_secs(10), "client lost", || crec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
             let srec = recs.borrow()[0].clone();
-            wait_until(&h, Duration::from_secs(10), "server lost", || srec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
             let s = srec.borrow();
             s.assert_closed_cleanly();
             assert_eq!(s.data, b"request");
@@ -239,7 +272,9 @@ fn peer_reset_mid_transfer_reports_error_once() {
         lp.run_until_complete(async move {
             // The server streams to every client, so a reset hits an active send.
             let (server, recs) = server_with(&h, ServerOptions::default(), || Hooks {
-                made: Some(Box::new(|t: &Transport, ()| t.write_bytes(bytes::Bytes::from(vec![1u8; 64 << 20])))),
+                made: Some(Box::new(|t: &Transport, ()| {
+                    t.write_bytes(bytes::Bytes::from(vec![1u8; 64 << 20]))
+                })),
                 ..Hooks::default()
             });
             let reset_opts = ConnectOptions {
@@ -262,24 +297,40 @@ fn peer_reset_mid_transfer_reports_error_once() {
             sleep(&h, Duration::from_millis(20)).await;
             // Server side stops reading so data is pending, then the peer resets.
             victim.abort();
-            wait_until(&h, Duration::from_secs(10), "victim's server side lost", || {
-                recs.borrow()[0].borrow().lost == 1
-            })
+            wait_until(
+                &h,
+                Duration::from_secs(10),
+                "victim's server side lost",
+                || recs.borrow()[0].borrow().lost == 1,
+            )
             .await;
             let vs = recs.borrow()[0].clone();
             let v = vs.borrow();
             v.assert_ok();
             assert_eq!(v.lost, 1);
-            assert!(v.lost_error.is_some(), "a reset is an error, not a clean close: {}", v.summary());
-            assert!(v.data == pattern(1, 0, v.data.len()), "bytes before the reset are intact");
+            assert!(
+                v.lost_error.is_some(),
+                "a reset is an error, not a clean close: {}",
+                v.summary()
+            );
+            assert!(
+                v.data == pattern(1, 0, v.data.len()),
+                "bytes before the reset are intact"
+            );
             crec.borrow().assert_ok();
             // The bystander is untouched.
             let bs = recs.borrow()[1].clone();
-            wait_until(&h, Duration::from_secs(10), "bystander data", || bs.borrow().data.len() == 10).await;
+            wait_until(&h, Duration::from_secs(10), "bystander data", || {
+                bs.borrow().data.len() == 10
+            })
+            .await;
             assert_eq!(bs.borrow().lost, 0);
             assert!(brec.borrow().data.len() > 0, "bystander still receives");
             bystander.abort();
-            wait_until(&h, Duration::from_secs(10), "bystander closed", || brec.borrow().lost == 1).await;
+            wait_until(&h, Duration::from_secs(10), "bystander closed", || {
+                brec.borrow().lost == 1
+            })
+            .await;
             server.close();
         })
         .unwrap();

@@ -32,7 +32,10 @@ pub fn uring_available() -> bool {
 /// The sim seeds to run: PROACTOR_SIM_SEED replays one, else PROACTOR_SIM_SEEDS
 /// (or `default`) seeds starting at 0.
 pub fn sim_seeds(default: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("PROACTOR_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![s];
     }
     let n = std::env::var("PROACTOR_SIM_SEEDS")
@@ -50,7 +53,10 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
         kinds.insert(0, DriverKind::Uring);
     }
     for kind in kinds {
-        let lp = EventLoop::builder().driver(kind).build().expect("build loop");
+        let lp = EventLoop::builder()
+            .driver(kind)
+            .build()
+            .expect("build loop");
         eprintln!("{test}: driver {kind}");
         scenario(&lp);
     }
@@ -76,7 +82,10 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
 pub async fn wait_until(h: &Handle, limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = h.now() + limit;
     while !cond() {
-        assert!(h.now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            h.now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         sleep(h, Duration::from_millis(1)).await;
     }
 }
@@ -120,7 +129,8 @@ impl Future for Sleep {
 pub fn pattern(stream: u64, start: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let x = (start + i).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let x = (start + i).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
             (x >> 56) as u8
         })
         .collect()
@@ -128,7 +138,9 @@ pub fn pattern(stream: u64, start: u64, len: usize) -> Vec<u8> {
 
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The default listen address for a driver.

@@ -56,7 +56,11 @@ impl Rec {
     pub fn assert_closed_cleanly(&self) {
         self.assert_ok();
         assert_eq!(self.lost, 1, "connection_lost exactly once");
-        assert!(self.lost_error.is_none(), "unexpected error: {:?}", self.lost_error);
+        assert!(
+            self.lost_error.is_none(),
+            "unexpected error: {:?}",
+            self.lost_error
+        );
     }
 
     pub fn summary(&self) -> String {
