@@ -197,6 +197,10 @@ fn accept4(listener: RawFd) -> io::Result<(RawFd, SockAddr)> {
 
 impl PollDriver {
     /// Creates the driver: an epoll instance and an eventfd waker.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the kernel refuses the epoll instance or the eventfd.
     pub fn new() -> io::Result<PollDriver> {
         let poll = Poll::new()?;
         let waker = Arc::new(PollWaker(Waker::new(poll.registry(), WAKER)?));
@@ -459,6 +463,37 @@ impl PollDriver {
     }
 }
 
+impl PollDriver {
+    /// One `epoll_wait`, then retries the parked ops of every socket reported
+    /// ready. Returns whether the wait was interrupted (remote wake or signal).
+    /// On error, completions already produced stay queued for the next wait.
+    fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.stats.waits += 1;
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(err) => return Err(err),
+        }
+        let mut woken = false;
+        let mut ready_fds = Vec::with_capacity(self.events.iter().count());
+        for ev in self.events.iter() {
+            if ev.token() == WAKER {
+                woken = true;
+            } else if let Ok(fd) = RawFd::try_from(ev.token().0) {
+                ready_fds.push(fd);
+            }
+        }
+        for fd in ready_fds {
+            // Readable, writable, hangup or error: retry both directions, so
+            // parked ops observe EOF/ECONNRESET/SO_ERROR through their syscall.
+            // A spurious retry costs one EAGAIN.
+            self.drain(fd, Dir::Read);
+            self.drain(fd, Dir::Write);
+        }
+        Ok(woken)
+    }
+}
+
 impl Driver for PollDriver {
     fn kind(&self) -> DriverKind {
         DriverKind::Poll
@@ -504,32 +539,29 @@ impl Driver for PollDriver {
         self.resolve_cancels();
         self.attempt_queued();
 
-        let timeout = if self.ready.is_empty() {
-            timeout
-        } else {
-            Some(Duration::ZERO)
-        };
-        self.stats.waits += 1;
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            // A signal: return like a wake-up (possibly with nothing).
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => self.events.clear(),
-            // Completions already produced stay queued for the next wait.
-            Err(err) => return Err(err),
-        }
-
-        let ready_fds: Vec<RawFd> = self
-            .events
-            .iter()
-            .filter(|ev| ev.token() != WAKER)
-            .filter_map(|ev| RawFd::try_from(ev.token().0).ok())
-            .collect();
-        for fd in ready_fds {
-            // Readable, writable, hangup or error: retry both directions, so
-            // parked ops observe EOF/ECONNRESET/SO_ERROR through their syscall.
-            // A spurious retry costs one EAGAIN.
-            self.drain(fd, Dir::Read);
-            self.drain(fd, Dir::Write);
+        // `None` deadline: wait forever. A deadline too far to represent is forever too.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut first = true;
+        loop {
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else if first {
+                timeout
+            } else {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            };
+            first = false;
+            if self.poll_once(timeout)? {
+                break; // a remote wake or a signal
+            }
+            // Readiness that completed nothing (say, a writable edge on a
+            // socket with only reads parked) does not end the wait: go on
+            // until a completion, a wake, or the deadline.
+            let expired = matches!(timeout, Some(t) if t.is_zero())
+                || deadline.is_some_and(|d| Instant::now() >= d);
+            if !self.ready.is_empty() || expired {
+                break;
+            }
         }
 
         out.reserve(self.ready.len());
@@ -1131,6 +1163,34 @@ mod tests {
             "returned early: {took:?}"
         );
         assert!(took < Duration::from_secs(5), "wake ignored: {took:?}");
+        h.assert_quiescent();
+    }
+
+    #[test]
+    fn wait_honours_timeout_and_zero() {
+        let mut h = H::new();
+        let (listener, server, peer) = std_peer(&mut h);
+        h.d.submit(
+            Op::Recv {
+                socket: server,
+                buf: Vec::with_capacity(8),
+            },
+            1,
+        );
+        let start = Instant::now();
+        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let start = Instant::now();
+        h.d.wait(Some(Duration::from_millis(150)), &mut h.pending)
+            .unwrap();
+        let took = start.elapsed();
+        assert!(h.pending.is_empty());
+        assert!(took >= Duration::from_millis(150), "early: {took:?}");
+        assert!(took < Duration::from_secs(5), "late: {took:?}");
+        h.d.close(listener);
+        drop(peer); // EOF wakes the parked recv
+        assert!(recv_result(h.complete(1)).unwrap().is_empty());
+        h.d.close(server);
         h.assert_quiescent();
     }
 
