@@ -167,6 +167,13 @@ impl BaseProtocol for Recorder {
                 r.violation("R4: connection_lost twice");
             }
             r.event(format!("lost({error:?})"));
+            // The byte ledger (R1) must balance when the connection ends.
+            if let Some(t) = &self.transport {
+                let l = t.ledger();
+                if !l.balanced() || l.held != 0 {
+                    r.violation(&format!("R1: byte ledger unbalanced at connection_lost: {l:?}"));
+                }
+            }
             r.lost_kind = error.as_ref().map(|e| e.kind());
             r.lost_error = error.map(|e| e.to_string());
         }
