@@ -41,6 +41,9 @@ use network::{errno_name, os_err, Network};
 use sched::Rngs;
 use trace::Trace;
 
+/// Environment variable read by [`SimConfig::seed_from_env`].
+pub const SEED_ENV: &str = "PROACTOR_SIM_SEED";
+
 /// Knobs of the simulated network and scheduler.
 ///
 /// `SimConfig::default()` (and [`SimConfig::with_seed`]) means realistic races
@@ -159,6 +162,21 @@ impl SimConfig {
             races: false,
             ..SimConfig::default()
         }
+    }
+
+    /// The seed in `PROACTOR_SIM_SEED` (decimal or `0x` hex), else `default`:
+    /// a failing seed printed by a test replays with it.
+    pub fn seed_from_env(default: u64) -> u64 {
+        std::env::var(SEED_ENV)
+            .ok()
+            .and_then(|v| {
+                let v = v.trim();
+                match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => v.parse().ok(),
+                }
+            })
+            .unwrap_or(default)
     }
 
     fn fault(&self, p: f64) -> f64 {
