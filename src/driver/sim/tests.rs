@@ -841,6 +841,8 @@ fn trace_is_bounded_and_readable() {
     echo(&mut d, 21, 50_000, 0.3);
     let t = d.trace().unwrap();
     assert!(t.starts_with("sim seed=21"));
+    let lines: Vec<&str> = t.lines().collect();
+    eprintln!("{}", lines[lines.len() - 12..].join("\n"));
     assert!(t.lines().count() <= 201);
     assert!(d.trace_len() > 200);
     assert!(t.contains("complete "));
