@@ -278,10 +278,15 @@ impl StreamTransport {
         let mut st = self.st.borrow_mut();
         st.send = None;
         match c.result {
+            // After abort the queue is gone: a send that completed anyway
+            // (cancel raced) has nothing left to account for.
+            Ok(_) if st.aborted => {}
             Ok(mut n) => {
                 st.buffered -= n;
                 while n > 0 {
-                    let front = st.queue.front().map_or(0, |b| b.len()) - st.front_sent;
+                    let Some(front) = st.queue.front().map(|b| b.len() - st.front_sent) else {
+                        unreachable!("sent more than was queued");
+                    };
                     if n >= front {
                         n -= front;
                         st.queue.pop_front();

@@ -1,0 +1,124 @@
+//! Proof that the suite can fail: with a deliberately broken behaviour
+//! compiled in (test-only cargo features), the sim sweep must detect it
+//! within a bounded number of seeds. CI runs, one feature at a time:
+//!
+//! ```text
+//! cargo test --release --features broken-pause-cancels --test sim_broken
+//! cargo test --release --features broken-early-delivery --test sim_broken
+//! ```
+//!
+//! Without those features this file only checks that the same workloads
+//! pass on the same seeds.
+
+mod util;
+
+use std::time::Duration;
+
+use proactor::{DriverKind, EventLoop, Handle, Transport};
+use util::*;
+
+/// Most seeds a sweep may take to catch a broken behaviour.
+const DETECTION_BUDGET: u64 = 200;
+
+/// What one seed of the pause-storm workload saw.
+struct Seen {
+    sent: usize,
+    delivered: usize,
+    exact: bool,
+    violations: Vec<String>,
+}
+
+/// A client streams 256 KiB to a server that pauses in `data_received` and
+/// resumes a moment later, the storm the asyncio bug needed.
+fn pause_storm(seed: u64) -> Seen {
+    let lp = EventLoop::builder().driver(DriverKind::Sim).sim_seed(seed).build().unwrap();
+    let h = lp.handle();
+    let hh = h.clone();
+    lp.run_until_complete(async move {
+        let h = hh;
+        let rec = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let (r2, h2) = (rec.clone(), h.clone());
+        let server = h
+            .create_server(localhost(), move || {
+                let h3: Handle = h2.clone();
+                let (p, r) = Recorder::with_hooks(Hooks {
+                    data_len: Some(Box::new(move |t: &Transport, _| {
+                        t.pause_reading();
+                        let t = t.clone();
+                        h3.call_later(Duration::from_micros(50), move || t.resume_reading());
+                    })),
+                    ..Hooks::default()
+                });
+                *r2.borrow_mut() = Some(r);
+                p
+            })
+            .unwrap();
+        let payload = pattern(seed, 0, 256 * 1024);
+        let (cp, _c) = Recorder::new();
+        let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+        for chunk in payload.chunks(4096) {
+            client.write(chunk);
+        }
+        client.close();
+        wait_until(&h, Duration::from_secs(60), "server connection_lost", || {
+            rec.borrow().as_ref().is_some_and(|r: &std::rc::Rc<std::cell::RefCell<Rec>>| r.borrow().lost == 1)
+        })
+        .await;
+        let r = rec.borrow().clone().unwrap();
+        let r = r.borrow();
+        Seen {
+            sent: payload.len(),
+            delivered: r.data.len(),
+            exact: r.data == payload,
+            violations: r.violations.clone(),
+        }
+    })
+    .unwrap()
+}
+
+fn broken(seen: &Seen) -> bool {
+    !seen.exact || !seen.violations.is_empty()
+}
+
+/// Sweeps seeds until the workload breaks; returns (seeds tried, the failure).
+fn sweep_until_broken() -> Option<(u64, Seen)> {
+    for seed in 0..DETECTION_BUDGET {
+        let seen = pause_storm(seed);
+        if broken(&seen) {
+            return Some((seed + 1, seen));
+        }
+    }
+    None
+}
+
+#[cfg(any(feature = "broken-pause-cancels", feature = "broken-early-delivery"))]
+#[test]
+fn sweep_detects_the_broken_behaviour() {
+    let (seeds, seen) = sweep_until_broken().expect("the sim sweep must catch the broken behaviour");
+    println!(
+        "detected after {seeds} seed(s): sent {} bytes, delivered {}, lost {}, violations: {:?}",
+        seen.sent,
+        seen.delivered,
+        seen.sent.saturating_sub(seen.delivered),
+        seen.violations.first()
+    );
+    if cfg!(feature = "broken-pause-cancels") {
+        assert!(seen.delivered < seen.sent, "the asyncio bug loses bytes");
+    }
+    if cfg!(feature = "broken-early-delivery") {
+        assert!(
+            seen.violations.iter().any(|v| v.contains("before connection_made")),
+            "{:?}",
+            seen.violations
+        );
+    }
+}
+
+#[cfg(not(any(feature = "broken-pause-cancels", feature = "broken-early-delivery")))]
+#[test]
+fn correct_build_passes_the_same_seeds() {
+    for seed in 0..DETECTION_BUDGET / 4 {
+        let seen = pause_storm(seed);
+        assert!(!broken(&seen), "seed {seed}: {:?} delivered {}", seen.violations, seen.delivered);
+    }
+}
