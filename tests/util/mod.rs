@@ -15,7 +15,8 @@ use proactor::{DriverKind, EventLoop, Handle};
 
 pub use recorder::{Hooks, Rec, Recorder};
 
-/// Seeds each contract test runs on `sim` (override: PROACTOR_SIM_SEEDS).
+/// Seeds each contract test runs on `sim` (override: PROACTOR_CONTRACT_SEEDS;
+/// PROACTOR_SIM_SEEDS sizes the random-workload sweep instead).
 const DEFAULT_CONTRACT_SEEDS: u64 = 8;
 
 /// Whether io_uring can be used here; prints why not once.
@@ -29,19 +30,22 @@ pub fn uring_available() -> bool {
     }
 }
 
-/// The sim seeds to run: PROACTOR_SIM_SEED replays one, else PROACTOR_SIM_SEEDS
-/// (or `default`) seeds starting at 0.
+/// The sweep's sim seeds: PROACTOR_SIM_SEED replays one, else
+/// PROACTOR_SIM_SEEDS (or `default`) seeds starting at 0.
 pub fn sim_seeds(default: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    seeds_from("PROACTOR_SIM_SEEDS", default)
+}
+
+/// Seeds for each contract test (PROACTOR_CONTRACT_SEEDS), or the replayed one.
+pub fn contract_seeds() -> Vec<u64> {
+    seeds_from("PROACTOR_CONTRACT_SEEDS", DEFAULT_CONTRACT_SEEDS)
+}
+
+fn seeds_from(var: &str, default: u64) -> Vec<u64> {
+    if let Some(s) = std::env::var("PROACTOR_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         return vec![s];
     }
-    let n = std::env::var("PROACTOR_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
+    let n = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     (0..n).collect()
 }
 
@@ -68,7 +72,7 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
         scenario(&lp);
     }
     let seeds = if wanted(DriverKind::Sim) {
-        sim_seeds(DEFAULT_CONTRACT_SEEDS)
+        contract_seeds()
     } else {
         Vec::new()
     };
