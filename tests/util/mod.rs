@@ -42,10 +42,16 @@ pub fn contract_seeds() -> Vec<u64> {
 }
 
 fn seeds_from(var: &str, default: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("PROACTOR_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![s];
     }
-    let n = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let n = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
     (0..n).collect()
 }
 

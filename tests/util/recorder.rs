@@ -171,7 +171,9 @@ impl BaseProtocol for Recorder {
             if let Some(t) = &self.transport {
                 let l = t.ledger();
                 if !l.balanced() || l.held != 0 {
-                    r.violation(&format!("R1: byte ledger unbalanced at connection_lost: {l:?}"));
+                    r.violation(&format!(
+                        "R1: byte ledger unbalanced at connection_lost: {l:?}"
+                    ));
                 }
             }
             r.lost_kind = error.as_ref().map(|e| e.kind());
