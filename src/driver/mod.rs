@@ -159,6 +159,8 @@ pub enum SockOpt {
     SendBuffer(usize),
     /// `SO_RCVBUF`.
     RecvBuffer(usize),
+    /// `SO_LINGER`: `Some(ZERO)` makes close send a reset (RST) to the peer.
+    Linger(Option<std::time::Duration>),
 }
 
 /// Wakes a loop blocked in [`Driver::wait`] from any thread.

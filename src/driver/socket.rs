@@ -81,6 +81,7 @@ pub(crate) fn set_option(id: SocketId, opt: SockOpt) -> io::Result<()> {
         },
         SockOpt::SendBuffer(n) => s.set_send_buffer_size(n),
         SockOpt::RecvBuffer(n) => s.set_recv_buffer_size(n),
+        SockOpt::Linger(l) => s.set_linger(l),
     })
 }
 

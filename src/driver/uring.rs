@@ -1,58 +1,1391 @@
-//! Placeholder: the `uring` driver is being written.
-#![allow(dead_code, unused_variables)]
+//! The `uring` driver: Linux io_uring through the `io-uring` crate.
+//!
+//! Every submitted [`Op`] lives in a [`Slots`] entry together with whatever
+//! the kernel reads or writes while it is in flight (the receive buffer, the
+//! iovec array and `msghdr` of a send, the `sockaddr` of a connect), all in
+//! stable heap memory. The entry is removed only when the op's own CQE
+//! arrives, which is the one and only completion returned for it (O1).
+//!
+//! Cancellation pushes an `IORING_OP_ASYNC_CANCEL`; its CQE is internal and is
+//! never mistaken for the op's result. The op's CQE is the truth: bytes that
+//! arrived before the cancel took effect are returned (O2, the bpo-33694 race).
+//!
+//! On drop, every op still in flight is cancelled and reaped (bounded to about
+//! one second); anything the kernel never answered is leaked rather than freed
+//! (O3).
+//!
+//! `user_data` layout: an op's CQE carries `Slots::encode(key)`. Op indices
+//! are kept below `1 << 30`, so bits 30 and 31 of the low word are free:
+//! bit 31 marks the CQE of a cancel request (the rest is the target's key),
+//! bit 30 marks the driver's own ops (waker read, fallback timeout).
 
-use super::*;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::Shutdown as How;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// The `uring` driver.
-#[derive(Debug)]
-pub struct UringDriver;
-impl UringDriver {
-    /// Placeholder.
-    pub fn new(entries: u32) -> io::Result<UringDriver> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+
+use super::socket;
+use super::{
+    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
+    SockOpt, SocketId,
+};
+use crate::address::Address;
+
+/// Bit of the low word marking the CQE of an `ASYNC_CANCEL` (the rest is the target's key).
+const CANCEL_BIT: u64 = 1 << 31;
+/// Bit of the low word marking the driver's internal ops.
+const INTERNAL_BIT: u64 = 1 << 30;
+/// The eventfd read that implements the remote waker.
+const WAKER_UD: u64 = INTERNAL_BIT | 1;
+/// A `Timeout` op used when the kernel lacks `IORING_FEAT_EXT_ARG`.
+const TIMEOUT_UD: u64 = INTERNAL_BIT | 2;
+/// The CQE of a cancel aimed at the waker read (only on drop).
+const WAKER_CANCEL_UD: u64 = INTERNAL_BIT | 3;
+/// Op indices must stay below this so the marker bits never collide with a key.
+const MAX_INDEX: u32 = 1 << 30;
+/// Most iovecs one send hands to the kernel (well under `IOV_MAX`).
+const MAX_IOV: usize = 64;
+/// How long `drop` waits for the kernel to answer in-flight ops before leaking them.
+const DROP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Kernel-visible side data of an op, kept at a stable heap address until its CQE.
+enum Side {
+    None,
+    /// The address a connect reads.
+    Connect(Box<socket2::SockAddr>),
+    /// The iovec array and message header a `sendmsg` reads. `msg` points into
+    /// `iov`, and `iov` points into the op's `Bytes`.
+    Send {
+        iov: Box<[libc::iovec]>,
+        _msg: Box<libc::msghdr>,
+    },
+}
+
+impl fmt::Debug for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Side::None => f.write_str("None"),
+            Side::Connect(a) => f.debug_tuple("Connect").field(a).finish(),
+            Side::Send { iov, .. } => write!(f, "Send({} iovecs)", iov.len()),
+        }
     }
 }
+
+/// An op in flight, owning its buffers and side data.
+#[derive(Debug)]
+struct Slot {
+    op: Op,
+    user: usize,
+    side: Side,
+    /// Spare capacity offered to a receive (for `short_reads`).
+    offered: usize,
+    /// Whether `cancel` was called for this op.
+    cancel_requested: bool,
+    /// What the `ASYNC_CANCEL` answered, if its CQE came first.
+    cancel_result: Option<i32>,
+}
+
+/// The eventfd behind [`RemoteWaker`]; shared with other threads.
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl RemoteWaker for EventFd {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an fd this struct owns.
+        let n = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+        if n != 8 {
+            tracing::warn!("uring: eventfd wake failed: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// The `uring` driver.
+pub struct UringDriver {
+    ring: IoUring,
+    slots: Slots<Slot>,
+    /// The live key for each slot index (to cancel everything on drop).
+    live: Vec<Option<OpKey>>,
+    /// Ops completed without the kernel (unsupported shutdown, invalid args):
+    /// key and raw result (negative errno), returned by the next `wait`.
+    ready: VecDeque<(OpKey, i32)>,
+    /// Completions reaped outside `wait` (while making room in the SQ).
+    backlog: Vec<Completion>,
+    /// Scratch space for CQEs (user_data, result).
+    cqes: Vec<(u64, i32)>,
+    waker: Arc<EventFd>,
+    /// The 8-byte buffer of the waker read, owned by the driver (raw so the
+    /// kernel's writes never alias a live `Box`).
+    waker_buf: *mut u64,
+    waker_armed: bool,
+    /// Timespec of the fallback `Timeout` op (kernels without EXT_ARG).
+    fallback_ts: Box<types::Timespec>,
+    ext_arg: bool,
+    shutdown_supported: bool,
+    setup: &'static str,
+    closing: bool,
+    stats: DriverStats,
+}
+
+impl fmt::Debug for UringDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UringDriver")
+            .field("setup", &self.setup)
+            .field("ext_arg", &self.ext_arg)
+            .field("shutdown_supported", &self.shutdown_supported)
+            .field("in_flight", &self.slots.len())
+            .field("ready", &self.ready.len())
+            .field("waker_armed", &self.waker_armed)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EINVAL)
+}
+
+/// Builds the ring, trying the cheapest setup flags first.
+fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+    type Setup = fn(&mut io_uring::Builder) -> &mut io_uring::Builder;
+    let attempts: [(&'static str, Setup); 4] = [
+        ("single_issuer+defer_taskrun+coop_taskrun", |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_coop_taskrun()
+        }),
+        ("single_issuer+coop_taskrun", |b| {
+            b.setup_single_issuer().setup_coop_taskrun()
+        }),
+        ("coop_taskrun", |b| b.setup_coop_taskrun()),
+        ("plain", |b| b),
+    ];
+    let mut last = None;
+    for (name, setup) in attempts {
+        let mut builder = IoUring::builder();
+        match setup(&mut builder).build(entries) {
+            Ok(ring) => return Ok((ring, name)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            // EPERM, ENOSYS, ENOMEM...: the loop may fall back to `poll`.
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+impl UringDriver {
+    /// Creates a ring with `entries` submission entries (rounded up to a power
+    /// of two by the kernel). An error from `io_uring_setup` (EPERM, ENOSYS
+    /// under seccomp) is returned unchanged so the loop can fall back to `poll`.
+    pub fn new(entries: u32) -> io::Result<UringDriver> {
+        let (ring, setup) = build_ring(entries.max(8))?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring probe failed (kernel too old?): {e}"),
+            )
+        })?;
+        let required = [
+            ("accept", opcode::Accept::CODE),
+            ("connect", opcode::Connect::CODE),
+            ("recv", opcode::Recv::CODE),
+            ("sendmsg", opcode::SendMsg::CODE),
+            ("async_cancel", opcode::AsyncCancel::CODE),
+            ("read", opcode::Read::CODE),
+            ("timeout", opcode::Timeout::CODE),
+        ];
+        for (name, code) in required {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring lacks {name}"),
+                ));
+            }
+        }
+        let shutdown_supported = probe.is_supported(opcode::Shutdown::CODE);
+        let ext_arg = ring.params().is_feature_ext_arg();
+
+        // Blocking eventfd: io_uring arms poll on it; a non-blocking one
+        // would complete the read with EAGAIN.
+        // SAFETY: plain syscall with constant flags.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh fd that nothing else owns.
+        let waker = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(efd) }));
+
+        let mut driver = UringDriver {
+            ring,
+            slots: Slots::default(),
+            live: Vec::new(),
+            ready: VecDeque::new(),
+            backlog: Vec::new(),
+            cqes: Vec::new(),
+            waker,
+            waker_buf: Box::into_raw(Box::new(0u64)),
+            waker_armed: false,
+            fallback_ts: Box::new(types::Timespec::new()),
+            ext_arg,
+            shutdown_supported,
+            setup,
+            closing: false,
+            stats: DriverStats::default(),
+        };
+        driver.arm_waker();
+        tracing::debug!(setup, ext_arg, shutdown_supported, "uring driver ready");
+        Ok(driver)
+    }
+
+    /// Pushes an SQE; when the SQ is full, submits to the kernel and retries.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in `entry` must stay valid until its CQE arrives.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: the caller guarantees the pointers in `entry` outlive the op.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    // The CQ is backed up: reap into the backlog, then (if
+                    // still stuck) let the kernel make progress.
+                    let mut backlog = std::mem::take(&mut self.backlog);
+                    let before = backlog.len();
+                    self.reap(&mut backlog);
+                    let reaped = backlog.len() > before;
+                    self.backlog = backlog;
+                    if !reaped {
+                        let _ = self.ring.submit_and_wait(1);
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring_enter failed while the SQ is full: {e}"),
+            }
+        }
+    }
+
+    /// Keeps a read on the eventfd in flight.
+    fn arm_waker(&mut self) {
+        if self.waker_armed || self.closing || self.waker_buf.is_null() {
+            return;
+        }
+        let entry = opcode::Read::new(
+            types::Fd(self.waker.0.as_raw_fd()),
+            self.waker_buf.cast::<u8>(),
+            8,
+        )
+        .build()
+        .user_data(WAKER_UD);
+        // SAFETY: `waker_buf` is freed only once the read's CQE arrived (or is
+        // leaked in drop), and the eventfd is kept open by `self.waker`.
+        unsafe { self.push(&entry) };
+        self.waker_armed = true;
+    }
+
+    /// Finishes an op without the kernel on the next `wait`.
+    fn complete_later(&mut self, key: OpKey, res: i32) {
+        self.ready.push_back((key, res));
+    }
+
+    /// One `io_uring_enter`: submit everything queued and wait for a CQE.
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stats.waits += 1;
+        let res = if self.ext_arg {
+            let submitter = self.ring.submitter();
+            match timeout {
+                None => submitter.submit_with_args(1, &types::SubmitArgs::new()),
+                Some(d) => {
+                    let ts = types::Timespec::from(d);
+                    submitter.submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
+                }
+            }
+        } else {
+            if let Some(d) = timeout {
+                *self.fallback_ts = types::Timespec::from(d);
+                let entry = opcode::Timeout::new(&*self.fallback_ts)
+                    .build()
+                    .user_data(TIMEOUT_UD);
+                // SAFETY: the kernel copies the timespec when it prepares the
+                // SQE during this very submit; the box outlives it anyway.
+                unsafe { self.push(&entry) };
+            }
+            self.ring.submit_and_wait(1)
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every available CQE into completions.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(ud, res) in &cqes {
+            if ud & INTERNAL_BIT != 0 {
+                match ud {
+                    WAKER_UD => {
+                        self.waker_armed = false;
+                        if res < 0 && res != -libc::ECANCELED && res != -libc::EINTR {
+                            tracing::warn!(
+                                "uring: waker read failed: {}",
+                                io::Error::from_raw_os_error(-res)
+                            );
+                        }
+                        self.arm_waker();
+                    }
+                    TIMEOUT_UD | WAKER_CANCEL_UD => {}
+                    other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
+                }
+            } else if ud & CANCEL_BIT != 0 {
+                let key = Slots::<Slot>::decode(ud & !CANCEL_BIT);
+                if let Some(slot) = self.slots.get_mut(key) {
+                    slot.cancel_result = Some(res);
+                }
+            } else {
+                let key = Slots::<Slot>::decode(ud);
+                match self.slots.remove(key) {
+                    Some(slot) => out.push(self.finish(key, slot, res)),
+                    None => tracing::warn!("uring: CQE for unknown op {ud:#x} ({res})"),
+                }
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+    }
+
+    /// Turns an op's one result (raw: negative errno) into its completion.
+    fn finish(&mut self, key: OpKey, slot: Slot, res: i32) -> Completion {
+        if let Some(l) = self.live.get_mut(key.index as usize) {
+            *l = None;
+        }
+        let Slot {
+            mut op,
+            user,
+            side,
+            offered,
+            cancel_requested,
+            cancel_result,
+        } = slot;
+        // The kernel is done with the side data now.
+        drop(side);
+        self.stats.completed += 1;
+        let result = if cancel_requested && (res == -libc::ECANCELED || res == -libc::EINTR) {
+            // Truly cancelled: nothing was transferred.
+            self.stats.cancelled += 1;
+            Err(cancelled_error())
+        } else {
+            if cancel_requested {
+                // The op finished anyway (cancel said ENOENT/EALREADY, or lost
+                // the race): its real result goes to the owner (O2).
+                self.stats.cancel_races += 1;
+                tracing::trace!(?key, res, ?cancel_result, "uring: cancel race");
+            }
+            if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                let n = res as usize;
+                match &mut op {
+                    Op::Accept { accepted, .. } => match Self::adopt(res) {
+                        Ok(a) => {
+                            *accepted = Some(a);
+                            Ok(0)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Op::Recv { buf, .. } => {
+                        debug_assert!(n <= offered);
+                        // SAFETY: the kernel wrote `n` initialized bytes into the
+                        // spare capacity starting at `buf.len()`, and `n` is at
+                        // most the spare capacity we offered.
+                        unsafe { buf.set_len(buf.len() + n.min(offered)) };
+                        if n < offered {
+                            self.stats.short_reads += 1;
+                        }
+                        Ok(n)
+                    }
+                    Op::Send { .. } => {
+                        if n < op.send_len() {
+                            self.stats.short_writes += 1;
+                        }
+                        Ok(n)
+                    }
+                    Op::Connect { .. } | Op::Shutdown { .. } => Ok(0),
+                }
+            }
+        };
+        Completion {
+            user,
+            key,
+            op,
+            result,
+        }
+    }
+
+    /// Takes ownership of an accepted fd and finds its peer.
+    fn adopt(fd: RawFd) -> io::Result<(SocketId, Address)> {
+        let id = match socket::adopt_accepted(fd, false) {
+            Ok(id) => id,
+            Err(e) => {
+                socket::close(SocketId(fd));
+                return Err(e);
+            }
+        };
+        match socket::peer_addr(id) {
+            Ok(addr) => Ok((id, addr)),
+            Err(e) => {
+                // The peer is already gone (ENOTCONN): report a transient
+                // accept error rather than a socket without a peer.
+                tracing::debug!("uring: accepted socket lost its peer: {e}");
+                socket::close(id);
+                Err(io::Error::from_raw_os_error(libc::ECONNABORTED))
+            }
+        }
+    }
+
+    /// Builds the SQE for the op in `key`'s slot, or completes it at once.
+    fn start(&mut self, key: OpKey) {
+        let ud = Slots::<Slot>::encode(key);
+        let slot = self.slots.get_mut(key).expect("slot just inserted");
+        let entry = match &mut slot.op {
+            Op::Accept { listener, .. } => opcode::Accept::new(
+                types::Fd(listener.0),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build(),
+            Op::Connect { socket, addr } => match addr.to_sockaddr() {
+                Ok(sa) => {
+                    let sa = Box::new(sa);
+                    let e = opcode::Connect::new(
+                        types::Fd(socket.0),
+                        sa.as_ptr().cast::<libc::sockaddr>(),
+                        sa.len(),
+                    )
+                    .build();
+                    slot.side = Side::Connect(sa);
+                    e
+                }
+                Err(e) => return self.complete_later(key, -errno(&e)),
+            },
+            Op::Recv { socket, buf } => {
+                let spare = (buf.capacity() - buf.len()).min(u32::MAX as usize);
+                if spare == 0 {
+                    return self.complete_later(key, -libc::EINVAL);
+                }
+                slot.offered = spare;
+                let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+                opcode::Recv::new(types::Fd(socket.0), ptr, spare as u32).build()
+            }
+            Op::Send {
+                socket,
+                bufs,
+                offset,
+            } => {
+                if bufs.first().map_or(*offset > 0, |b| *offset > b.len()) {
+                    return self.complete_later(key, -libc::EINVAL);
+                }
+                let iov: Box<[libc::iovec]> = bufs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let skip = if i == 0 { *offset } else { 0 };
+                        libc::iovec {
+                            iov_base: b[skip..].as_ptr() as *mut libc::c_void,
+                            iov_len: b.len() - skip,
+                        }
+                    })
+                    .filter(|v| v.iov_len > 0)
+                    .take(MAX_IOV)
+                    .collect();
+                // SAFETY: msghdr is a plain C struct; all-zero is a valid
+                // value (null pointers, zero lengths).
+                let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
+                let e = opcode::SendMsg::new(types::Fd(socket.0), &*msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build();
+                slot.side = Side::Send { iov, _msg: msg };
+                e
+            }
+            Op::Shutdown { socket, how } => {
+                let how = match how {
+                    How::Read => libc::SHUT_RD,
+                    How::Write => libc::SHUT_WR,
+                    How::Both => libc::SHUT_RDWR,
+                };
+                if !self.shutdown_supported {
+                    let fd = socket.0;
+                    // SAFETY: plain syscall on an fd the caller owns.
+                    let r = unsafe { libc::shutdown(fd, how) };
+                    let res = if r == 0 {
+                        0
+                    } else {
+                        -errno(&io::Error::last_os_error())
+                    };
+                    return self.complete_later(key, res);
+                }
+                opcode::Shutdown::new(types::Fd(socket.0), how).build()
+            }
+        };
+        let entry = entry.user_data(ud);
+        // SAFETY: every pointer in `entry` refers to heap memory owned by the
+        // slot (the Vec's buffer, the Bytes, the boxed side data), which stays
+        // put until the slot is removed when the op's CQE arrives, or is leaked
+        // by `drop`.
+        unsafe { self.push(&entry) };
+    }
+}
+
 impl Driver for UringDriver {
     fn kind(&self) -> DriverKind {
-        unimplemented!()
+        DriverKind::Uring
     }
+
     fn now(&self) -> Instant {
-        unimplemented!()
+        Instant::now()
     }
+
     fn submit(&mut self, op: Op, user: usize) -> OpKey {
-        unimplemented!()
+        let key = self.slots.insert(Slot {
+            op,
+            user,
+            side: Side::None,
+            offered: 0,
+            cancel_requested: false,
+            cancel_result: None,
+        });
+        assert!(key.index < MAX_INDEX, "too many io_uring ops in flight");
+        let i = key.index as usize;
+        if self.live.len() <= i {
+            self.live.resize(i + 1, None);
+        }
+        self.live[i] = Some(key);
+        self.stats.submitted += 1;
+        self.start(key);
+        key
     }
+
     fn cancel(&mut self, key: OpKey) {
-        unimplemented!()
+        let Some(slot) = self.slots.get_mut(key) else {
+            return; // stale: already completed
+        };
+        if slot.cancel_requested {
+            return;
+        }
+        slot.cancel_requested = true;
+        self.stats.cancel_requests += 1;
+        if self.ready.iter().any(|&(k, _)| k == key) {
+            return; // finished without the kernel; its result stands
+        }
+        let entry = opcode::AsyncCancel::new(Slots::<Slot>::encode(key))
+            .build()
+            .user_data(Slots::<Slot>::encode(key) | CANCEL_BIT);
+        // SAFETY: ASYNC_CANCEL carries no pointers.
+        unsafe { self.push(&entry) };
     }
+
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        unimplemented!()
+        let before = out.len();
+        out.append(&mut self.backlog);
+        while let Some((key, res)) = self.ready.pop_front() {
+            if let Some(slot) = self.slots.remove(key) {
+                out.push(self.finish(key, slot, res));
+            }
+        }
+        let timeout = if out.len() > before {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        let r = self.enter(timeout);
+        self.reap(out);
+        r
     }
+
     fn remote_waker(&self) -> Arc<dyn RemoteWaker> {
-        unimplemented!()
+        self.waker.clone()
     }
+
     fn in_flight(&self) -> usize {
-        unimplemented!()
+        self.slots.len()
     }
+
     fn stats(&self) -> DriverStats {
-        unimplemented!()
+        self.stats
     }
+
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
-        unimplemented!()
+        socket::listen(addr, backlog, false)
     }
+
     fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
-        unimplemented!()
+        socket::open_stream(addr, false)
     }
+
     fn close(&mut self, socket: SocketId) {
-        unimplemented!()
+        socket::close(socket)
     }
+
     fn local_addr(&self, socket: SocketId) -> io::Result<Address> {
-        unimplemented!()
+        socket::local_addr(socket)
     }
+
     fn peer_addr(&self, socket: SocketId) -> io::Result<Address> {
-        unimplemented!()
+        socket::peer_addr(socket)
     }
+
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
-        unimplemented!()
+        socket::set_option(socket, opt)
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        let leaked = self.quiesce(DROP_DEADLINE);
+        if leaked > 0 {
+            tracing::warn!("uring: leaked {leaked} ops the kernel did not complete");
+        }
+        // `ring` closes when the fields drop, after everything the kernel could
+        // still touch was either completed or leaked.
+    }
+}
+
+impl UringDriver {
+    /// Shuts the driver down (O3): cancels every op still in the kernel and
+    /// reaps until each one's CQE arrived or `limit` passed. Ops the kernel
+    /// never answered are leaked, never freed. Returns how many were leaked
+    /// (the waker read included). The driver submits nothing afterwards.
+    fn quiesce(&mut self, limit: Duration) -> usize {
+        self.closing = true;
+        let mut garbage = std::mem::take(&mut self.backlog);
+        while let Some((key, res)) = self.ready.pop_front() {
+            if let Some(slot) = self.slots.remove(key) {
+                garbage.push(self.finish(key, slot, res));
+            }
+        }
+        let live: Vec<OpKey> = self.live.iter().flatten().copied().collect();
+        for key in live {
+            self.cancel(key);
+        }
+        if self.waker_armed {
+            let entry = opcode::AsyncCancel::new(WAKER_UD)
+                .build()
+                .user_data(WAKER_CANCEL_UD);
+            // SAFETY: ASYNC_CANCEL carries no pointers.
+            unsafe { self.push(&entry) };
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            Self::discard(&mut garbage);
+            if self.slots.is_empty() && !self.waker_armed {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            if let Err(e) = self.enter(Some(wait)) {
+                tracing::warn!("uring: io_uring_enter failed during shutdown: {e}");
+                break;
+            }
+            self.reap(&mut garbage);
+        }
+        Self::discard(&mut garbage);
+        let mut leaked = self.slots.len();
+        if leaked > 0 {
+            // The kernel may still write these buffers: never free them.
+            std::mem::forget(std::mem::take(&mut self.slots));
+            self.live.clear();
+        }
+        if self.waker_armed {
+            leaked += 1;
+        } else if !self.waker_buf.is_null() {
+            // SAFETY: `waker_buf` came from Box::into_raw in `new`, the
+            // kernel's read of it has completed and no new read will be
+            // armed (`closing`); it is freed exactly once (then nulled).
+            drop(unsafe { Box::from_raw(self.waker_buf) });
+            self.waker_buf = std::ptr::null_mut();
+        }
+        leaked
+    }
+
+    /// Drops completions nobody will see, closing sockets they accepted.
+    fn discard(garbage: &mut Vec<Completion>) {
+        for c in garbage.drain(..) {
+            if let Op::Accept {
+                accepted: Some((id, _)),
+                ..
+            } = c.op
+            {
+                socket::close(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::driver::is_cancelled;
+
+    /// A driver, or `None` (with the reason printed) when io_uring is refused here.
+    fn driver() -> Option<UringDriver> {
+        match UringDriver::new(64) {
+            Ok(d) => Some(d),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM | libc::ENOSYS | libc::EACCES | libc::ENOMEM)
+                ) || e.kind() == io::ErrorKind::Unsupported =>
+            {
+                eprintln!("SKIPPED: io_uring unavailable on this machine: {e}");
+                None
+            }
+            Err(e) => panic!("UringDriver::new failed: {e}"),
+        }
+    }
+
+    macro_rules! driver_or_skip {
+        () => {
+            match driver() {
+                Some(d) => d,
+                None => return,
+            }
+        };
+    }
+
+    /// Waits until the completion of `key` arrives; other completions are kept in `others`.
+    fn wait_for(d: &mut UringDriver, key: OpKey, others: &mut Vec<Completion>) -> Completion {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = others.iter().position(|c| c.key == key) {
+                return others.remove(i);
+            }
+            assert!(Instant::now() < deadline, "no completion for {key:?}");
+            d.wait(Some(Duration::from_secs(1)), others).unwrap();
+        }
+    }
+
+    fn run(d: &mut UringDriver, key: OpKey) -> Completion {
+        let mut others = Vec::new();
+        let c = wait_for(d, key, &mut others);
+        assert!(others.is_empty(), "unexpected completions: {others:?}");
+        c
+    }
+
+    fn assert_quiescent(d: &UringDriver) {
+        let s = d.stats();
+        assert_eq!(d.in_flight(), 0);
+        assert_eq!(
+            s.submitted, s.completed,
+            "O1: one completion per submit: {s:?}"
+        );
+        assert_eq!(s.cancel_requests, s.cancel_races + s.cancelled, "{s:?}");
+    }
+
+    fn pair() -> (SocketId, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (SocketId(a.into_raw_fd()), b)
+    }
+
+    fn recv_op(socket: SocketId, cap: usize) -> Op {
+        Op::Recv {
+            socket,
+            buf: Vec::with_capacity(cap),
+        }
+    }
+
+    fn recv_bytes(c: Completion) -> io::Result<Vec<u8>> {
+        let n = c.result?;
+        match c.op {
+            Op::Recv { buf, .. } => {
+                assert_eq!(buf.len(), n);
+                Ok(buf)
+            }
+            other => panic!("not a recv: {other:?}"),
+        }
+    }
+
+    /// Accept + connect through the driver; returns (server side, client side).
+    fn connected(d: &mut UringDriver, addr: &Address) -> (SocketId, SocketId, Address) {
+        let listener = d.listen(addr, 16).unwrap();
+        let bound = d.local_addr(listener).unwrap();
+        let client = d.open_stream(&bound).unwrap();
+        let ka = d.submit(
+            Op::Accept {
+                listener,
+                accepted: None,
+            },
+            1,
+        );
+        let kc = d.submit(
+            Op::Connect {
+                socket: client,
+                addr: bound.clone(),
+            },
+            2,
+        );
+        let mut others = Vec::new();
+        let cc = wait_for(d, kc, &mut others);
+        cc.result.unwrap();
+        assert_eq!(cc.user, 2);
+        let ca = wait_for(d, ka, &mut others);
+        assert_eq!(ca.user, 1);
+        assert_eq!(ca.result.unwrap(), 0);
+        let (server, peer) = match ca.op {
+            Op::Accept {
+                accepted: Some(a), ..
+            } => a,
+            other => panic!("accept gave nothing: {other:?}"),
+        };
+        d.close(listener);
+        (server, client, peer)
+    }
+
+    fn echo_roundtrip(d: &mut UringDriver, server: SocketId, client: SocketId) {
+        // Vectored send with an offset into the first buffer.
+        let ks = d.submit(
+            Op::Send {
+                socket: client,
+                bufs: vec![
+                    Bytes::from_static(b"XXhello "),
+                    Bytes::from_static(b"world"),
+                ],
+                offset: 2,
+            },
+            3,
+        );
+        assert_eq!(run(d, ks).result.unwrap(), 11);
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            let kr = d.submit(recv_op(server, 64), 4);
+            got.extend(recv_bytes(run(d, kr)).unwrap());
+        }
+        assert_eq!(got, b"hello world");
+        // Echo it back.
+        let ks = d.submit(
+            Op::Send {
+                socket: server,
+                bufs: vec![Bytes::from(got.clone())],
+                offset: 0,
+            },
+            5,
+        );
+        assert_eq!(run(d, ks).result.unwrap(), 11);
+        let mut back = Vec::new();
+        while back.len() < 11 {
+            let kr = d.submit(recv_op(client, 64), 6);
+            back.extend(recv_bytes(run(d, kr)).unwrap());
+        }
+        assert_eq!(back, got);
+        // Half-close: the peer sees EOF.
+        let kh = d.submit(
+            Op::Shutdown {
+                socket: client,
+                how: How::Write,
+            },
+            7,
+        );
+        run(d, kh).result.unwrap();
+        let kr = d.submit(recv_op(server, 64), 8);
+        assert_eq!(recv_bytes(run(d, kr)).unwrap(), b"");
+    }
+
+    #[test]
+    fn tcp_loopback_echo() {
+        let mut d = driver_or_skip!();
+        assert_eq!(d.kind(), DriverKind::Uring);
+        let (server, client, peer) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
+        assert_eq!(peer, d.local_addr(client).unwrap());
+        assert_eq!(d.peer_addr(server).unwrap(), d.local_addr(client).unwrap());
+        d.set_option(client, SockOpt::NoDelay(true)).unwrap();
+        echo_roundtrip(&mut d, server, client);
+        d.close(server);
+        d.close(client);
+        assert_quiescent(&d);
+        println!("{d:?}");
+    }
+
+    #[test]
+    fn unix_listen_connect() {
+        let mut d = driver_or_skip!();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "proactor-uring-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let (server, client, peer) = connected(&mut d, &Address::Unix(path.clone()));
+        assert_eq!(peer, Address::Unix(Default::default()));
+        d.set_option(client, SockOpt::NoDelay(true)).unwrap();
+        echo_roundtrip(&mut d, server, client);
+        d.close(server);
+        d.close(client);
+        let _ = std::fs::remove_file(&path);
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn cancel_recv_without_data_is_ecanceled() {
+        let mut d = driver_or_skip!();
+        let (a, _b) = pair();
+        let k = d.submit(recv_op(a, 64), 9);
+        // Let it reach the kernel and park first.
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+        d.cancel(k);
+        d.cancel(k); // a second request changes nothing
+        let c = run(&mut d, k);
+        assert_eq!(c.user, 9);
+        let err = c.result.unwrap_err();
+        assert!(is_cancelled(&err), "{err}");
+        assert!(matches!(c.op, Op::Recv { ref buf, .. } if buf.is_empty() && buf.capacity() >= 64));
+        // Stale cancel: ignored.
+        d.cancel(k);
+        let s = d.stats();
+        assert_eq!((s.cancel_requests, s.cancelled, s.cancel_races), (1, 1, 0));
+        // Cancel queued in the same batch as its op.
+        let k = d.submit(recv_op(a, 64), 10);
+        d.cancel(k);
+        assert!(is_cancelled(&run(&mut d, k).result.unwrap_err()));
+        d.close(a);
+        assert_quiescent(&d);
+    }
+
+    /// bpo-33694 on io_uring: the data is there when the cancel is issued.
+    /// Either the cancel wins (ECANCELED, nothing consumed) or the bytes come
+    /// back; over many iterations not one byte is lost.
+    #[test]
+    fn cancel_race_never_loses_bytes() {
+        let mut d = driver_or_skip!();
+        let (a, mut b) = pair();
+        let mut written = Vec::new();
+        let mut received = Vec::new();
+        for i in 0..1000u32 {
+            if i % 3 != 2 {
+                let chunk: Vec<u8> = (0..(i % 97 + 1)).map(|j| (i + j) as u8).collect();
+                b.write_all(&chunk).unwrap();
+                written.extend_from_slice(&chunk);
+            }
+            let k = d.submit(recv_op(a, 4096), i as usize);
+            d.cancel(k);
+            match recv_bytes(run(&mut d, k)) {
+                Ok(bytes) => received.extend(bytes),
+                Err(e) => assert!(is_cancelled(&e), "{e}"),
+            }
+        }
+        while received.len() < written.len() {
+            let k = d.submit(recv_op(a, 1 << 16), 0);
+            received.extend(recv_bytes(run(&mut d, k)).unwrap());
+        }
+        assert_eq!(received, written, "bytes lost or reordered");
+        let s = d.stats();
+        println!("race stats: {s:?}");
+        assert!(s.cancel_races > 0, "no cancel race happened: {s:?}");
+        assert!(s.cancelled > 0, "no cancel won: {s:?}");
+        d.close(a);
+        assert_quiescent(&d);
+    }
+
+    /// The same with a writer thread, so data lands at every moment.
+    #[test]
+    fn cancel_race_with_concurrent_writer() {
+        let mut d = driver_or_skip!();
+        let (a, mut b) = pair();
+        let total = 2_000_000usize;
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0usize;
+            let mut i = 0u64;
+            while sent < total {
+                let n = ((i * 7919) % 3000 + 1) as usize;
+                let n = n.min(total - sent);
+                let chunk: Vec<u8> = (sent..sent + n).map(|x| (x % 251) as u8).collect();
+                b.write_all(&chunk).unwrap();
+                sent += n;
+                i += 1;
+                if i % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            b
+        });
+        let mut received = Vec::with_capacity(total);
+        let mut round = 0usize;
+        while received.len() < total {
+            let k = d.submit(recv_op(a, 8192), round);
+            if round % 2 == 0 {
+                d.cancel(k);
+            }
+            round += 1;
+            match recv_bytes(run(&mut d, k)) {
+                Ok(bytes) => {
+                    assert!(!bytes.is_empty(), "unexpected EOF");
+                    received.extend(bytes)
+                }
+                Err(e) => assert!(is_cancelled(&e), "{e}"),
+            }
+        }
+        let _b = writer.join().unwrap();
+        assert_eq!(received.len(), total);
+        assert!(
+            received
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i % 251) as u8),
+            "bytes lost or reordered"
+        );
+        println!("concurrent race stats: {:?}", d.stats());
+        d.close(a);
+        assert_quiescent(&d);
+    }
+
+    fn advance(bufs: &mut Vec<Bytes>, offset: &mut usize, n: usize) {
+        let mut n = n + *offset;
+        while let Some(first) = bufs.first() {
+            if n >= first.len() {
+                n -= first.len();
+                bufs.remove(0);
+            } else {
+                break;
+            }
+        }
+        *offset = n;
+    }
+
+    #[test]
+    fn tiny_sndbuf_gives_short_writes_without_loss() {
+        let mut d = driver_or_skip!();
+        let (server, client, _) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
+        d.set_option(client, SockOpt::SendBuffer(4096)).unwrap();
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+        let mut bufs: Vec<Bytes> = data.chunks(65536).map(Bytes::copy_from_slice).collect();
+        let mut offset = 0usize;
+        let mut received = Vec::new();
+        let mut out = Vec::new();
+        // Fill the pipe before anyone reads: the first send must be short.
+        let ks = d.submit(
+            Op::Send {
+                socket: client,
+                bufs: bufs.clone(),
+                offset,
+            },
+            1,
+        );
+        let first = run(&mut d, ks);
+        let n = first.result.unwrap();
+        assert!(n > 0 && n < data.len(), "first send not short: {n}");
+        assert_eq!(d.stats().short_writes, 1);
+        advance(&mut bufs, &mut offset, n);
+        let mut send_key = None;
+        let mut recv_key = Some(d.submit(recv_op(server, 16384), 2));
+        while received.len() < data.len() {
+            if send_key.is_none() && !bufs.is_empty() {
+                send_key = Some(d.submit(
+                    Op::Send {
+                        socket: client,
+                        bufs: bufs.clone(),
+                        offset,
+                    },
+                    1,
+                ));
+            }
+            if recv_key.is_none() {
+                recv_key = Some(d.submit(recv_op(server, 16384), 2));
+            }
+            d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
+            for c in out.drain(..) {
+                if Some(c.key) == send_key {
+                    send_key = None;
+                    let n = c.result.unwrap();
+                    advance(&mut bufs, &mut offset, n);
+                } else if Some(c.key) == recv_key {
+                    recv_key = None;
+                    let got = recv_bytes(c).unwrap();
+                    assert!(!got.is_empty());
+                    received.extend(got);
+                } else {
+                    panic!("stray completion {c:?}");
+                }
+            }
+        }
+        assert!(send_key.is_none() && bufs.is_empty());
+        assert_eq!(received, data);
+        let s = d.stats();
+        println!("short write stats: {s:?}");
+        assert!(s.short_writes >= 1);
+        assert!(s.short_reads >= 1);
+        // The recv still armed (if any) is cancelled cleanly.
+        if let Some(k) = recv_key {
+            d.cancel(k);
+            assert!(is_cancelled(&run(&mut d, k).result.unwrap_err()));
+        }
+        d.close(server);
+        d.close(client);
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn remote_wake_interrupts_wait_forever() {
+        let mut d = driver_or_skip!();
+        // Failsafe: if the wake never works, data arrives after 10 s and the
+        // assertion on elapsed time fails instead of the test hanging.
+        let (a, mut b) = pair();
+        let failsafe = d.submit(recv_op(a, 16), 0);
+        let waker = d.remote_waker();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            waker.wake();
+            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = b.write_all(b"x");
+            }
+        });
+        let start = Instant::now();
+        let mut out = Vec::new();
+        d.wait(None, &mut out).unwrap();
+        let elapsed = start.elapsed();
+        assert!(out.is_empty(), "{out:?}");
+        assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "wake did not interrupt wait: {elapsed:?}"
+        );
+        // A wake that comes before the wait also makes it return.
+        d.remote_waker().wake();
+        let start = Instant::now();
+        d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(out.is_empty());
+        // And the waker is re-armed: wake again from a thread.
+        let waker = d.remote_waker();
+        let t2 = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        let start = Instant::now();
+        d.wait(None, &mut out).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t2.join().unwrap();
+        d.cancel(failsafe);
+        let c = run(&mut d, failsafe);
+        assert!(is_cancelled(&c.result.unwrap_err()));
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        d.close(a);
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn wait_timeouts() {
+        let mut d = driver_or_skip!();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(start.elapsed() < Duration::from_millis(50));
+        let start = Instant::now();
+        d.wait(Some(Duration::from_millis(60)), &mut out).unwrap();
+        let e = start.elapsed();
+        assert!(
+            e >= Duration::from_millis(55) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+        assert!(out.is_empty());
+        assert_eq!(d.stats().waits, 2);
+    }
+
+    #[test]
+    fn connect_refused() {
+        let mut d = driver_or_skip!();
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let addr = Address::Inet(addr);
+        let s = d.open_stream(&addr).unwrap();
+        let k = d.submit(Op::Connect { socket: s, addr }, 0);
+        let err = run(&mut d, k).result.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
+        d.close(s);
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn invalid_ops_complete_once_with_einval() {
+        let mut d = driver_or_skip!();
+        let (a, _b) = pair();
+        let k = d.submit(
+            Op::Recv {
+                socket: a,
+                buf: Vec::new(),
+            },
+            0,
+        );
+        d.cancel(k);
+        let err = run(&mut d, k).result.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        let k = d.submit(
+            Op::Send {
+                socket: a,
+                bufs: vec![Bytes::from_static(b"ab")],
+                offset: 3,
+            },
+            0,
+        );
+        assert_eq!(
+            run(&mut d, k).result.unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        d.close(a);
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn many_ops_beyond_ring_size() {
+        // More ops than SQ entries: submit must flush the SQ and go on.
+        let mut d = driver_or_skip!();
+        let mut socks = Vec::new();
+        let mut keys = Vec::new();
+        for _ in 0..300 {
+            let (a, b) = pair();
+            keys.push(d.submit(recv_op(a, 16), a.0 as usize));
+            socks.push((a, b));
+        }
+        for (_, b) in &mut socks {
+            b.write_all(b"ping").unwrap();
+        }
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < keys.len() {
+            assert!(Instant::now() < deadline);
+            d.wait(Some(Duration::from_secs(1)), &mut out).unwrap();
+        }
+        for c in out {
+            assert_eq!(recv_bytes(c).unwrap(), b"ping");
+        }
+        for (a, mut b) in socks {
+            let mut buf = [0u8; 1];
+            d.close(a);
+            assert_eq!(b.read(&mut buf).unwrap(), 0);
+        }
+        assert_quiescent(&d);
+    }
+
+    #[test]
+    fn drop_with_ops_in_flight_is_clean() {
+        let mut d = driver_or_skip!();
+        let (a, _b) = pair();
+        let (c, _e) = pair();
+        let listener = d.listen(&"127.0.0.1:0".parse().unwrap(), 4).unwrap();
+        d.submit(recv_op(a, 1 << 20), 0);
+        d.submit(
+            Op::Accept {
+                listener,
+                accepted: None,
+            },
+            1,
+        );
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        // One more that only sits in the SQ.
+        d.submit(recv_op(c, 1 << 20), 2);
+        assert_eq!(d.in_flight(), 3);
+        let start = Instant::now();
+        drop(d);
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "drop had to time out"
+        );
+        socket::close(a);
+        socket::close(c);
+        socket::close(listener);
+    }
+
+    #[test]
+    fn shutdown_reaps_every_op_and_leaks_nothing() {
+        let mut d = driver_or_skip!();
+        let (a, mut b) = pair();
+        let (c, _e) = pair();
+        d.submit(recv_op(a, 1 << 16), 0);
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        // Data arrives after the op is in the kernel but before the cancel:
+        // shutdown must still wait for (and free) that completion.
+        b.write_all(b"late").unwrap();
+        d.submit(recv_op(c, 1 << 16), 1);
+        assert_eq!(d.quiesce(Duration::from_secs(1)), 0);
+        assert_eq!(d.in_flight(), 0);
+        assert!(d.waker_buf.is_null());
+        drop(d);
+        socket::close(a);
+        socket::close(c);
+    }
+
+    /// Kernels without EXT_ARG (< 5.11) wait with a Timeout op; kernels
+    /// without IORING_OP_SHUTDOWN (< 5.11) shut down synchronously.
+    #[test]
+    fn fallbacks_for_older_kernels() {
+        let mut d = driver_or_skip!();
+        d.ext_arg = false;
+        d.shutdown_supported = false;
+        let mut out = Vec::new();
+        let start = Instant::now();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        d.wait(Some(Duration::from_millis(60)), &mut out).unwrap();
+        let e = start.elapsed();
+        assert!(
+            e >= Duration::from_millis(55) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+        assert!(out.is_empty());
+        let waker = d.remote_waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        d.wait(None, &mut out).unwrap();
+        t.join().unwrap();
+        let (server, client, _) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
+        echo_roundtrip(&mut d, server, client);
+        d.close(server);
+        d.close(client);
+        assert_quiescent(&d);
     }
 }

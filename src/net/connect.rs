@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use futures_channel::oneshot;
 
@@ -20,6 +21,8 @@ pub struct ConnectOptions {
     pub send_buffer: Option<usize>,
     /// `SO_RCVBUF`, if set.
     pub recv_buffer: Option<usize>,
+    /// `SO_LINGER`, if set; `Some(ZERO)` makes `abort()` reset the connection.
+    pub linger: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -28,6 +31,7 @@ impl Default for ConnectOptions {
             nodelay: true,
             send_buffer: None,
             recv_buffer: None,
+            linger: None,
         }
     }
 }
@@ -41,6 +45,9 @@ impl ConnectOptions {
             }
             if let Some(n) = self.recv_buffer {
                 d.set_option(socket, SockOpt::RecvBuffer(n))?;
+            }
+            if let Some(l) = self.linger {
+                d.set_option(socket, SockOpt::Linger(Some(l)))?;
             }
             Ok(())
         })

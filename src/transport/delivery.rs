@@ -64,9 +64,6 @@ pub(crate) struct Delivery {
     /// A callback is running: `dispatch` must not re-enter (L4).
     busy: bool,
     ledger: Ledger,
-    /// Test-only: deliver held data even while paused (the scheduling bug).
-    #[cfg(feature = "broken-early-delivery")]
-    pub(crate) broken_ignore_pause: bool,
 }
 
 /// The next thing to tell the protocol.
@@ -92,8 +89,6 @@ impl Delivery {
             finished: false,
             busy: false,
             ledger: Ledger::default(),
-            #[cfg(feature = "broken-early-delivery")]
-            broken_ignore_pause: false,
         }
     }
 
@@ -169,6 +164,19 @@ impl Delivery {
         self.ledger.held
     }
 
+    /// R1 accounting at `connection_lost`: every byte received was delivered
+    /// or knowingly discarded. A violation is a bug in proactor: fatal in
+    /// debug and test builds, logged in release.
+    fn check_ledger(&self) {
+        let l = self.ledger;
+        if l.held != 0 || !l.balanced() {
+            if cfg!(debug_assertions) {
+                panic!("byte ledger unbalanced at connection_lost: {l:?}");
+            }
+            tracing::error!(?l, "byte ledger unbalanced at connection_lost");
+        }
+    }
+
     pub(crate) fn ledger(&self) -> Ledger {
         self.ledger
     }
@@ -192,6 +200,15 @@ impl Delivery {
         if self.finished || self.busy {
             return None;
         }
+        // The scheduling bug (bpo-33674 shape), kept only to prove the tests
+        // catch it: data that is already here goes out before connection_made.
+        #[cfg(feature = "broken-early-delivery")]
+        if self.made_pending {
+            if let Some(Held::Data(d)) = self.held.pop_front() {
+                self.ledger.held -= d.len() as u64;
+                return Some(Next::Data(d));
+            }
+        }
         if self.made_pending {
             self.made_pending = false;
             return Some(Next::Made);
@@ -204,11 +221,7 @@ impl Delivery {
                 Next::ResumeWriting
             });
         }
-        #[cfg(feature = "broken-early-delivery")]
-        let paused = self.read_paused && !self.broken_ignore_pause;
-        #[cfg(not(feature = "broken-early-delivery"))]
-        let paused = self.read_paused;
-        if !paused {
+        if !self.read_paused {
             match self.held.pop_front() {
                 Some(Held::Data(d)) => {
                     self.ledger.held -= d.len() as u64;
@@ -220,6 +233,7 @@ impl Delivery {
         }
         if let Some(e) = self.lost.take() {
             self.finished = true;
+            self.check_ledger();
             return Some(Next::Lost(e));
         }
         None

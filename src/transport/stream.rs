@@ -112,8 +112,20 @@ impl StreamTransport {
             local,
             release_hooks: RefCell::default(),
         });
-        t.schedule();
-        Transport(t)
+        #[cfg(feature = "broken-early-delivery")]
+        {
+            // Broken on purpose (tests only): read at once and announce the
+            // connection later, as a scheduled callback.
+            t.pump_read();
+            let me = t.clone();
+            handle.call_later(std::time::Duration::from_millis(1), move || me.schedule());
+            return Transport(t);
+        }
+        #[allow(unreachable_code)]
+        {
+            t.schedule();
+            Transport(t)
+        }
     }
 
     fn rc(&self) -> Rc<StreamTransport> {

@@ -1,0 +1,170 @@
+//! L1 and L2: callback order, timers, run_until_complete, thread-safe wake-up.
+
+mod util;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use proactor::{EventLoop, RunError};
+use util::*;
+
+/// L1: call_soon callbacks run in FIFO order, including ones scheduled by callbacks.
+#[test]
+fn l1_call_soon_is_fifo() {
+    on_every_driver("l1_call_soon_is_fifo", |lp| {
+        let h = lp.handle();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        for i in 0..100 {
+            let o = order.clone();
+            let h2 = h.clone();
+            h.call_soon(move || {
+                o.borrow_mut().push(i);
+                if i == 0 {
+                    let o = o.clone();
+                    h2.call_soon(move || o.borrow_mut().push(1000));
+                }
+            });
+        }
+        let done = Rc::new(std::cell::Cell::new(false));
+        let d = done.clone();
+        let hh = h.clone();
+        h.call_soon(move || {
+            d.set(true);
+            hh.call_soon({
+                let hh = hh.clone();
+                move || hh.stop()
+            });
+        });
+        lp.run_forever().unwrap();
+        let mut expected: Vec<i32> = (0..100).collect();
+        expected.push(1000);
+        assert_eq!(*order.borrow(), expected);
+    });
+}
+
+/// L1: timers never fire early (on the loop clock, and on the wall clock for
+/// real drivers), and equal deadlines fire in scheduling order.
+#[test]
+fn l1_timers_never_fire_early() {
+    on_every_driver("l1_timers_never_fire_early", |lp| {
+        let h = lp.handle();
+        let fired = Rc::new(RefCell::new(Vec::new()));
+        let start_loop = h.now();
+        let start_wall = Instant::now();
+        let real = h.driver_kind() != proactor::DriverKind::Sim;
+        for (i, ms) in [30u64, 10, 20, 10, 0, 50].into_iter().enumerate() {
+            let f = fired.clone();
+            let h2 = h.clone();
+            h.call_later(Duration::from_millis(ms), move || {
+                let late_loop = h2.now().duration_since(start_loop);
+                assert!(
+                    late_loop >= Duration::from_millis(ms),
+                    "timer {i} early on loop clock"
+                );
+                if real {
+                    assert!(
+                        start_wall.elapsed() >= Duration::from_millis(ms),
+                        "timer {i} early on wall clock"
+                    );
+                }
+                f.borrow_mut().push(i);
+            });
+        }
+        let cancelled = h.call_later(Duration::from_millis(5), || panic!("cancelled timer ran"));
+        assert!(cancelled.cancel());
+        let h2 = h.clone();
+        h.call_later(Duration::from_millis(60), move || h2.stop());
+        lp.run_forever().unwrap();
+        assert_eq!(*fired.borrow(), vec![4, 1, 3, 2, 0, 5]);
+    });
+}
+
+/// L1: run_until_complete reports a loop stopped before its future completed.
+#[test]
+fn l1_run_until_complete_reports_stop() {
+    on_every_driver("l1_run_until_complete_reports_stop", |lp| {
+        let h = lp.handle();
+        let h2 = h.clone();
+        h.call_later(Duration::from_millis(5), move || h2.stop());
+        let hh = h.clone();
+        let r = lp.run_until_complete(async move {
+            sleep(&hh, Duration::from_secs(3600)).await;
+            1
+        });
+        assert!(matches!(r, Err(RunError::Stopped)), "got {r:?}");
+        // The loop is still usable afterwards.
+        let hh = h.clone();
+        let v = lp
+            .run_until_complete(async move {
+                sleep(&hh, Duration::from_millis(1)).await;
+                7
+            })
+            .unwrap();
+        assert_eq!(v, 7);
+        // Spawned tasks and their join handles.
+        let hh = h.clone();
+        let j = h.spawn(async move {
+            sleep(&hh, Duration::from_millis(2)).await;
+            "done"
+        });
+        assert_eq!(lp.run_until_complete(j).unwrap().unwrap(), "done");
+    });
+}
+
+/// L2: call_soon_threadsafe wakes a loop blocked in the kernel with nothing
+/// else to do (no timers, no I/O).
+#[test]
+fn l2_call_soon_threadsafe_wakes_blocked_loop() {
+    on_every_driver("l2_call_soon_threadsafe_wakes_blocked_loop", |lp| {
+        let h = lp.handle();
+        let remote = h.remote();
+        let (tx, rx) = futures_channel::oneshot::channel::<u32>();
+        let started = Instant::now();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            remote.call_soon_threadsafe(move || {
+                let _ = tx.send(42);
+            });
+        });
+        let v = lp.run_until_complete(rx).unwrap().unwrap();
+        assert_eq!(v, 42);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+    });
+}
+
+/// L2: many threads at once; every callback runs exactly once.
+#[test]
+fn l2_many_threads_each_callback_once() {
+    let lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let r = h.remote();
+            let c = count.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    let c = c.clone();
+                    r.call_soon_threadsafe(move || {
+                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                }
+            })
+        })
+        .collect();
+    let hh = h.clone();
+    let c2 = count.clone();
+    lp.run_until_complete(async move {
+        wait_until(&hh, Duration::from_secs(10), "4000 callbacks", || {
+            c2.load(std::sync::atomic::Ordering::SeqCst) >= 4000
+        })
+        .await;
+    })
+    .unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4000);
+}

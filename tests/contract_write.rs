@@ -1,0 +1,338 @@
+//! W1–W3: writes never reorder, water marks alternate, close flushes, abort
+//! drops, write_eof half-closes. Every test runs on uring, poll and sim.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use proactor::net::{ConnectOptions, ServerOptions};
+use proactor::{AnyProtocol, Handle, Transport};
+use util::*;
+
+type Recs = Rc<RefCell<Vec<Rc<RefCell<Rec>>>>>;
+
+fn server_with(
+    h: &Handle,
+    options: ServerOptions,
+    hooks: impl Fn() -> Hooks + 'static,
+) -> (proactor::Server, Recs) {
+    let recs: Recs = Rc::default();
+    let r = recs.clone();
+    let server = h
+        .create_server_with(
+            localhost(),
+            move || {
+                let (p, rec) = Recorder::with_hooks(hooks());
+                r.borrow_mut().push(rec);
+                AnyProtocol::from(p)
+            },
+            options,
+        )
+        .expect("listen");
+    (server, recs)
+}
+
+/// W2 + W1: a server writing 4 MiB through a small send buffer to a slow
+/// reader gets pause/resume in strict alternation and every byte arrives.
+#[test]
+fn w2_back_pressure_alternates_and_loses_nothing() {
+    on_every_driver("w2_back_pressure", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            const TOTAL: usize = 4 << 20;
+            const CHUNK: usize = 32 * 1024;
+            let payload = Rc::new(pattern(9, 0, TOTAL));
+            let sent = Rc::new(Cell::new(0usize));
+            // Writes chunks until paused; resumes on resume_writing.
+            fn pump(t: &Transport, payload: &[u8], sent: &Cell<usize>, paused: &Cell<bool>) {
+                while !paused.get() && sent.get() < payload.len() {
+                    let end = (sent.get() + CHUNK).min(payload.len());
+                    t.write(&payload[sent.get()..end]);
+                    sent.set(end);
+                    if t.get_write_buffer_size() > t.get_write_buffer_limits().1 {
+                        // pause_writing is queued; stop as a well-behaved producer.
+                        paused.set(true);
+                    }
+                }
+                if sent.get() == payload.len() {
+                    t.close();
+                }
+            }
+            let paused = Rc::new(Cell::new(false));
+            let (p1, s1, pz1) = (payload.clone(), sent.clone(), paused.clone());
+            let (p2, s2, pz2) = (payload.clone(), sent.clone(), paused.clone());
+            let options = ServerOptions {
+                socket: ConnectOptions {
+                    send_buffer: Some(4096),
+                    ..ConnectOptions::default()
+                },
+                ..ServerOptions::default()
+            };
+            let (server, recs) = server_with(&h, options, move || {
+                let (p1, s1, pz1) = (p1.clone(), s1.clone(), pz1.clone());
+                let (p2, s2, pz2) = (p2.clone(), s2.clone(), pz2.clone());
+                Hooks {
+                    made: Some(Box::new(move |t: &Transport, ()| pump(t, &p1, &s1, &pz1))),
+                    resume_writing: Some(Box::new(move |t: &Transport, ()| {
+                        pz2.set(false);
+                        pump(t, &p2, &s2, &pz2)
+                    })),
+                    ..Hooks::default()
+                }
+            });
+            // A slow reader: reads in bursts, paused most of the time.
+            let (cp, crec) = Recorder::new();
+            let client = h
+                .create_connection_with(
+                    server.local_addr(),
+                    cp.into(),
+                    ConnectOptions {
+                        recv_buffer: Some(4096),
+                        ..ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut i = 0u32;
+            while crec.borrow().lost == 0 {
+                if i % 2 == 0 {
+                    client.pause_reading();
+                } else {
+                    client.resume_reading();
+                }
+                i += 1;
+                sleep(&h, Duration::from_millis(2)).await;
+                assert!(i < 100_000, "transfer stalled: {}", crec.borrow().summary());
+            }
+            let srec = recs.borrow()[0].clone();
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
+            let s = srec.borrow();
+            s.assert_closed_cleanly();
+            assert!(s.pauses >= 1, "the small buffer forced at least one pause");
+            assert!(
+                s.resumes + 1 >= s.pauses && s.resumes <= s.pauses,
+                "W2 alternation"
+            );
+            let c = crec.borrow();
+            c.assert_closed_cleanly();
+            assert_eq!(c.data.len(), TOTAL, "W1: every byte: {}", c.summary());
+            assert!(c.data == *payload, "W1: in order");
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// W3: close() sends everything written before it, then closes.
+#[test]
+fn w3_close_flushes_then_closes() {
+    on_every_driver("w3_close_flushes", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let payload = pattern(11, 0, 1 << 20);
+            let p = payload.clone();
+            let (server, recs) = server_with(&h, ServerOptions::default(), move || {
+                let p = p.clone();
+                Hooks {
+                    made: Some(Box::new(move |t: &Transport, ()| {
+                        t.write(&p);
+                        t.close();
+                        t.write(b"after close is dropped");
+                    })),
+                    ..Hooks::default()
+                }
+            });
+            let (cp, crec) = Recorder::new();
+            let _client = h.create_connection(server.local_addr(), cp).await.unwrap();
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
+            let c = crec.borrow();
+            c.assert_closed_cleanly();
+            assert_eq!(c.eof, 1);
+            assert!(c.data == payload, "W3: all flushed: {}", c.summary());
+            let srec = recs.borrow()[0].clone();
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
+            srec.borrow().assert_closed_cleanly();
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// W3: abort() drops unsent data at once; connection_lost(None) exactly once.
+#[test]
+fn w3_abort_drops_unsent_data() {
+    on_every_driver("w3_abort_drops", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            const TOTAL: usize = 32 << 20;
+            let (server, recs) = server_with(&h, ServerOptions::default(), move || Hooks {
+                made: Some(Box::new(move |t: &Transport, ()| {
+                    t.write_bytes(bytes::Bytes::from(vec![7u8; TOTAL]));
+                    t.abort();
+                    assert_eq!(t.get_write_buffer_size(), 0, "abort drops the buffer");
+                    assert!(t.is_closing());
+                })),
+                ..Hooks::default()
+            });
+            let (cp, crec) = Recorder::new();
+            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
+            assert!(crec.borrow().data.len() < TOTAL, "abort must not flush");
+            let srec = recs.borrow()[0].clone();
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
+            srec.borrow().assert_closed_cleanly();
+            crec.borrow().assert_ok();
+            let _ = client;
+            wait_until(&h, Duration::from_secs(10), "sockets released", || {
+                recs.borrow()[0]
+                    .borrow()
+                    .transport
+                    .as_ref()
+                    .unwrap()
+                    .is_released()
+            })
+            .await;
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// W3: write_eof half-closes after the flush; the peer sees EOF and can
+/// still send back, and we still receive.
+#[test]
+fn w3_write_eof_half_closes() {
+    on_every_driver("w3_write_eof_half_closes", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            // Server: on EOF, keep the write side open, answer, then close.
+            let (server, recs) = server_with(&h, ServerOptions::default(), move || Hooks {
+                eof: Some(Box::new(|t: &Transport| {
+                    t.write(b"reply after your eof");
+                    t.close();
+                    true
+                })),
+                ..Hooks::default()
+            });
+            let (cp, crec) = Recorder::with_hooks(Hooks {
+                eof: Some(Box::new(|_t: &Transport| false)),
+                ..Hooks::default()
+            });
+            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+            assert!(client.can_write_eof());
+            client.write(b"request");
+            client.write_eof().unwrap();
+            client.write(b"dropped: written after write_eof");
+            wait_until(&h, Duration::from_secs(10), "client lost", || {
+                crec.borrow().lost == 1
+            })
+            .await;
+            let srec = recs.borrow()[0].clone();
+            wait_until(&h, Duration::from_secs(10), "server lost", || {
+                srec.borrow().lost == 1
+            })
+            .await;
+            let s = srec.borrow();
+            s.assert_closed_cleanly();
+            assert_eq!(s.data, b"request");
+            assert_eq!(s.eof, 1);
+            let c = crec.borrow();
+            c.assert_closed_cleanly();
+            assert_eq!(c.data, b"reply after your eof");
+            assert_eq!(c.eof, 1);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// A peer reset mid-transfer ends the connection with an error in
+/// connection_lost, exactly once; the other connection is unaffected.
+#[test]
+fn peer_reset_mid_transfer_reports_error_once() {
+    on_every_driver("peer_reset_mid_transfer", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            // The server streams to every client, so a reset hits an active send.
+            let (server, recs) = server_with(&h, ServerOptions::default(), || Hooks {
+                made: Some(Box::new(|t: &Transport, ()| {
+                    t.write_bytes(bytes::Bytes::from(vec![1u8; 64 << 20]))
+                })),
+                ..Hooks::default()
+            });
+            let reset_opts = ConnectOptions {
+                linger: Some(Duration::ZERO),
+                ..ConnectOptions::default()
+            };
+            let (cp, crec) = Recorder::new();
+            let victim = h
+                .create_connection_with(server.local_addr(), cp.into(), reset_opts)
+                .await
+                .unwrap();
+            let (bp, brec) = Recorder::new();
+            let bystander = h.create_connection(server.local_addr(), bp).await.unwrap();
+            wait_until(&h, Duration::from_secs(10), "both accepted", || {
+                recs.borrow().len() == 2 && recs.borrow().iter().all(|r| r.borrow().made == 1)
+            })
+            .await;
+            victim.write(&pattern(1, 0, 100_000));
+            bystander.write(b"still here");
+            sleep(&h, Duration::from_millis(20)).await;
+            // Server side stops reading so data is pending, then the peer resets.
+            victim.abort();
+            wait_until(
+                &h,
+                Duration::from_secs(10),
+                "victim's server side lost",
+                || recs.borrow()[0].borrow().lost == 1,
+            )
+            .await;
+            let vs = recs.borrow()[0].clone();
+            let v = vs.borrow();
+            v.assert_ok();
+            assert_eq!(v.lost, 1);
+            assert!(
+                v.lost_error.is_some(),
+                "a reset is an error, not a clean close: {}",
+                v.summary()
+            );
+            assert!(
+                v.data == pattern(1, 0, v.data.len()),
+                "bytes before the reset are intact"
+            );
+            crec.borrow().assert_ok();
+            // The bystander is untouched.
+            let bs = recs.borrow()[1].clone();
+            wait_until(&h, Duration::from_secs(10), "bystander data", || {
+                bs.borrow().data.len() == 10
+            })
+            .await;
+            assert_eq!(bs.borrow().lost, 0);
+            assert!(brec.borrow().data.len() > 0, "bystander still receives");
+            bystander.abort();
+            wait_until(&h, Duration::from_secs(10), "bystander closed", || {
+                brec.borrow().lost == 1
+            })
+            .await;
+            server.close();
+        })
+        .unwrap();
+    });
+}

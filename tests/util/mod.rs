@@ -1,0 +1,149 @@
+//! Shared test support: run a scenario on every driver, a recording protocol
+//! with an invariant checker (R1–R4, W2, L4), and small async helpers.
+#![allow(dead_code)]
+
+pub mod recorder;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use proactor::{DriverKind, EventLoop, Handle};
+
+pub use recorder::{Hooks, Rec, Recorder};
+
+/// Seeds each contract test runs on `sim` (override: PROACTOR_SIM_SEEDS).
+const DEFAULT_CONTRACT_SEEDS: u64 = 8;
+
+/// Whether io_uring can be used here; prints why not once.
+pub fn uring_available() -> bool {
+    match EventLoop::builder().driver(DriverKind::Uring).build() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipping uring: io_uring refused on this machine ({e})");
+            false
+        }
+    }
+}
+
+/// The sim seeds to run: PROACTOR_SIM_SEED replays one, else PROACTOR_SIM_SEEDS
+/// (or `default`) seeds starting at 0.
+pub fn sim_seeds(default: u64) -> Vec<u64> {
+    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![s];
+    }
+    let n = std::env::var("PROACTOR_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..n).collect()
+}
+
+/// Runs `scenario` on uring (if available), poll, and sim over several seeds.
+/// A failing sim seed is reported with the command that replays it.
+pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
+    let mut kinds = vec![DriverKind::Poll];
+    if uring_available() {
+        kinds.insert(0, DriverKind::Uring);
+    }
+    for kind in kinds {
+        let lp = EventLoop::builder()
+            .driver(kind)
+            .build()
+            .expect("build loop");
+        eprintln!("{test}: driver {kind}");
+        scenario(&lp);
+    }
+    for seed in sim_seeds(DEFAULT_CONTRACT_SEEDS) {
+        let lp = EventLoop::builder()
+            .driver(DriverKind::Sim)
+            .sim_seed(seed)
+            .build()
+            .expect("build sim loop");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&lp)));
+        if let Err(panic) = result {
+            eprintln!(
+                "{test} failed on sim seed {seed}; replay with:\n  PROACTOR_SIM_SEED={seed} cargo test --release {test}\nrecent sim trace:\n{}",
+                lp.handle().driver_trace().unwrap_or_default()
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Resolves once `cond` holds, checking every millisecond of loop time;
+/// panics with `what` after `limit` of loop time (virtual on sim).
+pub async fn wait_until(h: &Handle, limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = h.now() + limit;
+    while !cond() {
+        assert!(
+            h.now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        sleep(h, Duration::from_millis(1)).await;
+    }
+}
+
+/// Sleeps on the loop clock.
+pub fn sleep(h: &Handle, d: Duration) -> Sleep {
+    let done = Rc::new(Cell::new(false));
+    let waker: Rc<Cell<Option<std::task::Waker>>> = Rc::default();
+    {
+        let done = done.clone();
+        let waker = waker.clone();
+        h.call_later(d, move || {
+            done.set(true);
+            if let Some(w) = waker.take() {
+                w.wake();
+            }
+        });
+    }
+    Sleep { done, waker }
+}
+
+/// Future of [`sleep`].
+pub struct Sleep {
+    done: Rc<Cell<bool>>,
+    waker: Rc<Cell<Option<std::task::Waker>>>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.done.get() {
+            Poll::Ready(())
+        } else {
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        }
+    }
+}
+
+/// A deterministic byte pattern: byte `i` of stream `stream`.
+pub fn pattern(stream: u64, start: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| {
+            let x = (start + i).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The default listen address for a driver.
+pub fn localhost() -> proactor::Address {
+    "127.0.0.1:0".parse().unwrap()
+}
