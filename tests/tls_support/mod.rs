@@ -289,3 +289,226 @@ pub fn tls_cause(e: &io::Error) -> String {
         None => format!("io:{:?}:{e}", e.kind()),
     }
 }
+
+// ---------------------------------------------------------------------------
+// A hand-driven rustls peer over a plain transport, for peers that misbehave
+// on purpose (never answer close_notify, truncate, pipeline data).
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+
+/// State of a [`ManualPeer`].
+pub struct PeerState {
+    pub conn: rustls::Connection,
+    pub transport: Option<Transport>,
+    pub plaintext: Vec<u8>,
+    /// The peer's close_notify arrived.
+    pub close_notify: bool,
+    pub eof: bool,
+    pub lost: bool,
+    pub error: Option<String>,
+    /// Whether received bytes are processed (false: a silent peer).
+    pub active: bool,
+}
+
+pub type PeerRef = Rc<RefCell<PeerState>>;
+
+impl PeerState {
+    /// Moves the engine's output to the transport.
+    pub fn flush(&mut self) {
+        let out = self.take_output();
+        if let Some(t) = &self.transport {
+            if !out.is_empty() {
+                t.write(&out);
+            }
+        }
+    }
+    /// The engine's pending output.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+    pub fn write(&mut self, data: &[u8]) {
+        self.conn.writer().write_all(data).unwrap();
+        self.flush();
+    }
+    pub fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        self.flush();
+    }
+    pub fn handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+}
+
+/// A plain protocol running a rustls engine by hand.
+pub struct ManualPeer(pub PeerRef);
+
+impl ManualPeer {
+    pub fn client() -> (ManualPeer, PeerRef) {
+        let cfg = proactor::tls::client_config_with_ca_pem(cert().0.as_bytes()).unwrap();
+        let mut c = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+        c.set_buffer_limit(None);
+        Self::with(rustls::Connection::Client(c))
+    }
+    pub fn server() -> (ManualPeer, PeerRef) {
+        let (c, k) = cert();
+        let cfg: Arc<rustls::ServerConfig> =
+            proactor::tls::server_config_from_pem(c.as_bytes(), k.as_bytes()).unwrap();
+        let mut s = rustls::ServerConnection::new(cfg).unwrap();
+        s.set_buffer_limit(None);
+        Self::with(rustls::Connection::Server(s))
+    }
+    fn with(conn: rustls::Connection) -> (ManualPeer, PeerRef) {
+        let st = Rc::new(RefCell::new(PeerState {
+            conn,
+            transport: None,
+            plaintext: Vec::new(),
+            close_notify: false,
+            eof: false,
+            lost: false,
+            error: None,
+            active: true,
+        }));
+        (ManualPeer(st.clone()), st)
+    }
+}
+
+impl BaseProtocol for ManualPeer {
+    fn connection_made(&mut self, t: Transport) {
+        self.0.borrow_mut().transport = Some(t);
+    }
+    fn connection_lost(&mut self, e: Option<io::Error>) {
+        let mut s = self.0.borrow_mut();
+        s.lost = true;
+        if let Some(e) = e {
+            s.error.get_or_insert(e.to_string());
+        }
+    }
+    fn eof_received(&mut self) -> bool {
+        self.0.borrow_mut().eof = true;
+        true
+    }
+}
+
+impl Protocol for ManualPeer {
+    fn data_received(&mut self, mut data: &[u8]) {
+        let mut s = self.0.borrow_mut();
+        if !s.active || s.error.is_some() {
+            return;
+        }
+        while !data.is_empty() {
+            match s.conn.read_tls(&mut data) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    s.error = Some(e.to_string());
+                    break;
+                }
+            }
+            match s.conn.process_new_packets() {
+                Ok(io) => {
+                    let n = io.plaintext_bytes_to_read();
+                    let mut buf = vec![0; n];
+                    s.conn.reader().read_exact(&mut buf).unwrap();
+                    s.plaintext.extend_from_slice(&buf);
+                    if io.peer_has_closed() {
+                        s.close_notify = true;
+                    }
+                }
+                Err(e) => {
+                    s.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        s.flush();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A STARTTLS line server: echoes lines in plaintext; on `STARTTLS` answers
+// `READY\r\n` and upgrades, handing the rest of the read to the engine (T3);
+// then echoes over TLS.
+
+/// What a [`StarttlsLine`] connection saw.
+#[derive(Default)]
+pub struct Upgrade {
+    pub plain_lines: Vec<Vec<u8>>,
+    /// Bytes after the STARTTLS line in the same read.
+    pub unconsumed: usize,
+    /// The start_tls outcome (Ok: the TLS transport).
+    pub result: Option<Result<Transport, io::Error>>,
+    /// What the application saw over TLS.
+    pub secured: Shared,
+}
+
+pub type UpgradeRef = Rc<RefCell<Upgrade>>;
+
+pub struct StarttlsLine {
+    pub h: Handle,
+    pub buf: Vec<u8>,
+    pub t: Option<Transport>,
+    pub up: UpgradeRef,
+    pub upgraded: bool,
+    pub handshake_timeout: Duration,
+}
+
+impl StarttlsLine {
+    pub fn new(h: &Handle, up: &UpgradeRef) -> StarttlsLine {
+        StarttlsLine {
+            h: h.clone(),
+            buf: Vec::new(),
+            t: None,
+            up: up.clone(),
+            upgraded: false,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BaseProtocol for StarttlsLine {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+}
+
+impl Protocol for StarttlsLine {
+    fn data_received(&mut self, data: &[u8]) {
+        assert!(!self.upgraded, "old protocol got data after start_tls");
+        self.buf.extend_from_slice(data);
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            let t = self.t.clone().unwrap();
+            if line.trim_ascii() == b"STARTTLS" {
+                t.write(b"READY\r\n");
+                let rest = std::mem::take(&mut self.buf);
+                self.upgraded = true;
+                let secured = {
+                    let mut u = self.up.borrow_mut();
+                    u.unconsumed = rest.len();
+                    u.secured.clone()
+                };
+                let opts = server_options()
+                    .unconsumed(rest)
+                    .handshake_timeout(self.handshake_timeout);
+                let fut = self.h.start_tls(&t, Sink::echo(&secured), opts);
+                let up = self.up.clone();
+                self.h.spawn(async move {
+                    let r = fut.await;
+                    if let Ok(tls) = &r {
+                        // Before any data: the first-data-after-wakeup order.
+                        secured.borrow_mut().transport = Some(tls.clone());
+                    }
+                    up.borrow_mut().result = Some(r);
+                });
+                return;
+            }
+            self.up.borrow_mut().plain_lines.push(line.clone());
+            t.write(&line);
+        }
+    }
+}
