@@ -303,7 +303,6 @@ fn remote_shutdown_receives_trailing_data() {
                 .unwrap();
             let (peer, pst) = ManualPeer::client();
             let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
-            pst.borrow_mut().flush(); // ClientHello
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading();
             until(&h, LIMIT, "server wrote", || srv.borrow().made == 1).await;
@@ -513,12 +512,11 @@ fn first_data_after_wakeup() {
                 .create_server(localhost(), move || StarttlsLine::new(&hh, &u2))
                 .unwrap();
             let (peer, pst) = ManualPeer::client();
+            pst.borrow_mut().hold_hello = true;
+            pst.borrow_mut().skip_plain = b"READY\r\n".len();
             let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
-            pst.borrow_mut().active = false;
             raw.write(b"STARTTLS\r\n");
-            sleep(&h, Duration::from_millis(20)).await;
-            // Skip the plaintext READY line before turning the engine on.
-            pst.borrow_mut().active = true;
+            until(&h, LIMIT, "READY", || pst.borrow().plain_prefix == b"READY\r\n").await;
             {
                 // Queue application data before the handshake completes:
                 // rustls sends it right behind the client Finished.
@@ -613,30 +611,26 @@ fn client_hello_in_same_read_as_starttls() {
                 })
                 .unwrap();
             let (peer, pst) = ManualPeer::client();
-            pst.borrow_mut().active = false;
+            pst.borrow_mut().hold_hello = true;
+            pst.borrow_mut().skip_plain = b"hello\nREADY\r\n".len();
             let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
             let mut first = b"hello\nSTARTTLS\r\n".to_vec();
             first.extend(pst.borrow_mut().take_output()); // ClientHello
             raw.write(&first);
-            until(&h, LIMIT, "plaintext echo + READY", || {
-                cli_plain(&pst) >= b"hello\nREADY\r\n".len()
-            })
-            .await;
             until(&h, LIMIT, "upgrade result", || up.borrow().result.is_some()).await;
             let r = up.borrow_mut().result.take().unwrap();
             assert!(r.is_ok(), "handshake with unconsumed ClientHello: {:?}", r.err());
+            assert_eq!(pst.borrow().plain_prefix, b"hello\nREADY\r\n");
             assert_eq!(up.borrow().plain_lines, vec![b"hello\n".to_vec()]);
+            eprintln!("  unconsumed bytes handed to the engine: {}", up.borrow().unconsumed);
+            // The secured channel works both ways.
+            pst.borrow_mut().write(b"secret\n");
+            until(&h, LIMIT, "echo over TLS", || pst.borrow().plaintext == b"secret\n").await;
             raw.close();
             server.close();
         })
         .unwrap();
     });
-
-    // The peer is inactive: count the plaintext bytes it received raw.
-    fn cli_plain(p: &PeerRef) -> usize {
-        let t = p.borrow().transport.clone().unwrap();
-        t.ledger().received as usize
-    }
 }
 
 /// T3 / CVE-2011-0411: plaintext injected after STARTTLS (same read, or a

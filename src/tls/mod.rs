@@ -267,10 +267,9 @@ impl Handle {
         options: TlsOptions,
     ) -> impl Future<Output = io::Result<Transport>> {
         let prepared = self.start_tls_now(transport, protocol.into(), options);
-        async move {
-            let (tls, rx) = prepared?;
-            Waiter::new(tls, rx).await
-        }
+        // The Waiter exists before the first poll: dropping the future at
+        // any point aborts the connection.
+        async move { prepared?.await }
     }
 
     fn start_tls_now(
@@ -278,7 +277,7 @@ impl Handle {
         transport: &Transport,
         protocol: AnyProtocol,
         options: TlsOptions,
-    ) -> io::Result<(Rc<TlsConn>, conn::Receiver)> {
+    ) -> io::Result<Waiter> {
         options.validate()?;
         if transport.is_closing() {
             return Err(io::Error::new(
@@ -294,7 +293,7 @@ impl Handle {
         transport.set_protocol(tls.protocol());
         tls.start_handshake(unconsumed);
         transport.resume_reading();
-        Ok((tls, rx))
+        Ok(Waiter::new(tls, rx))
     }
 
     /// Connects to `addr` and runs `protocol` over TLS. Resolves with the TLS

@@ -307,8 +307,11 @@ pub struct PeerState {
     pub eof: bool,
     pub lost: bool,
     pub error: Option<String>,
-    /// Whether received bytes are processed (false: a silent peer).
-    pub active: bool,
+    /// Don't send the ClientHello at connection_made (the test sends it).
+    pub hold_hello: bool,
+    /// Plaintext bytes to read before the TLS stream starts (STARTTLS).
+    pub skip_plain: usize,
+    pub plain_prefix: Vec<u8>,
 }
 
 pub type PeerRef = Rc<RefCell<PeerState>>;
@@ -371,7 +374,9 @@ impl ManualPeer {
             eof: false,
             lost: false,
             error: None,
-            active: true,
+            hold_hello: false,
+            skip_plain: 0,
+            plain_prefix: Vec::new(),
         }));
         (ManualPeer(st.clone()), st)
     }
@@ -379,7 +384,11 @@ impl ManualPeer {
 
 impl BaseProtocol for ManualPeer {
     fn connection_made(&mut self, t: Transport) {
-        self.0.borrow_mut().transport = Some(t);
+        let mut s = self.0.borrow_mut();
+        s.transport = Some(t);
+        if !s.hold_hello {
+            s.flush(); // a client's ClientHello
+        }
     }
     fn connection_lost(&mut self, e: Option<io::Error>) {
         let mut s = self.0.borrow_mut();
@@ -397,8 +406,14 @@ impl BaseProtocol for ManualPeer {
 impl Protocol for ManualPeer {
     fn data_received(&mut self, mut data: &[u8]) {
         let mut s = self.0.borrow_mut();
-        if !s.active || s.error.is_some() {
+        if s.error.is_some() {
             return;
+        }
+        if s.skip_plain > 0 {
+            let n = s.skip_plain.min(data.len());
+            s.plain_prefix.extend_from_slice(&data[..n]);
+            s.skip_plain -= n;
+            data = &data[n..];
         }
         while !data.is_empty() {
             match s.conn.read_tls(&mut data) {
