@@ -148,10 +148,8 @@ fn l4_every_method_from_every_callback() {
                     crec.borrow().assert_ok();
                     let t = r.transport.clone().unwrap();
                     drop(r);
-                    wait_until(&h, Duration::from_secs(10), "socket released", || {
-                        t.is_released()
-                    })
-                    .await;
+                    let what = format!("{cb:?}/{m:?}: socket released");
+                    wait_until(&h, Duration::from_secs(10), &what, || t.is_released()).await;
                     assert!(t.ledger().balanced(), "{:?}", t.ledger());
                     server.close();
                 })

@@ -71,6 +71,8 @@ struct State {
     flow: WriteFlow,
 
     eof_requested: bool,
+    /// The `SHUT_WR` was submitted (once).
+    eof_sent: bool,
     shutdown: Option<OpKey>,
     closing: bool,
     aborted: bool,
@@ -100,6 +102,7 @@ impl StreamTransport {
                 send: None,
                 flow: WriteFlow::new(DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER),
                 eof_requested: false,
+                eof_sent: false,
                 shutdown: None,
                 closing: false,
                 aborted: false,
@@ -251,7 +254,8 @@ impl StreamTransport {
             ));
             return;
         }
-        if st.eof_requested && st.shutdown.is_none() && !st.closing {
+        if st.eof_requested && !st.eof_sent && !st.closing {
+            st.eof_sent = true;
             let me = self.rc();
             st.shutdown = Some(h.submit(
                 Op::Shutdown {
@@ -301,6 +305,7 @@ impl StreamTransport {
     }
 
     fn on_shutdown(&self, c: Completion) {
+        self.st.borrow_mut().shutdown = None;
         if let Err(e) = c.result {
             if !is_cancelled(&e) && e.raw_os_error() != Some(libc::ENOTCONN) {
                 self.fatal(e);

@@ -47,11 +47,18 @@ pub fn sim_seeds(default: u64) -> Vec<u64> {
 
 /// Runs `scenario` on uring (if available), poll, and sim over several seeds.
 /// A failing sim seed is reported with the command that replays it.
+/// PROACTOR_TEST_DRIVERS (e.g. `poll,sim`) narrows the set for debugging.
 pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
+    let wanted = |k: DriverKind| {
+        std::env::var("PROACTOR_TEST_DRIVERS")
+            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
+            .unwrap_or(true)
+    };
     let mut kinds = vec![DriverKind::Poll];
     if uring_available() {
         kinds.insert(0, DriverKind::Uring);
     }
+    kinds.retain(|k| wanted(*k));
     for kind in kinds {
         let lp = EventLoop::builder()
             .driver(kind)
@@ -60,7 +67,12 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
         eprintln!("{test}: driver {kind}");
         scenario(&lp);
     }
-    for seed in sim_seeds(DEFAULT_CONTRACT_SEEDS) {
+    let seeds = if wanted(DriverKind::Sim) {
+        sim_seeds(DEFAULT_CONTRACT_SEEDS)
+    } else {
+        Vec::new()
+    };
+    for seed in seeds {
         let lp = EventLoop::builder()
             .driver(DriverKind::Sim)
             .sim_seed(seed)
