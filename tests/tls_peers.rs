@@ -342,13 +342,18 @@ fn smtp_example(driver: &str) -> Option<(Child, u16)> {
         .and_then(|d| d.parent())
         .map(|d| d.join("examples").join("smtp_starttls"))
         .unwrap();
-    if !path.exists() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--example", "smtp_starttls"])
-            .status()
-            .ok()?;
-        assert!(st.success(), "building the example failed");
-    }
+    // `cargo test --test tls_peers` does not build examples: build it now
+    // (a no-op when up to date), in the profile this test was built in.
+    let profile_dir = exe.parent().and_then(|d| d.parent()).and_then(|d| d.file_name());
+    let profile = match profile_dir.and_then(|p| p.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--example", "smtp_starttls", "--profile", &profile])
+        .status()
+        .ok()?;
+    assert!(st.success(), "building the example failed");
     let mut child = Command::new(&path)
         .args(["--listen", "127.0.0.1:0"])
         .env("PROACTOR_DRIVER", driver)
