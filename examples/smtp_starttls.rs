@@ -265,7 +265,11 @@ fn print_message(session: &Session) {
         session.from.as_deref().unwrap_or("?"),
         session.to.join(", "),
         session.body.len(),
-        if session.secure { "over TLS" } else { "in plaintext" },
+        if session.secure {
+            "over TLS"
+        } else {
+            "in plaintext"
+        },
     );
     let _ = out.write_all(&session.body);
     let _ = writeln!(out, "--- end of message ---");

@@ -27,7 +27,10 @@ fn tls_echo_round_trip() {
             assert!(!info.peer_certificates.is_empty());
             let msg = pattern(1, 300_000);
             t.write(&msg);
-            until(&h, Duration::from_secs(10), "echo", || cli.borrow().data.len() >= msg.len()).await;
+            until(&h, Duration::from_secs(10), "echo", || {
+                cli.borrow().data.len() >= msg.len()
+            })
+            .await;
             assert!(cli.borrow().data == msg);
             assert_eq!(cli.borrow().made, 1);
             t.close();
@@ -36,9 +39,19 @@ fn tls_echo_round_trip() {
             })
             .await;
             assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
-            assert!(srv_seen.borrow().error.is_none(), "{:?}", srv_seen.borrow().error);
+            assert!(
+                srv_seen.borrow().error.is_none(),
+                "{:?}",
+                srv_seen.borrow().error
+            );
             assert_eq!(srv_seen.borrow().eof, 1);
-            let sinfo = srv_seen.borrow().transport.as_ref().unwrap().tls_info().unwrap();
+            let sinfo = srv_seen
+                .borrow()
+                .transport
+                .as_ref()
+                .unwrap()
+                .tls_info()
+                .unwrap();
             assert_eq!(sinfo.server_name.as_deref(), Some("localhost"));
             server.close();
             server.wait_closed().await;

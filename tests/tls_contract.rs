@@ -86,7 +86,12 @@ fn start_tls_server_1() {
             let hello = pattern(2, 100 * 1024);
             let secured = shared();
             let server_result: Rc<RefCell<Option<io::Result<Transport>>>> = Rc::default();
-            let (hh, p2, sec2, res2) = (h.clone(), plain.clone(), secured.clone(), server_result.clone());
+            let (hh, p2, sec2, res2) = (
+                h.clone(),
+                plain.clone(),
+                secured.clone(),
+                server_result.clone(),
+            );
             let server = h
                 .create_server(localhost(), move || {
                     let (hh, p2, sec2, res2) = (hh.clone(), p2.clone(), sec2.clone(), res2.clone());
@@ -99,18 +104,37 @@ fn start_tls_server_1() {
                 })
                 .unwrap();
             let cli = shared();
-            let raw = h.create_connection(server.local_addr(), Sink::new(&cli)).await.unwrap();
-            until(&h, LIMIT, "100 KiB plaintext", || cli.borrow().data.len() >= plain.len()).await;
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&cli))
+                .await
+                .unwrap();
+            until(&h, LIMIT, "100 KiB plaintext", || {
+                cli.borrow().data.len() >= plain.len()
+            })
+            .await;
             assert!(cli.borrow().data == plain, "exactly the plaintext");
             let tls_cli = shared();
-            let t = h.start_tls(&raw, Sink::new(&tls_cli), client_options()).await.unwrap();
+            let t = h
+                .start_tls(&raw, Sink::new(&tls_cli), client_options())
+                .await
+                .unwrap();
             t.write(&hello);
-            until(&h, LIMIT, "100 KiB over TLS", || secured.borrow().data.len() >= hello.len()).await;
+            until(&h, LIMIT, "100 KiB over TLS", || {
+                secured.borrow().data.len() >= hello.len()
+            })
+            .await;
             assert!(secured.borrow().data == hello);
             assert!(server_result.borrow().as_ref().unwrap().is_ok());
             t.close();
-            until(&h, LIMIT, "closed", || tls_cli.borrow().lost == 1 && secured.borrow().lost == 1).await;
-            assert!(tls_cli.borrow().error.is_none(), "{:?}", tls_cli.borrow().error);
+            until(&h, LIMIT, "closed", || {
+                tls_cli.borrow().lost == 1 && secured.borrow().lost == 1
+            })
+            .await;
+            assert!(
+                tls_cli.borrow().error.is_none(),
+                "{:?}",
+                tls_cli.borrow().error
+            );
             assert_eq!(cli.borrow().lost, 0, "the old protocol hears nothing more");
             assert_eq!(tls_cli.borrow().made, 0, "start_tls does not re-announce");
             server.close();
@@ -147,7 +171,10 @@ fn start_tls_client_buf_proto_1() {
             let mut s = self.0.borrow_mut();
             s.got.push(self.1[0]);
             if self.1[0] == b'1' {
-                let t = s.tls.clone().expect("the caller holds the TLS transport first");
+                let t = s
+                    .tls
+                    .clone()
+                    .expect("the caller holds the TLS transport first");
                 t.set_protocol(Plain(self.0.clone()));
                 s.swapped = true;
                 t.write(b"HELLO\n");
@@ -176,7 +203,11 @@ fn start_tls_client_buf_proto_1() {
                     let hh = hh.clone();
                     let seen = shared();
                     let seen2 = seen.clone();
-                    ServerSide { h: hh, seen: seen2, t: None }
+                    ServerSide {
+                        h: hh,
+                        seen: seen2,
+                        t: None,
+                    }
                 })
                 .unwrap();
             struct ServerSide {
@@ -205,7 +236,9 @@ fn start_tls_client_buf_proto_1() {
                             }
                         }
                     }
-                    let fut = self.h.start_tls(&t, Two(self.seen.clone()), server_options());
+                    let fut = self
+                        .h
+                        .start_tls(&t, Two(self.seen.clone()), server_options());
                     let seen = self.seen.clone();
                     self.h.spawn(async move {
                         let tls = fut.await.unwrap();
@@ -217,13 +250,20 @@ fn start_tls_client_buf_proto_1() {
 
             let st = Rc::new(RefCell::new(St::default()));
             let raw = h
-                .create_connection(server.local_addr(), AnyProtocol::buffered(Buf(st.clone(), [0])))
+                .create_connection(
+                    server.local_addr(),
+                    AnyProtocol::buffered(Buf(st.clone(), [0])),
+                )
                 .await
                 .unwrap();
             raw.write(b"STARTTLS\n");
             until(&h, LIMIT, "O", || st.borrow().got == b"O").await;
             let tls_t = h
-                .start_tls(&raw, AnyProtocol::buffered(Buf(st.clone(), [0])), client_options())
+                .start_tls(
+                    &raw,
+                    AnyProtocol::buffered(Buf(st.clone(), [0])),
+                    client_options(),
+                )
                 .await
                 .unwrap();
             st.borrow_mut().tls = Some(tls_t.clone());
@@ -248,7 +288,9 @@ fn flush_before_shutdown() {
             let (peer, pst) = ManualPeer::server();
             let slot = Rc::new(RefCell::new(Some(peer)));
             let server = h
-                .create_server(localhost(), move || slot.borrow_mut().take().expect("one client"))
+                .create_server(localhost(), move || {
+                    slot.borrow_mut().take().expect("one client")
+                })
                 .unwrap();
             let cli = shared();
             let t = h
@@ -265,8 +307,15 @@ fn flush_before_shutdown() {
             t.close();
             sleep(&h, Duration::from_millis(20)).await;
             raw_peer.resume_reading();
-            until(&h, LIMIT, "peer got 4 MiB and close_notify", || pst.borrow().close_notify).await;
-            assert!(pst.borrow().plaintext == data, "got {}", pst.borrow().plaintext.len());
+            until(&h, LIMIT, "peer got 4 MiB and close_notify", || {
+                pst.borrow().close_notify
+            })
+            .await;
+            assert!(
+                pst.borrow().plaintext == data,
+                "got {}",
+                pst.borrow().plaintext.len()
+            );
             // Answer the close_notify: our side ends cleanly.
             pst.borrow_mut().close_notify();
             until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
@@ -302,17 +351,26 @@ fn remote_shutdown_receives_trailing_data() {
                 )
                 .unwrap();
             let (peer, pst) = ManualPeer::client();
-            let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading();
             until(&h, LIMIT, "server wrote", || srv.borrow().made == 1).await;
             sleep(&h, Duration::from_millis(20)).await;
             let st = srv.borrow().transport.clone().unwrap();
-            assert!(st.get_write_buffer_size() > 0, "data is backed up in our backlog");
+            assert!(
+                st.get_write_buffer_size() > 0,
+                "data is backed up in our backlog"
+            );
             pst.borrow_mut().close_notify();
             sleep(&h, Duration::from_millis(20)).await;
             raw.resume_reading();
-            until(&h, LIMIT, "all trailing data + close_notify", || pst.borrow().close_notify).await;
+            until(&h, LIMIT, "all trailing data + close_notify", || {
+                pst.borrow().close_notify
+            })
+            .await;
             assert_eq!(pst.borrow().plaintext.len(), data.len());
             assert!(pst.borrow().plaintext == data);
             until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
@@ -384,12 +442,19 @@ fn ssl_handshake_connection_lost() {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                ),
                 "{e:?}"
             );
             sleep(&h, Duration::from_millis(10)).await;
             let c = cli.borrow();
-            assert_eq!((c.made, c.lost), (0, 0), "neither connection_made nor connection_lost");
+            assert_eq!(
+                (c.made, c.lost),
+                (0, 0),
+                "neither connection_made nor connection_lost"
+            );
             server.close();
         })
         .unwrap();
@@ -412,9 +477,12 @@ fn start_tls_client_corrupted_ssl() {
                             let raw = t.raw_transport();
                             let t2 = t.clone();
                             // Once the record above is out, corrupt the stream.
-                            t2.loop_handle().unwrap().call_later(Duration::from_millis(5), move || {
-                                raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
-                            });
+                            t2.loop_handle().unwrap().call_later(
+                                Duration::from_millis(5),
+                                move || {
+                                    raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
+                                },
+                            );
                         })
                     },
                     server_options(),
@@ -444,7 +512,9 @@ fn slow_handshake_timeout() {
         lp.run_until_complete(async move {
             let srv = shared();
             let s2 = srv.clone();
-            let server = h.create_server(localhost(), move || Sink::new(&s2)).unwrap();
+            let server = h
+                .create_server(localhost(), move || Sink::new(&s2))
+                .unwrap();
             let cli = shared();
             let start = h.now();
             let opts = client_options().handshake_timeout(Duration::from_secs(1));
@@ -454,7 +524,10 @@ fn slow_handshake_timeout() {
                 .unwrap_err();
             assert!(is(&e, |t| matches!(t, TlsError::HandshakeTimeout)), "{e}");
             assert!(h.now() - start >= Duration::from_secs(1));
-            until(&h, LIMIT, "server sees the abort", || srv.borrow().lost == 1).await;
+            until(&h, LIMIT, "server sees the abort", || {
+                srv.borrow().lost == 1
+            })
+            .await;
             assert_eq!((cli.borrow().made, cli.borrow().lost), (0, 0));
             server.close();
         })
@@ -474,17 +547,24 @@ fn failed_certificate_verification() {
                 .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
                 .unwrap();
             let cli = shared();
-            let opts = TlsOptions::client(tls::client_config_webpki().unwrap(), "localhost").unwrap();
+            let opts =
+                TlsOptions::client(tls::client_config_webpki().unwrap(), "localhost").unwrap();
             let e = h
                 .create_tls_connection(server.local_addr(), Sink::new(&cli), opts)
                 .await
                 .unwrap_err();
             assert!(
-                is(&e, |t| matches!(t, TlsError::Engine(rustls::Error::InvalidCertificate(_)))),
+                is(&e, |t| matches!(
+                    t,
+                    TlsError::Engine(rustls::Error::InvalidCertificate(_))
+                )),
                 "{e}"
             );
             // The server logs and closes; its application never hears of it.
-            until(&h, LIMIT, "server connection released", || server.active_connections() == 0).await;
+            until(&h, LIMIT, "server connection released", || {
+                server.active_connections() == 0
+            })
+            .await;
             assert_eq!((srv.borrow().made, srv.borrow().lost), (0, 0));
             // Other connections are unaffected (T6).
             let ok = h
@@ -514,9 +594,15 @@ fn first_data_after_wakeup() {
             let (peer, pst) = ManualPeer::client();
             pst.borrow_mut().hold_hello = true;
             pst.borrow_mut().skip_plain = b"READY\r\n".len();
-            let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
             raw.write(b"STARTTLS\r\n");
-            until(&h, LIMIT, "READY", || pst.borrow().plain_prefix == b"READY\r\n").await;
+            until(&h, LIMIT, "READY", || {
+                pst.borrow().plain_prefix == b"READY\r\n"
+            })
+            .await;
             {
                 // Queue application data before the handshake completes:
                 // rustls sends it right behind the client Finished.
@@ -524,7 +610,10 @@ fn first_data_after_wakeup() {
                 p.conn.writer().write_all_compat(b"ping\n");
                 p.flush();
             }
-            until(&h, LIMIT, "echo over TLS", || pst.borrow().plaintext == b"ping\n").await;
+            until(&h, LIMIT, "echo over TLS", || {
+                pst.borrow().plaintext == b"ping\n"
+            })
+            .await;
             let u = up.borrow();
             assert!(u.result.as_ref().unwrap().is_ok());
             assert_eq!(u.secured.borrow().data, b"ping\n");
@@ -557,7 +646,12 @@ fn start_tls_while_paused_for_writing() {
             let plain = pattern(5, 2 * 1024 * 1024);
             let secured = shared();
             let paused_at_start = Rc::new(Cell::new(false));
-            let (hh, p2, sec2, pas) = (h.clone(), plain.clone(), secured.clone(), paused_at_start.clone());
+            let (hh, p2, sec2, pas) = (
+                h.clone(),
+                plain.clone(),
+                secured.clone(),
+                paused_at_start.clone(),
+            );
             let server = h
                 .create_server(localhost(), move || {
                     let (hh, p2, sec2, pas) = (hh.clone(), p2.clone(), sec2.clone(), pas.clone());
@@ -574,15 +668,27 @@ fn start_tls_while_paused_for_writing() {
                 })
                 .unwrap();
             let cli = shared();
-            let raw = h.create_connection(server.local_addr(), Sink::new(&cli)).await.unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&cli))
+                .await
+                .unwrap();
             raw.pause_reading();
             sleep(&h, Duration::from_millis(30)).await;
             raw.resume_reading();
-            until(&h, LIMIT, "plaintext", || cli.borrow().data.len() >= plain.len()).await;
+            until(&h, LIMIT, "plaintext", || {
+                cli.borrow().data.len() >= plain.len()
+            })
+            .await;
             assert!(cli.borrow().data == plain);
-            assert!(paused_at_start.get(), "the raw transport was over its high-water mark");
+            assert!(
+                paused_at_start.get(),
+                "the raw transport was over its high-water mark"
+            );
             let tcli = shared();
-            let t = h.start_tls(&raw, Sink::new(&tcli), client_options()).await.unwrap();
+            let t = h
+                .start_tls(&raw, Sink::new(&tcli), client_options())
+                .await
+                .unwrap();
             let msg = pattern(6, 200_000);
             t.write(&msg);
             until(&h, LIMIT, "echo", || tcli.borrow().data.len() >= msg.len()).await;
@@ -613,19 +719,32 @@ fn client_hello_in_same_read_as_starttls() {
             let (peer, pst) = ManualPeer::client();
             pst.borrow_mut().hold_hello = true;
             pst.borrow_mut().skip_plain = b"hello\nREADY\r\n".len();
-            let raw = h.create_connection(server.local_addr(), peer).await.unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
             let mut first = b"hello\nSTARTTLS\r\n".to_vec();
             first.extend(pst.borrow_mut().take_output()); // ClientHello
             raw.write(&first);
             until(&h, LIMIT, "upgrade result", || up.borrow().result.is_some()).await;
             let r = up.borrow_mut().result.take().unwrap();
-            assert!(r.is_ok(), "handshake with unconsumed ClientHello: {:?}", r.err());
+            assert!(
+                r.is_ok(),
+                "handshake with unconsumed ClientHello: {:?}",
+                r.err()
+            );
             assert_eq!(pst.borrow().plain_prefix, b"hello\nREADY\r\n");
             assert_eq!(up.borrow().plain_lines, vec![b"hello\n".to_vec()]);
-            eprintln!("  unconsumed bytes handed to the engine: {}", up.borrow().unconsumed);
+            eprintln!(
+                "  unconsumed bytes handed to the engine: {}",
+                up.borrow().unconsumed
+            );
             // The secured channel works both ways.
             pst.borrow_mut().write(b"secret\n");
-            until(&h, LIMIT, "echo over TLS", || pst.borrow().plaintext == b"secret\n").await;
+            until(&h, LIMIT, "echo over TLS", || {
+                pst.borrow().plaintext == b"secret\n"
+            })
+            .await;
             raw.close();
             server.close();
         })
@@ -646,7 +765,10 @@ fn injected_plaintext_after_starttls_fails_handshake() {
                 let server = h
                     .create_server(localhost(), move || StarttlsLine::new(&hh, &u2))
                     .unwrap();
-                let raw = h.create_connection(server.local_addr(), Sink::new(&shared())).await.unwrap();
+                let raw = h
+                    .create_connection(server.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
                 if split {
                     raw.write(b"STARTTLS\r\n");
                     sleep(&h, Duration::from_millis(10)).await;
@@ -660,7 +782,10 @@ fn injected_plaintext_after_starttls_fails_handshake() {
                 assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
                 let u = up.borrow();
                 let s = u.secured.borrow();
-                assert!(s.data.is_empty() && s.made == 0 && s.lost == 0, "app heard nothing");
+                assert!(
+                    s.data.is_empty() && s.made == 0 && s.lost == 0,
+                    "app heard nothing"
+                );
                 assert!(u.plain_lines.is_empty());
                 drop(s);
                 drop(u);
@@ -718,7 +843,10 @@ fn close_and_abort_during_handshake() {
                     .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
                     .unwrap();
                 let peer = shared();
-                let _raw = h.create_connection(server.local_addr(), Sink::new(&peer)).await.unwrap();
+                let _raw = h
+                    .create_connection(server.local_addr(), Sink::new(&peer))
+                    .await
+                    .unwrap();
                 until(&h, LIMIT, "accepted", || server.active_connections() == 1).await;
                 if abort {
                     server.abort_clients();
@@ -726,14 +854,22 @@ fn close_and_abort_during_handshake() {
                     server.close_clients();
                 }
                 until(&h, LIMIT, "peer sees the end", || peer.borrow().lost == 1).await;
-                assert!(peer.borrow().data.is_empty(), "no close_notify mid-handshake");
+                assert!(
+                    peer.borrow().data.is_empty(),
+                    "no close_notify mid-handshake"
+                );
                 until(&h, LIMIT, "released", || server.active_connections() == 0).await;
                 assert_eq!((srv.borrow().made, srv.borrow().lost), (0, 0));
 
                 // Client side: a silent server; the raw transport goes away
                 // (close or abort) while start_tls waits.
-                let silent = h.create_server(localhost(), || Sink::new(&shared())).unwrap();
-                let raw = h.create_connection(silent.local_addr(), Sink::new(&shared())).await.unwrap();
+                let silent = h
+                    .create_server(localhost(), || Sink::new(&shared()))
+                    .unwrap();
+                let raw = h
+                    .create_connection(silent.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
                 let app = shared();
                 let fut = h.start_tls(&raw, Sink::new(&app), client_options());
                 if abort {
@@ -746,7 +882,10 @@ fn close_and_abort_during_handshake() {
                 assert_eq!((app.borrow().made, app.borrow().lost), (0, 0));
 
                 // Dropping the start_tls future aborts the connection.
-                let raw = h.create_connection(silent.local_addr(), Sink::new(&shared())).await.unwrap();
+                let raw = h
+                    .create_connection(silent.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
                 drop(h.start_tls(&raw, Sink::new(&shared()), client_options()));
                 until(&h, LIMIT, "aborted", || raw.is_released()).await;
                 server.close();
@@ -861,7 +1000,10 @@ fn pause_reading_pauses_raw_past_read_high_water() {
             sleep(&h, Duration::from_millis(200)).await;
             assert!(cli.borrow().data.is_empty());
             let held = t.ledger().held;
-            assert!(held > 0 && held < 1024 * 1024, "raw paused near 256 KiB, held {held}");
+            assert!(
+                held > 0 && held < 1024 * 1024,
+                "raw paused near 256 KiB, held {held}"
+            );
             assert!(!t.raw_transport().is_reading(), "raw transport paused");
             t.resume_reading();
             until(&h, LIMIT, "all", || cli.borrow().lost == 1).await;

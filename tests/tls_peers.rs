@@ -83,44 +83,59 @@ fn openssl_s_client_against_our_server() {
     if !have("openssl", "version") {
         return;
     }
-    drivers("openssl_s_client_against_our_server", Some(SIM_SKIP), |lp| {
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let server = h
-                .create_tls_server(localhost(), || EchoBye(None, Vec::new()), server_options())
-                .unwrap();
-            let port = server.local_addr().as_inet().unwrap().port();
-            let ca = cert_files().0.clone();
-            let out = in_thread(move || {
-                let mut child = Command::new("openssl")
-                    .args(["s_client", "-quiet", "-verify_return_error", "-servername", "localhost"])
-                    .arg("-connect")
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg("-CAfile")
-                    .arg(ca)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| e.to_string())?;
-                let mut stdin = child.stdin.take().unwrap();
-                stdin.write_all(b"hello over openssl\nbye\n").unwrap();
-                let mut s = String::new();
-                child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-                let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                let status = child.wait().unwrap();
-                if !status.success() || err.contains("unexpected eof") {
-                    return Err(format!("s_client {status}: {err}"));
-                }
-                Ok(s)
-            });
-            until(&h, LIMIT, "s_client done", || done(&out)).await;
-            assert_eq!(take(&out), "hello over openssl\nbye\n");
-            server.close();
-        })
-        .unwrap();
-    });
+    drivers(
+        "openssl_s_client_against_our_server",
+        Some(SIM_SKIP),
+        |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let server = h
+                    .create_tls_server(localhost(), || EchoBye(None, Vec::new()), server_options())
+                    .unwrap();
+                let port = server.local_addr().as_inet().unwrap().port();
+                let ca = cert_files().0.clone();
+                let out = in_thread(move || {
+                    let mut child = Command::new("openssl")
+                        .args([
+                            "s_client",
+                            "-quiet",
+                            "-verify_return_error",
+                            "-servername",
+                            "localhost",
+                        ])
+                        .arg("-connect")
+                        .arg(format!("127.0.0.1:{port}"))
+                        .arg("-CAfile")
+                        .arg(ca)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .map_err(|e| e.to_string())?;
+                    let mut stdin = child.stdin.take().unwrap();
+                    stdin.write_all(b"hello over openssl\nbye\n").unwrap();
+                    let mut s = String::new();
+                    child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+                    let mut err = String::new();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    let status = child.wait().unwrap();
+                    if !status.success() || err.contains("unexpected eof") {
+                        return Err(format!("s_client {status}: {err}"));
+                    }
+                    Ok(s)
+                });
+                until(&h, LIMIT, "s_client done", || done(&out)).await;
+                assert_eq!(take(&out), "hello over openssl\nbye\n");
+                server.close();
+            })
+            .unwrap();
+        },
+    );
 }
 
 /// Starts `openssl s_server -rev` on a free port; returns it and the port.
@@ -159,26 +174,33 @@ fn our_client_against_openssl_s_server() {
     if !have("openssl", "version") {
         return;
     }
-    drivers("our_client_against_openssl_s_server", Some(SIM_SKIP), |lp| {
-        let (mut child, port) = s_server();
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let seen = shared();
-            let addr: proactor::Address = format!("127.0.0.1:{port}").parse().unwrap();
-            let t = h
-                .create_tls_connection(addr, Sink::new(&seen), client_options())
-                .await
-                .unwrap();
-            t.write(b"hello openssl\n");
-            until(&h, LIMIT, "reversed echo", || seen.borrow().data.ends_with(b"\n")).await;
-            assert_eq!(seen.borrow().data, b"lssnepo olleh\n");
-            t.close();
-            until(&h, LIMIT, "closed", || seen.borrow().lost == 1).await;
-        })
-        .unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-    });
+    drivers(
+        "our_client_against_openssl_s_server",
+        Some(SIM_SKIP),
+        |lp| {
+            let (mut child, port) = s_server();
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let seen = shared();
+                let addr: proactor::Address = format!("127.0.0.1:{port}").parse().unwrap();
+                let t = h
+                    .create_tls_connection(addr, Sink::new(&seen), client_options())
+                    .await
+                    .unwrap();
+                t.write(b"hello openssl\n");
+                until(&h, LIMIT, "reversed echo", || {
+                    seen.borrow().data.ends_with(b"\n")
+                })
+                .await;
+                assert_eq!(seen.borrow().data, b"lssnepo olleh\n");
+                t.close();
+                until(&h, LIMIT, "closed", || seen.borrow().lost == 1).await;
+            })
+            .unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        },
+    );
 }
 
 const PY_CLIENT: &str = r#"
@@ -205,22 +227,26 @@ fn python_ssl_client_against_our_server() {
     if !have("python3", "--version") {
         return;
     }
-    drivers("python_ssl_client_against_our_server", Some(SIM_SKIP), |lp| {
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let server = h
-                .create_tls_server(localhost(), || EchoBye(None, Vec::new()), server_options())
-                .unwrap();
-            let port = server.local_addr().as_inet().unwrap().port();
-            let ca = cert_files().0.display().to_string();
-            let out = in_thread(move || python(PY_CLIENT, &[port.to_string(), ca]));
-            until(&h, LIMIT, "python done", || done(&out)).await;
-            let s = take(&out);
-            assert!(s.starts_with("TLSv1.3 1048580"), "{s}");
-            server.close();
-        })
-        .unwrap();
-    });
+    drivers(
+        "python_ssl_client_against_our_server",
+        Some(SIM_SKIP),
+        |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let server = h
+                    .create_tls_server(localhost(), || EchoBye(None, Vec::new()), server_options())
+                    .unwrap();
+                let port = server.local_addr().as_inet().unwrap().port();
+                let ca = cert_files().0.display().to_string();
+                let out = in_thread(move || python(PY_CLIENT, &[port.to_string(), ca]));
+                until(&h, LIMIT, "python done", || done(&out)).await;
+                let s = take(&out);
+                assert!(s.starts_with("TLSv1.3 1048580"), "{s}");
+                server.close();
+            })
+            .unwrap();
+        },
+    );
 }
 
 const PY_SERVER: &str = r#"
@@ -250,42 +276,46 @@ fn our_client_against_python_ssl_server() {
     if !have("python3", "--version") {
         return;
     }
-    drivers("our_client_against_python_ssl_server", Some(SIM_SKIP), |lp| {
-        let (c, k) = cert_files();
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(PY_SERVER)
-            .arg(c)
-            .arg(k)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().unwrap();
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let seen = shared();
-            let addr: proactor::Address = format!("127.0.0.1:{port}").parse().unwrap();
-            let t = h
-                .create_tls_connection(addr, Sink::new(&seen), client_options())
-                .await
+    drivers(
+        "our_client_against_python_ssl_server",
+        Some(SIM_SKIP),
+        |lp| {
+            let (c, k) = cert_files();
+            let mut child = Command::new("python3")
+                .arg("-c")
+                .arg(PY_SERVER)
+                .arg(c)
+                .arg(k)
+                .stdout(Stdio::piped())
+                .spawn()
                 .unwrap();
-            let data = pattern(11, 1 << 20);
-            t.write(&data);
-            until(&h, LIMIT, "echo", || seen.borrow().data.len() >= data.len()).await;
-            assert!(seen.borrow().data == data);
-            t.close();
-            until(&h, LIMIT, "closed", || seen.borrow().lost == 1).await;
-            assert!(seen.borrow().error.is_none(), "{:?}", seen.borrow().error);
-        })
-        .unwrap();
-        let mut rest = String::new();
-        stdout.read_to_string(&mut rest).unwrap();
-        assert!(child.wait().unwrap().success());
-        assert_eq!(rest.trim(), format!("echoed {}", 1 << 20));
-    });
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let port: u16 = line.trim().parse().unwrap();
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let seen = shared();
+                let addr: proactor::Address = format!("127.0.0.1:{port}").parse().unwrap();
+                let t = h
+                    .create_tls_connection(addr, Sink::new(&seen), client_options())
+                    .await
+                    .unwrap();
+                let data = pattern(11, 1 << 20);
+                t.write(&data);
+                until(&h, LIMIT, "echo", || seen.borrow().data.len() >= data.len()).await;
+                assert!(seen.borrow().data == data);
+                t.close();
+                until(&h, LIMIT, "closed", || seen.borrow().lost == 1).await;
+                assert!(seen.borrow().error.is_none(), "{:?}", seen.borrow().error);
+            })
+            .unwrap();
+            let mut rest = String::new();
+            stdout.read_to_string(&mut rest).unwrap();
+            assert!(child.wait().unwrap().success());
+            assert_eq!(rest.trim(), format!("echoed {}", 1 << 20));
+        },
+    );
 }
 
 const PY_ASYNCIO_STARTTLS: &str = r#"
@@ -344,7 +374,10 @@ fn smtp_example(driver: &str) -> Option<(Child, u16)> {
         .unwrap();
     // `cargo test --test tls_peers` does not build examples: build it now
     // (a no-op when up to date), in the profile this test was built in.
-    let profile_dir = exe.parent().and_then(|d| d.parent()).and_then(|d| d.file_name());
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.file_name());
     let profile = match profile_dir.and_then(|p| p.to_str()) {
         Some("debug") | None => "dev".to_string(),
         Some(p) => p.to_string(),
@@ -460,8 +493,18 @@ fn openssl_s_client_starttls_smtp_against_the_example() {
         let o = c.wait_with_output().unwrap();
         let out = stop_example(child);
         let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(stdout.contains("221 bye"), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-        assert!(!stdout.contains("STARTTLS"), "STARTTLS is not offered again over TLS");
-        assert!(out.contains("via openssl") && out.contains("over TLS"), "{out}");
+        assert!(
+            stdout.contains("221 bye"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !stdout.contains("STARTTLS"),
+            "STARTTLS is not offered again over TLS"
+        );
+        assert!(
+            out.contains("via openssl") && out.contains("over TLS"),
+            "{out}"
+        );
     }
 }

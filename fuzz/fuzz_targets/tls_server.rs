@@ -78,9 +78,9 @@ impl Protocol for Upgrader {
             self.done = true;
             let rest = self.buf.split_off(p + 10);
             let t = self.t.clone().unwrap();
-            let fut = self
-                .h
-                .start_tls(&t, App(self.app.clone()), server_options().unconsumed(rest));
+            let fut =
+                self.h
+                    .start_tls(&t, App(self.app.clone()), server_options().unconsumed(rest));
             self.h.spawn(async move {
                 let _ = fut.await;
             });
@@ -133,13 +133,16 @@ fuzz_target!(|input: Input| {
     data.extend_from_slice(&input.data);
     let server = if input.starttls {
         let (h2, a2) = (h.clone(), app.clone());
-        h.create_server("127.0.0.1:0".parse::<proactor::Address>().unwrap(), move || Upgrader {
-            h: h2.clone(),
-            t: None,
-            buf: Vec::new(),
-            done: false,
-            app: a2.clone(),
-        })
+        h.create_server(
+            "127.0.0.1:0".parse::<proactor::Address>().unwrap(),
+            move || Upgrader {
+                h: h2.clone(),
+                t: None,
+                buf: Vec::new(),
+                done: false,
+                app: a2.clone(),
+            },
+        )
     } else {
         let a2 = app.clone();
         h.create_tls_server(

@@ -469,7 +469,10 @@ impl TlsConn {
             };
             st.backlog_size -= n;
             while n > 0 {
-                let front = st.backlog.front_mut().expect("backlog shorter than written");
+                let front = st
+                    .backlog
+                    .front_mut()
+                    .expect("backlog shorter than written");
                 if n >= front.len() {
                     n -= front.len();
                     st.backlog.pop_front();

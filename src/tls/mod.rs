@@ -97,7 +97,8 @@ pub enum TlsError {
 impl TlsError {
     /// The `TlsError` inside `e`, if it is one.
     pub fn of(e: &io::Error) -> Option<&TlsError> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>())
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<TlsError>())
     }
 
     pub(crate) fn into_io(self) -> io::Error {

@@ -276,7 +276,8 @@ pub mod futures_channel_like {
 pub fn pattern(stream: u64, len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| {
-            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let x =
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
             (x >> 56) as u8
         })
         .collect()
