@@ -603,12 +603,23 @@ fn first_data_after_wakeup() {
                 pst.borrow().plain_prefix == b"READY\r\n"
             })
             .await;
+            // ClientHello now; the client's Finished is held back so that it
+            // goes out in one write with the first application data.
+            pst.borrow_mut().hold_output = true;
             {
-                // Queue application data before the handshake completes:
-                // rustls sends it right behind the client Finished.
+                let mut p = pst.borrow_mut();
+                let hello = p.take_output();
+                p.transport.as_ref().unwrap().write(&hello);
+            }
+            until(&h, LIMIT, "client side of the handshake", || {
+                !pst.borrow().handshaking()
+            })
+            .await;
+            {
                 let mut p = pst.borrow_mut();
                 p.conn.writer().write_all_compat(b"ping\n");
-                p.flush();
+                p.flush(); // Finished + ping, pipelined
+                p.hold_output = false;
             }
             until(&h, LIMIT, "echo over TLS", || {
                 pst.borrow().plaintext == b"ping\n"
@@ -1010,6 +1021,48 @@ fn pause_reading_pauses_raw_past_read_high_water() {
             assert!(cli.borrow().data == data);
             assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
             assert!(t.write_eof().is_err() && !t.can_write_eof());
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// The same order on the client side of start_tls: the server sends
+/// application data in the same flight as its Finished (TLS 1.3 0.5-RTT),
+/// so it reaches the engine in the read that completes the handshake. It is
+/// delivered only after the start_tls caller stored the TLS transport.
+#[test]
+fn first_data_after_wakeup_client_side() {
+    drivers("first_data_after_wakeup_client_side", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let peers: Rc<RefCell<Vec<PeerRef>>> = Rc::default();
+            let p2 = peers.clone();
+            let server = h
+                .create_server(localhost(), move || {
+                    let (peer, pst) = ManualPeer::server();
+                    // Buffered by rustls until its Finished, then sent with it.
+                    pst.borrow_mut().conn.writer().write_all_compat(b"early\n");
+                    p2.borrow_mut().push(pst);
+                    peer
+                })
+                .unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&shared()))
+                .await
+                .unwrap();
+            let app = shared();
+            let t = h
+                .start_tls(&raw, Sink::echo(&app), client_options())
+                .await
+                .unwrap();
+            app.borrow_mut().transport = Some(t.clone());
+            until(&h, LIMIT, "echo of the early data", || {
+                peers.borrow()[0].borrow().plaintext == b"early\n"
+            })
+            .await;
+            assert_eq!(app.borrow().data, b"early\n");
+            t.close();
             server.close();
         })
         .unwrap();

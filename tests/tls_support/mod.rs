@@ -203,6 +203,10 @@ impl Protocol for Sink {
         let mut s = self.seen.borrow_mut();
         assert_eq!(s.lost, 0, "data after connection_lost");
         s.data.extend_from_slice(data);
+        assert!(
+            !self.echo || s.transport.is_some(),
+            "data before the transport is known"
+        );
         if self.echo {
             if let Some(t) = &s.transport {
                 t.write(data);
@@ -313,6 +317,8 @@ pub struct PeerState {
     /// Plaintext bytes to read before the TLS stream starts (STARTTLS).
     pub skip_plain: usize,
     pub plain_prefix: Vec<u8>,
+    /// Don't send engine output from `data_received` (the test flushes).
+    pub hold_output: bool,
 }
 
 pub type PeerRef = Rc<RefCell<PeerState>>;
@@ -378,6 +384,7 @@ impl ManualPeer {
             hold_hello: false,
             skip_plain: 0,
             plain_prefix: Vec::new(),
+            hold_output: false,
         }));
         (ManualPeer(st.clone()), st)
     }
@@ -441,7 +448,9 @@ impl Protocol for ManualPeer {
                 }
             }
         }
-        s.flush();
+        if !s.hold_output {
+            s.flush();
+        }
     }
 }
 
