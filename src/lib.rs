@@ -31,3 +31,5 @@ pub use transport::Ledger;
 pub use transport::{TlsInfo, Transport};
 pub mod net;
 pub use net::{ConnectOptions, Server, ServerOptions};
+pub mod tls;
+pub use tls::{TlsError, TlsOptions};

@@ -1,0 +1,195 @@
+//! Building rustls configurations: webpki roots, a CA from PEM, server
+//! certificates from PEM, a throwaway self-signed certificate, and an
+//! explicit, clearly named opt-out of verification for tests.
+//!
+//! Every builder uses the `ring` provider explicitly, so nothing depends on a
+//! process-wide default provider being installed.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+/// The crypto provider every config here uses (`ring`).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(what: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
+}
+
+fn client_builder() -> io::Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(invalid)
+}
+
+fn server_builder() -> io::Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>> {
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(invalid)
+}
+
+/// A client config that trusts the Mozilla root set (`webpki-roots`).
+pub fn client_config_webpki() -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(Arc::new(
+        client_builder()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// A client config that trusts exactly the CA certificates in `ca_pem`.
+pub fn client_config_with_ca_pem(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let certs = certs_from_pem(ca_pem)?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(invalid("no usable CA certificate in the PEM data"));
+    }
+    Ok(Arc::new(
+        client_builder()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// [`client_config_with_ca_pem`] reading the PEM from a file.
+pub fn client_config_with_ca_file(path: impl AsRef<Path>) -> io::Result<Arc<ClientConfig>> {
+    client_config_with_ca_pem(&read(path.as_ref())?)
+}
+
+/// **For tests only.** A client config that accepts any server certificate
+/// for any name (signatures on the handshake are still checked, so the peer
+/// must hold the key of the certificate it shows). This removes the
+/// protection TLS gives against an active attacker.
+pub fn client_config_insecure() -> io::Result<Arc<ClientConfig>> {
+    let verifier = Arc::new(AcceptAnyServerCert {
+        algorithms: provider().signature_verification_algorithms,
+    });
+    Ok(Arc::new(
+        client_builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    ))
+}
+
+/// A server config from a certificate chain and a private key, both PEM.
+pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<ServerConfig>> {
+    let certs = certs_from_pem(cert_pem)?;
+    if certs.is_empty() {
+        return Err(invalid("no certificate in the PEM data"));
+    }
+    let key = key_from_pem(key_pem)?;
+    Ok(Arc::new(
+        server_builder()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(invalid)?,
+    ))
+}
+
+/// [`server_config_from_pem`] reading both PEM files.
+pub fn server_config_from_pem_files(
+    cert_path: impl AsRef<Path>,
+    key_path: impl AsRef<Path>,
+) -> io::Result<Arc<ServerConfig>> {
+    server_config_from_pem(&read(cert_path.as_ref())?, &read(key_path.as_ref())?)
+}
+
+/// A throwaway self-signed certificate for `names` (DNS names or IP
+/// addresses), as `(certificate PEM, private key PEM)`. The certificate is
+/// also its own CA: give the certificate PEM to [`client_config_with_ca_pem`].
+pub fn self_signed(names: &[&str]) -> io::Result<(String, String)> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+/// The certificates in `pem` (DER), in order.
+pub fn certs_from_pem(pem: &[u8]) -> io::Result<Vec<CertificateDer<'static>>> {
+    rustls_pemfile::certs(&mut &pem[..]).collect()
+}
+
+/// The first private key in `pem` (PKCS#8, PKCS#1 or SEC1).
+pub fn key_from_pem(pem: &[u8]) -> io::Result<PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut &pem[..])?
+        .ok_or_else(|| invalid("no private key in the PEM data"))
+}
+
+fn read(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// The verifier behind [`client_config_insecure`].
+#[derive(Debug)]
+struct AcceptAnyServerCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_round_trips_through_the_config_builders() {
+        let (cert, key) = self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        assert!(cert.contains("BEGIN CERTIFICATE"));
+        server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        client_config_with_ca_pem(cert.as_bytes()).unwrap();
+        client_config_insecure().unwrap();
+        client_config_webpki().unwrap();
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_not_a_panic() {
+        assert!(server_config_from_pem(b"nope", b"nope").is_err());
+        assert!(client_config_with_ca_pem(b"").is_err());
+        let (cert, _) = self_signed(&["localhost"]).unwrap();
+        assert!(server_config_from_pem(cert.as_bytes(), b"").is_err());
+    }
+}

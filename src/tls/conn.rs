@@ -1,0 +1,931 @@
+//! The TLS connection: [`TlsProtocol`] on the raw transport, [`TlsConn`] as
+//! the application's transport, sharing one state.
+//!
+//! # Phases
+//! `Handshaking` → `Wrapped` → (`close()`: backlog flushed, `close_notify`
+//! sent) `ShuttingDown` → `Done`; any phase → `Done` on error, abort or loss
+//! of the raw transport. The application is live (its events are
+//! dispatched) once the handshake completed and the caller holds the
+//! transport (the gate); before that it hears nothing, so a failed
+//! handshake is invisible to it.
+//!
+//! # Re-entrancy
+//! Engine steps run inside raw-protocol callbacks and never call the
+//! application: plaintext goes to the [`Delivery`], which [`TlsConn::run`]
+//! dispatches from a loop callback. Raw transport methods only queue work,
+//! so calling them while `st` is borrowed is safe.
+#![forbid(unsafe_code)]
+
+use std::cell::{Cell, OnceCell, RefCell, RefMut};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+use super::{
+    Role, TlsError, TlsOptions, TLS_READ_HIGH_WATER, TLS_READ_LOW_WATER, TLS_WRITE_HIGH_WATER,
+    TLS_WRITE_LOW_WATER,
+};
+use crate::address::Address;
+use crate::event_loop::{Handle, TimerHandle, WeakHandle};
+use crate::protocol::{AnyProtocol, BaseProtocol, Protocol};
+use crate::transport::{
+    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteFlow,
+};
+
+pub(crate) type Receiver = oneshot::Receiver<io::Result<()>>;
+
+/// Plaintext fed to the engine per step, so one step never floods the raw
+/// transport far past its high-water mark.
+const FEED_CHUNK: usize = 64 * 1024;
+/// Most backlog buffers handed to the engine in one vectored write.
+const FEED_SLICES: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Handshaking,
+    Wrapped,
+    ShuttingDown,
+    Done,
+}
+
+struct State {
+    conn: Connection,
+    phase: Phase,
+    /// The handshake completed at some point (the application may be live).
+    established: bool,
+    /// The caller of `start_tls`/`create_tls_connection` does not hold the
+    /// transport yet: nothing is delivered (uvloop's first-data order).
+    gated: bool,
+    waiter: Option<oneshot::Sender<io::Result<()>>>,
+    info: Option<TlsInfo>,
+    /// Application plaintext not yet given to the engine (T2, T5).
+    backlog: VecDeque<Bytes>,
+    backlog_size: usize,
+    flow: WriteFlow,
+    /// The raw transport told us `pause_writing` (and not yet `resume_writing`).
+    raw_write_paused: bool,
+    /// We paused the raw transport's reading because too much plaintext is held.
+    raw_read_paused: bool,
+    /// The application called `close()`.
+    closing: bool,
+    /// The peer's `close_notify` arrived.
+    peer_closed: bool,
+    eof_pushed: bool,
+    /// `connection_lost` to deliver once held plaintext is delivered.
+    pending_loss: Option<Option<io::Error>>,
+    handshake_timer: Option<TimerHandle>,
+    shutdown_timer: Option<TimerHandle>,
+    dropped_writes: u64,
+    /// BROKEN ON PURPOSE (`broken-scheduled-handshake`): whether the
+    /// scheduled handshake has run; bytes arriving before are dropped.
+    #[cfg(feature = "broken-scheduled-handshake")]
+    started: bool,
+}
+
+/// The application's transport over TLS, and the engine's owner.
+pub(crate) struct TlsConn {
+    lp: WeakHandle,
+    me: Weak<TlsConn>,
+    raw: OnceCell<Transport>,
+    st: RefCell<State>,
+    delivery: RefCell<Delivery>,
+    scheduled: Cell<bool>,
+    handshake_timeout: Duration,
+    shutdown_timeout: Duration,
+    /// The name a client asked for (reported as SNI).
+    client_name: Option<String>,
+}
+
+impl TlsConn {
+    /// A connection in the handshaking phase. `already_made`: the protocol
+    /// was told `connection_made` before (start_tls). `with_waiter`: a caller
+    /// awaits the handshake (client side, start_tls); else a server logs.
+    pub(crate) fn new(
+        handle: &Handle,
+        options: TlsOptions,
+        protocol: AnyProtocol,
+        already_made: bool,
+        with_waiter: bool,
+    ) -> io::Result<(Rc<TlsConn>, Receiver)> {
+        let engine = |e: rustls::Error| TlsError::Engine(e).into_io();
+        let (mut conn, client_name) = match options.role {
+            Role::Client {
+                config,
+                server_name,
+            } => {
+                let name = match &server_name {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                    other => format!("{other:?}"),
+                };
+                let c = ClientConnection::new(config, server_name).map_err(engine)?;
+                (Connection::Client(c), Some(name))
+            }
+            Role::Server { config } => (
+                Connection::Server(ServerConnection::new(config).map_err(engine)?),
+                None,
+            ),
+        };
+        // We bound buffering ourselves (backlog, water marks).
+        conn.set_buffer_limit(None);
+        let (tx, rx) = oneshot::channel();
+        let delivery = if already_made {
+            Delivery::already_made(protocol)
+        } else {
+            Delivery::new(protocol)
+        };
+        let tls = Rc::new_cyclic(|me| TlsConn {
+            lp: handle.downgrade(),
+            me: me.clone(),
+            raw: OnceCell::new(),
+            st: RefCell::new(State {
+                conn,
+                phase: Phase::Handshaking,
+                established: false,
+                gated: with_waiter,
+                waiter: with_waiter.then_some(tx),
+                info: None,
+                backlog: VecDeque::new(),
+                backlog_size: 0,
+                flow: WriteFlow::new(TLS_WRITE_HIGH_WATER, TLS_WRITE_LOW_WATER),
+                raw_write_paused: false,
+                raw_read_paused: false,
+                closing: false,
+                peer_closed: false,
+                eof_pushed: false,
+                pending_loss: None,
+                handshake_timer: None,
+                shutdown_timer: None,
+                dropped_writes: 0,
+                #[cfg(feature = "broken-scheduled-handshake")]
+                started: false,
+            }),
+            delivery: RefCell::new(delivery),
+            scheduled: Cell::new(false),
+            handshake_timeout: options.handshake_timeout,
+            shutdown_timeout: options.shutdown_timeout,
+            client_name,
+        });
+        Ok((tls, rx))
+    }
+
+    fn rc(&self) -> Rc<TlsConn> {
+        self.me.upgrade().expect("TLS transport used after drop")
+    }
+
+    pub(crate) fn set_raw(&self, raw: Transport) {
+        let _ = self.raw.set(raw);
+    }
+
+    fn raw(&self) -> Option<&Transport> {
+        self.raw.get()
+    }
+
+    /// The protocol to install on the raw transport.
+    pub(crate) fn protocol(&self) -> AnyProtocol {
+        AnyProtocol::Plain(Box::new(TlsProtocol(self.rc())))
+    }
+
+    /// The application's handle.
+    pub(crate) fn transport(&self) -> Transport {
+        Transport(self.rc())
+    }
+
+    /// Starts the handshake now (T1): arms the timeout, writes the client's
+    /// first flight, feeds the bytes the old protocol did not consume (T3).
+    pub(crate) fn start_handshake(&self, unconsumed: Bytes) {
+        self.arm_handshake_timer();
+        #[cfg(feature = "broken-scheduled-handshake")]
+        {
+            // BROKEN ON PURPOSE (bpo-33674 shape), test-only feature: the
+            // handshake is scheduled instead of started, and bytes arriving
+            // before it runs — `unconsumed` included — are dropped.
+            drop(unconsumed);
+            let me = self.rc();
+            if let Some(h) = self.lp.upgrade() {
+                h.call_soon(move || {
+                    me.st.borrow_mut().started = true;
+                    me.flush_output();
+                });
+            }
+        }
+        #[cfg(not(feature = "broken-scheduled-handshake"))]
+        {
+            self.flush_output();
+            if !unconsumed.is_empty() {
+                self.feed(&unconsumed);
+            }
+        }
+    }
+
+    fn arm_handshake_timer(&self) {
+        let Some(h) = self.lp.upgrade() else { return };
+        let weak = self.me.clone();
+        let timer = h.call_later(self.handshake_timeout, move || {
+            if let Some(me) = weak.upgrade() {
+                if me.st.borrow().phase == Phase::Handshaking {
+                    me.fail(TlsError::HandshakeTimeout.into_io(), true);
+                }
+            }
+        });
+        if let Some(old) = self.st.borrow_mut().handshake_timer.replace(timer) {
+            old.cancel();
+        }
+    }
+
+    fn arm_shutdown_timer(&self) {
+        let Some(h) = self.lp.upgrade() else { return };
+        let weak = self.me.clone();
+        let timer = h.call_later(self.shutdown_timeout, move || {
+            if let Some(me) = weak.upgrade() {
+                let phase = me.st.borrow().phase;
+                if matches!(phase, Phase::Wrapped | Phase::ShuttingDown) {
+                    me.fail(TlsError::ShutdownTimeout.into_io(), true);
+                }
+            }
+        });
+        if let Some(old) = self.st.borrow_mut().shutdown_timer.replace(timer) {
+            old.cancel();
+        }
+    }
+
+    /// Queues a run of [`TlsConn::run`] on the loop, once.
+    fn schedule(&self) {
+        if self.scheduled.replace(true) {
+            return;
+        }
+        let Some(h) = self.lp.upgrade() else { return };
+        let me = self.rc();
+        h.call_soon(move || {
+            me.scheduled.set(false);
+            me.run();
+        });
+    }
+
+    /// Feeds the engine, delivers what is deliverable, keeps flow control.
+    fn run(&self) {
+        self.pump();
+        let live = {
+            let st = self.st.borrow();
+            st.established && !st.gated
+        };
+        if live {
+            dispatch(self);
+            let loss = {
+                let mut st = self.st.borrow_mut();
+                if st.pending_loss.is_some() && !self.delivery.borrow().has_held() {
+                    st.pending_loss.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(loss) = loss {
+                self.delivery.borrow_mut().lose(loss);
+                dispatch(self);
+            }
+        }
+        self.control_raw_reading();
+    }
+
+    /// Pauses the raw transport's reading while too much plaintext is held
+    /// for a paused application, resumes it once enough was delivered (T5).
+    fn control_raw_reading(&self) {
+        let Some(raw) = self.raw() else { return };
+        let held = self.delivery.borrow().held_bytes();
+        let mut st = self.st.borrow_mut();
+        if st.phase == Phase::Done {
+            return;
+        }
+        if !st.raw_read_paused && held > TLS_READ_HIGH_WATER as u64 {
+            st.raw_read_paused = true;
+            raw.pause_reading();
+        } else if st.raw_read_paused && held <= TLS_READ_LOW_WATER as u64 {
+            st.raw_read_paused = false;
+            raw.resume_reading();
+        }
+    }
+
+    /// Writes whatever the engine has to send to the raw transport.
+    fn flush_output(&self) {
+        let Some(raw) = self.raw() else { return };
+        flush_engine(&mut self.st.borrow_mut(), raw);
+    }
+
+    /// One engine step over received ciphertext (T1: in every phase).
+    fn feed(&self, mut data: &[u8]) {
+        let Some(raw) = self.raw() else { return };
+        let mut st = self.st.borrow_mut();
+        if st.phase == Phase::Done {
+            return;
+        }
+        #[cfg(feature = "broken-scheduled-handshake")]
+        if !st.started {
+            // BROKEN ON PURPOSE: see `start_handshake`.
+            tracing::debug!(n = data.len(), "broken-scheduled-handshake: dropping bytes");
+            return;
+        }
+        let mut failure = None;
+        while !data.is_empty() {
+            if st.peer_closed {
+                tracing::debug!(n = data.len(), "ignoring bytes after close_notify");
+                break;
+            }
+            match st.conn.read_tls(&mut data) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(io::Error::other(e));
+                    break;
+                }
+            }
+            match st.conn.process_new_packets() {
+                Ok(io_state) => {
+                    let n = io_state.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let mut buf = vec![0; n];
+                        if let Err(e) = st.conn.reader().read_exact(&mut buf) {
+                            failure = Some(e);
+                            break;
+                        }
+                        if st.closing {
+                            self.delivery.borrow_mut().push_discarded(n);
+                        } else {
+                            self.delivery.borrow_mut().push_data(buf);
+                        }
+                    }
+                    if io_state.peer_has_closed() {
+                        st.peer_closed = true;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(TlsError::Engine(e).into_io());
+                    break;
+                }
+            }
+            if st.phase == Phase::Handshaking && !st.conn.is_handshaking() {
+                self.handshake_completed(&mut st);
+            }
+        }
+        // Handshake flights, alerts (a failure's included), key updates.
+        flush_engine(&mut st, raw);
+        if let Some(e) = failure {
+            drop(st);
+            self.fail(e, false);
+            return;
+        }
+        if st.peer_closed {
+            if st.phase == Phase::ShuttingDown {
+                // Both close_notify sent: the TLS session is over.
+                raw.close();
+            } else if !st.closing && !st.eof_pushed {
+                st.eof_pushed = true;
+                self.delivery.borrow_mut().push_eof();
+            }
+        }
+        drop(st);
+        self.pump();
+        self.control_raw_reading();
+        self.schedule();
+    }
+
+    fn handshake_completed(&self, st: &mut State) {
+        st.phase = Phase::Wrapped;
+        st.established = true;
+        if let Some(t) = st.handshake_timer.take() {
+            t.cancel();
+        }
+        let server_name = match &st.conn {
+            Connection::Server(s) => s.server_name().map(str::to_string),
+            Connection::Client(_) => self.client_name.clone(),
+        };
+        let c = &st.conn;
+        let info = TlsInfo {
+            version: c
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default(),
+            cipher_suite: c
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            alpn_protocol: c.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: c
+                .peer_certificates()
+                .map(|cs| cs.iter().map(|c| c.to_vec()).collect())
+                .unwrap_or_default(),
+            server_name,
+        };
+        tracing::debug!(?info, "TLS handshake completed");
+        st.info = Some(info);
+        if let Some(tx) = st.waiter.take() {
+            // If nobody listens any more, the waiter's drop already aborted.
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    /// Gives backlog plaintext to the engine while the raw transport has room
+    /// (T5) — or all of it once closing (gh-115514) — then, once closing and
+    /// drained, sends `close_notify`.
+    fn pump(&self) {
+        let Some(raw) = self.raw() else { return };
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        if st.phase != Phase::Wrapped {
+            return;
+        }
+        let (_, raw_high) = raw.get_write_buffer_limits();
+        let mut failure = None;
+        while !st.backlog.is_empty() {
+            if !st.closing && (st.raw_write_paused || raw.get_write_buffer_size() > raw_high) {
+                break;
+            }
+            let mut slices = Vec::with_capacity(FEED_SLICES);
+            let mut total = 0;
+            for b in st.backlog.iter().take(FEED_SLICES) {
+                let take = b.len().min(FEED_CHUNK - total);
+                slices.push(IoSlice::new(&b[..take]));
+                total += take;
+                if total == FEED_CHUNK {
+                    break;
+                }
+            }
+            let written = st.conn.writer().write_vectored(&slices);
+            drop(slices);
+            let mut n = match written {
+                Ok(n) => n,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            st.backlog_size -= n;
+            while n > 0 {
+                let front = st
+                    .backlog
+                    .front_mut()
+                    .expect("backlog shorter than written");
+                if n >= front.len() {
+                    n -= front.len();
+                    st.backlog.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                    n = 0;
+                }
+            }
+            flush_engine(st, raw);
+            if total == 0 {
+                break;
+            }
+        }
+        let size = st.backlog_size;
+        st.flow.update(size);
+        if st.closing && st.backlog.is_empty() && failure.is_none() {
+            st.conn.send_close_notify();
+            flush_engine(st, raw);
+            st.phase = Phase::ShuttingDown;
+            if st.peer_closed {
+                raw.close();
+            }
+        }
+        drop(guard);
+        if let Some(e) = failure {
+            self.fail(e, false);
+        }
+    }
+
+    /// Ends the connection with `error`. A handshake failure goes to the
+    /// waiter (or the log, for a server) and the application hears nothing;
+    /// later, the application gets `connection_lost(error)`. The raw
+    /// transport is aborted, or closed so that a pending alert still goes out.
+    fn fail(&self, error: io::Error, abort_raw: bool) {
+        let mut st = self.st.borrow_mut();
+        let was = st.phase;
+        if was == Phase::Done {
+            return;
+        }
+        st.phase = Phase::Done;
+        st.pending_loss = None;
+        st.backlog.clear();
+        st.backlog_size = 0;
+        st.flow.paused = false;
+        let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
+        let waiter = st.waiter.take();
+        drop(st);
+        for t in timers.into_iter().flatten() {
+            t.cancel();
+        }
+        if let Some(raw) = self.raw() {
+            if abort_raw {
+                raw.abort();
+            } else {
+                raw.close();
+            }
+        }
+        if was == Phase::Handshaking {
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(Err(error));
+                }
+                None => tracing::info!(
+                    peer = ?self.raw().and_then(Transport::peer_addr),
+                    %error,
+                    "TLS handshake failed"
+                ),
+            }
+        } else {
+            tracing::debug!(%error, "TLS connection failed");
+            self.delivery.borrow_mut().lose(Some(error));
+        }
+        self.schedule();
+    }
+
+    /// The raw transport's EOF (its protocol returns `false`: it closes).
+    fn on_raw_eof(&self) {
+        let phase = self.st.borrow().phase;
+        if phase == Phase::Handshaking {
+            let e = io::Error::new(io::ErrorKind::ConnectionReset, TlsError::Truncated);
+            self.fail(e, false);
+        }
+        // Otherwise `on_raw_lost` follows once the raw transport closed, and
+        // decides between a clean end and truncation.
+    }
+
+    /// The raw transport is gone.
+    fn on_raw_lost(&self, error: Option<io::Error>) {
+        let mut st = self.st.borrow_mut();
+        let was = st.phase;
+        if was == Phase::Done {
+            return;
+        }
+        if was == Phase::Handshaking {
+            drop(st);
+            let e = error.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "connection closed during the TLS handshake",
+                )
+            });
+            self.fail(e, true);
+            return;
+        }
+        st.phase = Phase::Done;
+        st.backlog.clear();
+        st.backlog_size = 0;
+        st.flow.paused = false;
+        let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
+        for t in timers.into_iter().flatten() {
+            t.cancel();
+        }
+        match error {
+            Some(e) => {
+                drop(st);
+                self.delivery.borrow_mut().lose(Some(e));
+            }
+            None => {
+                // Plaintext received before the end is delivered first.
+                let clean = st.closing || st.peer_closed;
+                st.pending_loss = Some((!clean).then(|| TlsError::Truncated.into_io()));
+            }
+        }
+        self.schedule();
+    }
+
+    fn on_raw_pause_writing(&self) {
+        self.st.borrow_mut().raw_write_paused = true;
+    }
+
+    fn on_raw_resume_writing(&self) {
+        let mut st = self.st.borrow_mut();
+        debug_assert!(
+            st.raw_write_paused,
+            "resume_writing without pause_writing (gh-109051)"
+        );
+        st.raw_write_paused = false;
+        drop(st);
+        self.pump();
+        self.schedule();
+    }
+
+    fn open_gate(&self) {
+        self.st.borrow_mut().gated = false;
+        self.schedule();
+    }
+}
+
+/// Moves the engine's pending output to the raw transport.
+fn flush_engine(st: &mut State, raw: &Transport) {
+    if !st.conn.wants_write() {
+        return;
+    }
+    let mut out = Vec::new();
+    while st.conn.wants_write() {
+        match st.conn.write_tls(&mut out) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if !out.is_empty() {
+        raw.write_bytes(Bytes::from(out));
+    }
+}
+
+impl DeliveryHost for TlsConn {
+    fn delivery(&self) -> RefMut<'_, Delivery> {
+        self.delivery.borrow_mut()
+    }
+    fn write_paused(&self) -> bool {
+        self.st.borrow().flow.paused
+    }
+    fn handle(&self) -> Transport {
+        self.transport()
+    }
+    fn close_after_eof(&self) {
+        TransportImpl::close(self)
+    }
+    fn fail(&self, error: io::Error) {
+        TlsConn::fail(self, error, true)
+    }
+    fn recycle(&self, _buf: Vec<u8>) {}
+}
+
+impl TransportImpl for TlsConn {
+    fn write(&self, data: &[u8]) {
+        if !data.is_empty() {
+            self.write_bytes(Bytes::copy_from_slice(data))
+        }
+    }
+
+    fn write_bytes(&self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        if st.closing || st.phase == Phase::Done {
+            st.dropped_writes += 1;
+            if st.dropped_writes.is_power_of_two() {
+                tracing::warn!(
+                    "write on a closing TLS transport dropped ({} so far)",
+                    st.dropped_writes
+                );
+            }
+            return;
+        }
+        st.backlog_size += data.len();
+        st.backlog.push_back(data);
+        let size = st.backlog_size;
+        st.flow.update(size);
+        drop(st);
+        self.schedule();
+    }
+
+    fn write_eof(&self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TLS transports do not support write_eof (half-close)",
+        ))
+    }
+
+    fn can_write_eof(&self) -> bool {
+        false
+    }
+
+    fn pause_reading(&self) {
+        self.delivery.borrow_mut().read_paused = true;
+    }
+
+    fn resume_reading(&self) {
+        let mut d = self.delivery.borrow_mut();
+        if d.read_paused {
+            d.read_paused = false;
+            drop(d);
+            self.schedule();
+        }
+    }
+
+    fn is_reading(&self) -> bool {
+        let st = self.st.borrow();
+        !self.delivery.borrow().read_paused && !st.closing && st.phase != Phase::Done
+    }
+
+    fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> io::Result<()> {
+        let mut st = self.st.borrow_mut();
+        let size = st.backlog_size;
+        st.flow.set_limits(high, low, TLS_WRITE_HIGH_WATER, size)?;
+        drop(st);
+        self.schedule();
+        Ok(())
+    }
+
+    fn write_buffer_limits(&self) -> (usize, usize) {
+        let st = self.st.borrow();
+        (st.flow.low, st.flow.high)
+    }
+
+    fn write_buffer_size(&self) -> usize {
+        self.st.borrow().backlog_size
+    }
+
+    fn close(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.closing || st.phase == Phase::Done {
+            return;
+        }
+        st.closing = true;
+        let phase = st.phase;
+        drop(st);
+        // Receive nothing more (like a plain transport's close).
+        self.delivery.borrow_mut().discard_held();
+        if phase == Phase::Handshaking {
+            // bpo-29743: no close_notify mid-handshake, just abort.
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "TLS transport closed during the handshake",
+            );
+            self.fail(e, true);
+            return;
+        }
+        self.arm_shutdown_timer();
+        self.pump();
+        self.schedule();
+    }
+
+    fn abort(&self) {
+        let mut st = self.st.borrow_mut();
+        let was = st.phase;
+        st.pending_loss = None;
+        drop(st);
+        if was == Phase::Done {
+            // Held plaintext may still wait for a paused application: drop it.
+            self.delivery.borrow_mut().lose(None);
+            self.schedule();
+            return;
+        }
+        if was == Phase::Handshaking {
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "TLS transport aborted during the handshake",
+            );
+            self.fail(e, true);
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        st.phase = Phase::Done;
+        st.backlog.clear();
+        st.backlog_size = 0;
+        st.flow.paused = false;
+        let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
+        drop(st);
+        for t in timers.into_iter().flatten() {
+            t.cancel();
+        }
+        if let Some(raw) = self.raw() {
+            raw.abort();
+        }
+        self.delivery.borrow_mut().lose(None);
+        self.schedule();
+    }
+
+    fn is_closing(&self) -> bool {
+        let st = self.st.borrow();
+        st.closing || st.phase == Phase::Done || self.delivery.borrow().is_lost()
+    }
+
+    fn set_protocol(&self, protocol: AnyProtocol) {
+        self.delivery.borrow_mut().set_protocol(protocol);
+        self.schedule();
+    }
+
+    fn peer_addr(&self) -> Option<Address> {
+        self.raw().and_then(Transport::peer_addr)
+    }
+
+    fn local_addr(&self) -> Option<Address> {
+        self.raw().and_then(Transport::local_addr)
+    }
+
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.st.borrow().info.clone()
+    }
+
+    fn loop_handle(&self) -> Option<Handle> {
+        self.lp.upgrade()
+    }
+
+    fn ledger(&self) -> Ledger {
+        self.delivery.borrow().ledger()
+    }
+
+    fn raw(&self) -> Option<Transport> {
+        TlsConn::raw(self).cloned()
+    }
+
+    fn is_released(&self) -> bool {
+        TlsConn::raw(self).is_some_and(Transport::is_released)
+    }
+
+    fn on_release(&self, f: Box<dyn FnOnce()>) {
+        match TlsConn::raw(self) {
+            Some(raw) => raw.on_release(f),
+            None => f(),
+        }
+    }
+}
+
+/// The protocol on the raw transport: forwards every event to the engine.
+struct TlsProtocol(Rc<TlsConn>);
+
+impl BaseProtocol for TlsProtocol {
+    fn connection_made(&mut self, transport: Transport) {
+        // create_tls_connection / create_tls_server: the handshake starts
+        // here, synchronously (T1; bpo-33674).
+        self.0.set_raw(transport);
+        self.0.start_handshake(Bytes::new());
+    }
+
+    fn connection_lost(&mut self, error: Option<io::Error>) {
+        self.0.on_raw_lost(error);
+    }
+
+    fn eof_received(&mut self) -> bool {
+        self.0.on_raw_eof();
+        false
+    }
+
+    fn pause_writing(&mut self) {
+        self.0.on_raw_pause_writing();
+    }
+
+    fn resume_writing(&mut self) {
+        self.0.on_raw_resume_writing();
+    }
+}
+
+impl Protocol for TlsProtocol {
+    fn data_received(&mut self, data: &[u8]) {
+        self.0.feed(data);
+    }
+}
+
+/// A protocol that ignores everything (for a connection refused at start).
+pub(crate) struct Refuse;
+
+impl BaseProtocol for Refuse {}
+
+impl Protocol for Refuse {
+    fn data_received(&mut self, _data: &[u8]) {}
+}
+
+/// Resolves with the TLS transport once the handshake completed. Dropping
+/// it earlier aborts the connection; the application then hears nothing.
+pub(crate) struct Waiter {
+    tls: Option<Rc<TlsConn>>,
+    rx: Receiver,
+}
+
+impl Waiter {
+    pub(crate) fn new(tls: Rc<TlsConn>, rx: Receiver) -> Waiter {
+        Waiter { tls: Some(tls), rx }
+    }
+}
+
+impl Future for Waiter {
+    type Output = io::Result<Transport>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        let tls = self.tls.take().expect("Waiter polled after completion");
+        Poll::Ready(match result {
+            Ok(Ok(())) => {
+                // The caller holds the transport from now on: deliver.
+                tls.open_gate();
+                Ok(tls.transport())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(oneshot::Canceled) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "TLS connection dropped before its handshake completed",
+            )),
+        })
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(tls) = self.tls.take() {
+            // Cancelled: the application never gets this connection.
+            TransportImpl::abort(&*tls);
+        }
+    }
+}

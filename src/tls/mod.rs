@@ -1,0 +1,389 @@
+//! TLS over any transport, with rustls as a memory-BIO engine, and
+//! `start_tls` to upgrade a live connection (STARTTLS).
+//!
+//! # Shape
+//!
+//! A [`TlsProtocol`](conn) is installed as the protocol of the *raw*
+//! transport. It owns the rustls connection: every byte the raw transport
+//! delivers goes to `read_tls` + `process_new_packets`, in every state (T1);
+//! the plaintext that comes out is pushed into the TLS transport's
+//! [`Delivery`](crate::transport) — the same machinery plain transports use,
+//! so the application sees the same contract (R1–R4, L4); encrypted output is
+//! written to the raw transport after every engine step.
+//!
+//! The application gets a [`Transport`] backed by the TLS transport:
+//! - its writes go to a backlog (water marks 512 KiB / 128 KiB, pause when the
+//!   backlog rises *strictly above* high, like plain transports), fed to the
+//!   engine only after the handshake (T2) and only while the raw transport is
+//!   not full (T5);
+//! - `pause_reading` only holds plaintext; once 256 KiB are held the raw
+//!   transport is paused too, and resumed at 64 KiB (T5);
+//! - `close` flushes the backlog even if the raw transport is paused for
+//!   writing (gh-115514), sends `close_notify`, waits for the peer's for at
+//!   most the shutdown timeout, then closes the raw transport; `abort` aborts
+//!   the raw transport at once; `write_eof` is not supported;
+//! - an EOF without `close_notify` ends the connection with
+//!   [`TlsError::Truncated`] (after the plaintext received before it), never
+//!   as a silent EOF (T4).
+//!
+//! The handshake starts synchronously, in `connection_made` of the raw
+//! protocol ([`Handle::create_tls_connection`], [`Handle::create_tls_server`])
+//! or inside [`Handle::start_tls`] itself. The application protocol hears
+//! nothing until the handshake completes; if it fails, it hears nothing at
+//! all and the caller's future gets the error (a server logs it). The first
+//! event after the handshake is delivered only once the caller of
+//! `start_tls`/`create_tls_connection` holds the new transport (uvloop's
+//! order), so a protocol may swap transports before its first
+//! `data_received`.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod conn;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::address::Address;
+use crate::driver::SocketId;
+use crate::event_loop::Handle;
+use crate::net::{ConnectOptions, Server, ServerOptions};
+use crate::protocol::AnyProtocol;
+use crate::transport::{StreamTransport, Transport};
+
+pub use config::{
+    client_config_insecure, client_config_webpki, client_config_with_ca_file,
+    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+};
+use conn::{TlsConn, Waiter};
+
+/// Default handshake timeout (asyncio's).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default shutdown timeout (asyncio's).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default high-water mark of the TLS application write buffer.
+pub const TLS_WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Default low-water mark of the TLS application write buffer.
+pub const TLS_WRITE_LOW_WATER: usize = 128 * 1024;
+/// Held plaintext above which the raw transport is paused.
+pub const TLS_READ_HIGH_WATER: usize = 256 * 1024;
+/// Held plaintext at or below which the raw transport is resumed.
+pub const TLS_READ_LOW_WATER: usize = 64 * 1024;
+
+/// Why a TLS connection ended. Carried inside an [`io::Error`]; get it back
+/// with [`TlsError::of`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The handshake did not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer did not answer our `close_notify` within the shutdown timeout.
+    ShutdownTimeout,
+    /// The connection ended (EOF) without the peer's `close_notify`: the data
+    /// may have been truncated by an attacker or a broken peer.
+    Truncated,
+    /// The TLS engine failed: bad certificate, alert from the peer, malformed
+    /// or unexpected record (including plaintext injected after STARTTLS).
+    Engine(rustls::Error),
+}
+
+impl TlsError {
+    /// The `TlsError` inside `e`, if it is one.
+    pub fn of(e: &io::Error) -> Option<&TlsError> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<TlsError>())
+    }
+
+    pub(crate) fn into_io(self) -> io::Error {
+        let kind = match &self {
+            TlsError::HandshakeTimeout | TlsError::ShutdownTimeout => io::ErrorKind::TimedOut,
+            TlsError::Truncated => io::ErrorKind::UnexpectedEof,
+            TlsError::Engine(_) => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, self)
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::HandshakeTimeout => f.write_str("TLS handshake timed out"),
+            TlsError::ShutdownTimeout => f.write_str("TLS shutdown timed out"),
+            TlsError::Truncated => {
+                f.write_str("TLS connection truncated: EOF without close_notify")
+            }
+            TlsError::Engine(e) => write!(f, "TLS error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Engine(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Which side of the handshake we play, with its configuration.
+#[derive(Clone, Debug)]
+pub(crate) enum Role {
+    Client {
+        config: Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+    },
+    Server {
+        config: Arc<ServerConfig>,
+    },
+}
+
+/// Settings of one TLS connection: the role and rustls config, timeouts, and
+/// for [`Handle::start_tls`] the bytes already received in plaintext that
+/// belong to the TLS stream.
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    pub(crate) role: Role,
+    /// How long the handshake may take (default 60 s; must be > 0).
+    pub handshake_timeout: Duration,
+    /// How long `close()` waits for the peer's `close_notify` (default 30 s;
+    /// must be > 0).
+    pub shutdown_timeout: Duration,
+    /// Bytes the old protocol received but did not consume, for example a
+    /// ClientHello that came in the same read as the `STARTTLS` command. They
+    /// are fed to the TLS engine first (T3), never to the application.
+    pub unconsumed: Bytes,
+    /// `start_tls` only: tell the new protocol `connection_made` with the TLS
+    /// transport (default `false`, like asyncio: the protocol already saw the
+    /// raw transport and gets the TLS one from the future).
+    pub call_connection_made: bool,
+}
+
+impl TlsOptions {
+    /// Client side, verifying the server as `server_name` (a DNS name or an
+    /// IP address, also sent as SNI for DNS names).
+    pub fn client(config: Arc<ClientConfig>, server_name: &str) -> io::Result<TlsOptions> {
+        let server_name = ServerName::try_from(server_name.to_string()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid server name {server_name:?}: {e}"),
+            )
+        })?;
+        Ok(TlsOptions::with_role(Role::Client {
+            config,
+            server_name,
+        }))
+    }
+
+    /// Server side.
+    pub fn server(config: Arc<ServerConfig>) -> TlsOptions {
+        TlsOptions::with_role(Role::Server { config })
+    }
+
+    fn with_role(role: Role) -> TlsOptions {
+        TlsOptions {
+            role,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            unconsumed: Bytes::new(),
+            call_connection_made: false,
+        }
+    }
+
+    /// Sets [`TlsOptions::handshake_timeout`].
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Sets [`TlsOptions::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Sets [`TlsOptions::unconsumed`].
+    pub fn unconsumed(mut self, bytes: impl Into<Bytes>) -> Self {
+        self.unconsumed = bytes.into();
+        self
+    }
+
+    /// Sets [`TlsOptions::call_connection_made`].
+    pub fn call_connection_made(mut self, yes: bool) -> Self {
+        self.call_connection_made = yes;
+        self
+    }
+
+    /// Whether this is the server side.
+    pub fn is_server(&self) -> bool {
+        matches!(self.role, Role::Server { .. })
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        for (name, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} should be a positive duration"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handle {
+    /// Upgrades `transport` to TLS and returns the TLS transport once the
+    /// handshake completed.
+    ///
+    /// Synchronously, before this returns: reading on `transport` is paused,
+    /// its protocol is replaced by the TLS engine (data it received and did
+    /// not deliver yet, and its paused-for-writing state, carry over), the
+    /// handshake starts (the client's first flight is queued behind whatever
+    /// plaintext was written before), [`TlsOptions::unconsumed`] is fed to the
+    /// engine, and reading resumes. `protocol` is the application protocol
+    /// for the TLS transport; it is not told `connection_made` again unless
+    /// [`TlsOptions::call_connection_made`] is set, and it hears nothing
+    /// before the returned future resolves. The TLS transport starts with
+    /// reading enabled.
+    ///
+    /// On failure (bad options: `InvalidInput` at once; handshake error or
+    /// timeout; connection lost) the raw connection is closed and `protocol`
+    /// hears nothing. Dropping the future before it resolves aborts the
+    /// connection.
+    pub fn start_tls(
+        &self,
+        transport: &Transport,
+        protocol: impl Into<AnyProtocol>,
+        options: TlsOptions,
+    ) -> impl Future<Output = io::Result<Transport>> {
+        let prepared = self.start_tls_now(transport, protocol.into(), options);
+        // The Waiter exists before the first poll: dropping the future at
+        // any point aborts the connection.
+        async move { prepared?.await }
+    }
+
+    fn start_tls_now(
+        &self,
+        transport: &Transport,
+        protocol: AnyProtocol,
+        options: TlsOptions,
+    ) -> io::Result<Waiter> {
+        options.validate()?;
+        if transport.is_closing() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "start_tls on a closing transport",
+            ));
+        }
+        let unconsumed = options.unconsumed.clone();
+        let made = options.call_connection_made;
+        let (tls, rx) = TlsConn::new(self, options, protocol, !made, true)?;
+        tls.set_raw(transport.clone());
+        transport.pause_reading();
+        transport.set_protocol(tls.protocol());
+        tls.start_handshake(unconsumed);
+        transport.resume_reading();
+        Ok(Waiter::new(tls, rx))
+    }
+
+    /// Connects to `addr` and runs `protocol` over TLS. Resolves with the TLS
+    /// transport once the handshake completed; `protocol` is then told
+    /// `connection_made` (after the caller holds the transport). On failure
+    /// `protocol` hears nothing.
+    pub fn create_tls_connection(
+        &self,
+        addr: impl Into<Address>,
+        protocol: impl Into<AnyProtocol>,
+        options: TlsOptions,
+    ) -> impl Future<Output = io::Result<Transport>> {
+        let addr = addr.into();
+        let protocol = protocol.into();
+        let h = self.clone();
+        let started = options.validate().and_then(|()| {
+            if options.is_server() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "create_tls_connection needs client options",
+                ));
+            }
+            self.connect_socket(addr, ConnectOptions::default())
+        });
+        async move {
+            let socket = started?
+                .await
+                .map_err(|_| io::Error::other("event loop closed"))??;
+            let (tls, rx) = TlsConn::new(&h, options, protocol, false, true)?;
+            let raw = StreamTransport::start(&h, socket, tls.protocol());
+            tls.set_raw(raw);
+            Waiter::new(tls, rx).await
+        }
+    }
+
+    /// Listens on `addr` and runs a protocol from `factory` over TLS on every
+    /// accepted connection. Each protocol is told `connection_made` once its
+    /// handshake completed; a failed handshake is logged, that connection is
+    /// closed, and its protocol hears nothing (T6).
+    pub fn create_tls_server<P, F>(
+        &self,
+        addr: impl Into<Address>,
+        factory: F,
+        options: TlsOptions,
+    ) -> io::Result<Server>
+    where
+        P: Into<AnyProtocol>,
+        F: Fn() -> P + 'static,
+    {
+        self.create_tls_server_with(
+            addr.into(),
+            move || factory().into(),
+            options,
+            ServerOptions::default(),
+        )
+    }
+
+    /// [`Handle::create_tls_server`] with server options.
+    pub fn create_tls_server_with(
+        &self,
+        addr: Address,
+        factory: impl Fn() -> AnyProtocol + 'static,
+        options: TlsOptions,
+        server_options: ServerOptions,
+    ) -> io::Result<Server> {
+        options.validate()?;
+        if !options.is_server() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "create_tls_server needs server options",
+            ));
+        }
+        let starter = Rc::new(
+            move |h: &Handle, socket: SocketId, protocol: AnyProtocol| -> Transport {
+                match TlsConn::new(h, options.clone(), protocol, false, false) {
+                    Ok((tls, _rx)) => {
+                        let raw = StreamTransport::start(h, socket, tls.protocol());
+                        tls.set_raw(raw);
+                        tls.transport()
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, "could not start a TLS server connection");
+                        let raw = StreamTransport::start(h, socket, conn::Refuse.into());
+                        raw.abort();
+                        raw
+                    }
+                }
+            },
+        );
+        self.create_server_inner(addr, Box::new(factory), server_options, starter)
+    }
+}

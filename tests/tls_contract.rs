@@ -1,0 +1,1070 @@
+//! T1–T6 on every driver: ports of the asyncio/uvloop TLS scenarios and the
+//! STARTTLS cases. Peers are our own transports or a hand-driven rustls
+//! engine (`ManualPeer`), so every test also runs on `sim`.
+mod tls_support;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proactor::tls::{self, TlsError, TlsOptions};
+use proactor::{AnyProtocol, BaseProtocol, BufferedProtocol, Handle, Protocol, Transport};
+use tls_support::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn is(e: &io::Error, f: impl Fn(&TlsError) -> bool) -> bool {
+    TlsError::of(e).is_some_and(f)
+}
+
+/// A plain protocol that runs `on_made` with its transport.
+struct OnMade<F: FnMut(Transport)>(Option<F>, Shared);
+
+impl<F: FnMut(Transport)> BaseProtocol for OnMade<F> {
+    fn connection_made(&mut self, t: Transport) {
+        self.1.borrow_mut().made += 1;
+        self.1.borrow_mut().transport = Some(t.clone());
+        if let Some(f) = &mut self.0 {
+            f(t)
+        }
+    }
+    fn connection_lost(&mut self, e: Option<io::Error>) {
+        self.1.borrow_mut().lost += 1;
+        self.1.borrow_mut().error = e;
+    }
+    fn eof_received(&mut self) -> bool {
+        self.1.borrow_mut().eof += 1;
+        false
+    }
+}
+
+impl<F: FnMut(Transport)> Protocol for OnMade<F> {
+    fn data_received(&mut self, data: &[u8]) {
+        self.1.borrow_mut().data.extend_from_slice(data);
+    }
+}
+
+fn on_made<F: FnMut(Transport) + 'static>(seen: &Shared, f: F) -> OnMade<F> {
+    OnMade(Some(f), seen.clone())
+}
+
+#[test]
+fn timeouts_must_be_positive() {
+    let opts = client_options().handshake_timeout(Duration::ZERO);
+    drivers("timeouts_must_be_positive", None, |lp| {
+        let h = lp.handle();
+        let opts = opts.clone();
+        lp.run_until_complete(async move {
+            let e = h
+                .create_tls_connection(localhost(), Sink::new(&shared()), opts)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            let e = h
+                .create_tls_server(
+                    localhost(),
+                    || Sink::new(&shared()),
+                    server_options().shutdown_timeout(Duration::ZERO),
+                )
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        })
+        .unwrap();
+    });
+}
+
+/// test_start_tls_server_1: the server writes 100 KiB of plaintext, then
+/// upgrades; the client reads exactly 100 KiB in plaintext, upgrades, sends
+/// 100 KiB over TLS; the server gets exactly that.
+#[test]
+fn start_tls_server_1() {
+    drivers("start_tls_server_1", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let plain = pattern(1, 100 * 1024);
+            let hello = pattern(2, 100 * 1024);
+            let secured = shared();
+            let server_result: Rc<RefCell<Option<io::Result<Transport>>>> = Rc::default();
+            let (hh, p2, sec2, res2) = (
+                h.clone(),
+                plain.clone(),
+                secured.clone(),
+                server_result.clone(),
+            );
+            let server = h
+                .create_server(localhost(), move || {
+                    let (hh, p2, sec2, res2) = (hh.clone(), p2.clone(), sec2.clone(), res2.clone());
+                    on_made(&shared(), move |t| {
+                        t.write(&p2);
+                        let fut = hh.start_tls(&t, Sink::new(&sec2), server_options());
+                        let res2 = res2.clone();
+                        hh.spawn(async move { *res2.borrow_mut() = Some(fut.await) });
+                    })
+                })
+                .unwrap();
+            let cli = shared();
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&cli))
+                .await
+                .unwrap();
+            until(&h, LIMIT, "100 KiB plaintext", || {
+                cli.borrow().data.len() >= plain.len()
+            })
+            .await;
+            assert!(cli.borrow().data == plain, "exactly the plaintext");
+            let tls_cli = shared();
+            let t = h
+                .start_tls(&raw, Sink::new(&tls_cli), client_options())
+                .await
+                .unwrap();
+            t.write(&hello);
+            until(&h, LIMIT, "100 KiB over TLS", || {
+                secured.borrow().data.len() >= hello.len()
+            })
+            .await;
+            assert!(secured.borrow().data == hello);
+            assert!(server_result.borrow().as_ref().unwrap().is_ok());
+            t.close();
+            until(&h, LIMIT, "closed", || {
+                tls_cli.borrow().lost == 1 && secured.borrow().lost == 1
+            })
+            .await;
+            assert!(
+                tls_cli.borrow().error.is_none(),
+                "{:?}",
+                tls_cli.borrow().error
+            );
+            assert_eq!(cli.borrow().lost, 0, "the old protocol hears nothing more");
+            assert_eq!(tls_cli.borrow().made, 0, "start_tls does not re-announce");
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// test_start_tls_client_buf_proto_1: a BufferedProtocol with a 1-byte
+/// buffer reads `O` in plaintext, is carried over start_tls, reads `1` over
+/// TLS and swaps itself for a plain protocol (set_protocol mid-stream),
+/// which reads `2`. connection_made is called once in total.
+#[test]
+fn start_tls_client_buf_proto_1() {
+    #[derive(Default)]
+    struct St {
+        made: u32,
+        got: Vec<u8>,
+        tls: Option<Transport>,
+        swapped: bool,
+    }
+    struct Buf(Rc<RefCell<St>>, [u8; 1]);
+    impl BaseProtocol for Buf {
+        fn connection_made(&mut self, _t: Transport) {
+            self.0.borrow_mut().made += 1;
+        }
+    }
+    impl BufferedProtocol for Buf {
+        fn get_buffer(&mut self, _hint: usize) -> &mut [u8] {
+            &mut self.1
+        }
+        fn buffer_updated(&mut self, n: usize) {
+            assert_eq!(n, 1);
+            let mut s = self.0.borrow_mut();
+            s.got.push(self.1[0]);
+            if self.1[0] == b'1' {
+                let t = s
+                    .tls
+                    .clone()
+                    .expect("the caller holds the TLS transport first");
+                t.set_protocol(Plain(self.0.clone()));
+                s.swapped = true;
+                t.write(b"HELLO\n");
+            }
+        }
+    }
+    struct Plain(Rc<RefCell<St>>);
+    impl BaseProtocol for Plain {
+        fn connection_made(&mut self, _t: Transport) {
+            self.0.borrow_mut().made += 1;
+        }
+    }
+    impl Protocol for Plain {
+        fn data_received(&mut self, d: &[u8]) {
+            self.0.borrow_mut().got.extend_from_slice(d);
+        }
+    }
+
+    drivers("start_tls_client_buf_proto_1", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            // Server: on STARTTLS answer `O`, upgrade, send `1`; on HELLO send `2`.
+            let hh = h.clone();
+            let server = h
+                .create_server(localhost(), move || {
+                    let hh = hh.clone();
+                    let seen = shared();
+                    let seen2 = seen.clone();
+                    ServerSide {
+                        h: hh,
+                        seen: seen2,
+                        t: None,
+                    }
+                })
+                .unwrap();
+            struct ServerSide {
+                h: Handle,
+                seen: Shared,
+                t: Option<Transport>,
+            }
+            impl BaseProtocol for ServerSide {
+                fn connection_made(&mut self, t: Transport) {
+                    self.t = Some(t);
+                }
+            }
+            impl Protocol for ServerSide {
+                fn data_received(&mut self, d: &[u8]) {
+                    assert_eq!(d, b"STARTTLS\n");
+                    let t = self.t.clone().unwrap();
+                    t.write(b"O");
+                    struct Two(Shared);
+                    impl BaseProtocol for Two {}
+                    impl Protocol for Two {
+                        fn data_received(&mut self, d: &[u8]) {
+                            let mut s = self.0.borrow_mut();
+                            s.data.extend_from_slice(d);
+                            if s.data.ends_with(b"HELLO\n") {
+                                s.transport.as_ref().unwrap().write(b"2");
+                            }
+                        }
+                    }
+                    let fut = self
+                        .h
+                        .start_tls(&t, Two(self.seen.clone()), server_options());
+                    let seen = self.seen.clone();
+                    self.h.spawn(async move {
+                        let tls = fut.await.unwrap();
+                        seen.borrow_mut().transport = Some(tls.clone());
+                        tls.write(b"1");
+                    });
+                }
+            }
+
+            let st = Rc::new(RefCell::new(St::default()));
+            let raw = h
+                .create_connection(
+                    server.local_addr(),
+                    AnyProtocol::buffered(Buf(st.clone(), [0])),
+                )
+                .await
+                .unwrap();
+            raw.write(b"STARTTLS\n");
+            until(&h, LIMIT, "O", || st.borrow().got == b"O").await;
+            let tls_t = h
+                .start_tls(
+                    &raw,
+                    AnyProtocol::buffered(Buf(st.clone(), [0])),
+                    client_options(),
+                )
+                .await
+                .unwrap();
+            st.borrow_mut().tls = Some(tls_t.clone());
+            until(&h, LIMIT, "1 and 2", || st.borrow().got == b"O12").await;
+            assert!(st.borrow().swapped);
+            assert_eq!(st.borrow().made, 1, "connection_made once in total");
+            tls_t.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// flush_before_shutdown (+ gh-115514): the raw transport is paused for
+/// writing (the peer does not read), the application writes 4 MiB and
+/// closes; the peer then reads and gets all of it, then close_notify.
+#[test]
+fn flush_before_shutdown() {
+    drivers("flush_before_shutdown", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let server = h
+                .create_server(localhost(), move || {
+                    slot.borrow_mut().take().expect("one client")
+                })
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            let raw_peer = pst.borrow().transport.clone().unwrap();
+            raw_peer.pause_reading();
+            let data = pattern(3, 4 * 1024 * 1024);
+            for c in data.chunks(128 * 1024) {
+                t.write(c);
+            }
+            sleep(&h, Duration::from_millis(20)).await;
+            t.close();
+            sleep(&h, Duration::from_millis(20)).await;
+            raw_peer.resume_reading();
+            until(&h, LIMIT, "peer got 4 MiB and close_notify", || {
+                pst.borrow().close_notify
+            })
+            .await;
+            assert!(
+                pst.borrow().plaintext == data,
+                "got {}",
+                pst.borrow().plaintext.len()
+            );
+            // Answer the close_notify: our side ends cleanly.
+            pst.borrow_mut().close_notify();
+            until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// remote_shutdown_receives_trailing_data: the peer sends close_notify
+/// while 4 MiB sit in our backlog; it still receives all 4 MiB.
+#[test]
+fn remote_shutdown_receives_trailing_data() {
+    drivers("remote_shutdown_receives_trailing_data", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let data = pattern(4, 4 * 1024 * 1024);
+            let srv = shared();
+            let (s2, d2) = (srv.clone(), data.clone());
+            let server = h
+                .create_tls_server(
+                    localhost(),
+                    move || {
+                        let d2 = d2.clone();
+                        on_made(&s2, move |t| {
+                            for c in d2.chunks(64 * 1024) {
+                                t.write(c);
+                            }
+                        })
+                    },
+                    server_options(),
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
+            until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
+            raw.pause_reading();
+            until(&h, LIMIT, "server wrote", || srv.borrow().made == 1).await;
+            sleep(&h, Duration::from_millis(20)).await;
+            let st = srv.borrow().transport.clone().unwrap();
+            assert!(
+                st.get_write_buffer_size() > 0,
+                "data is backed up in our backlog"
+            );
+            pst.borrow_mut().close_notify();
+            sleep(&h, Duration::from_millis(20)).await;
+            raw.resume_reading();
+            until(&h, LIMIT, "all trailing data + close_notify", || {
+                pst.borrow().close_notify
+            })
+            .await;
+            assert_eq!(pst.borrow().plaintext.len(), data.len());
+            assert!(pst.borrow().plaintext == data);
+            until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
+            assert_eq!(srv.borrow().eof, 1, "close_notify is eof_received");
+            assert!(srv.borrow().error.is_none(), "{:?}", srv.borrow().error);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// uvloop test_shutdown_timeout: the peer never answers close_notify.
+#[test]
+fn shutdown_timeout() {
+    drivers("shutdown_timeout", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let server = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli = shared();
+            let opts = client_options().shutdown_timeout(Duration::from_millis(500));
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), opts)
+                .await
+                .unwrap();
+            let start = h.now();
+            t.close();
+            until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+            assert!(h.now() - start >= Duration::from_millis(500), "never early");
+            let e = cli.borrow_mut().error.take().expect("an error");
+            assert!(is(&e, |t| matches!(t, TlsError::ShutdownTimeout)), "{e}");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert!(pst.borrow().close_notify, "our close_notify went out");
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// test_ssl_handshake_connection_lost: the server closes mid-handshake; the
+/// caller gets the error, the application hears nothing.
+#[test]
+fn ssl_handshake_connection_lost() {
+    drivers("ssl_handshake_connection_lost", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let server = h
+                .create_server(localhost(), || {
+                    struct CloseOnData(Option<Transport>);
+                    impl BaseProtocol for CloseOnData {
+                        fn connection_made(&mut self, t: Transport) {
+                            self.0 = Some(t);
+                        }
+                    }
+                    impl Protocol for CloseOnData {
+                        fn data_received(&mut self, _d: &[u8]) {
+                            self.0.as_ref().unwrap().close();
+                        }
+                    }
+                    CloseOnData(None)
+                })
+                .unwrap();
+            let cli = shared();
+            let e = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                ),
+                "{e:?}"
+            );
+            sleep(&h, Duration::from_millis(10)).await;
+            let c = cli.borrow();
+            assert_eq!(
+                (c.made, c.lost),
+                (0, 0),
+                "neither connection_made nor connection_lost"
+            );
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// test_start_tls_client_corrupted_ssl: raw bytes injected under TLS end
+/// the connection with an engine error (T6), no panic.
+#[test]
+fn start_tls_client_corrupted_ssl() {
+    drivers("start_tls_client_corrupted_ssl", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let server = h
+                .create_tls_server(
+                    localhost(),
+                    || {
+                        on_made(&shared(), |t| {
+                            t.write(b"over TLS\n");
+                            let raw = t.raw_transport();
+                            let t2 = t.clone();
+                            // Once the record above is out, corrupt the stream.
+                            t2.loop_handle().unwrap().call_later(
+                                Duration::from_millis(5),
+                                move || {
+                                    raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
+                                },
+                            );
+                        })
+                    },
+                    server_options(),
+                )
+                .unwrap();
+            let cli = shared();
+            let _t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+            assert_eq!(cli.borrow().data, b"over TLS\n");
+            let e = cli.borrow_mut().error.take().expect("error");
+            assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// test_create_connection_ssl_slow_handshake: a silent server; the
+/// handshake timeout fires (instantly on sim's virtual clock).
+#[test]
+fn slow_handshake_timeout() {
+    drivers("slow_handshake_timeout", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let server = h
+                .create_server(localhost(), move || Sink::new(&s2))
+                .unwrap();
+            let cli = shared();
+            let start = h.now();
+            let opts = client_options().handshake_timeout(Duration::from_secs(1));
+            let e = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), opts)
+                .await
+                .unwrap_err();
+            assert!(is(&e, |t| matches!(t, TlsError::HandshakeTimeout)), "{e}");
+            assert!(h.now() - start >= Duration::from_secs(1));
+            until(&h, LIMIT, "server sees the abort", || {
+                srv.borrow().lost == 1
+            })
+            .await;
+            assert_eq!((cli.borrow().made, cli.borrow().lost), (0, 0));
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// _failed_certificate: webpki roots do not trust our self-signed cert.
+#[test]
+fn failed_certificate_verification() {
+    drivers("failed_certificate_verification", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let server = h
+                .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
+                .unwrap();
+            let cli = shared();
+            let opts =
+                TlsOptions::client(tls::client_config_webpki().unwrap(), "localhost").unwrap();
+            let e = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), opts)
+                .await
+                .unwrap_err();
+            assert!(
+                is(&e, |t| matches!(
+                    t,
+                    TlsError::Engine(rustls::Error::InvalidCertificate(_))
+                )),
+                "{e}"
+            );
+            // The server logs and closes; its application never hears of it.
+            until(&h, LIMIT, "server connection released", || {
+                server.active_connections() == 0
+            })
+            .await;
+            assert_eq!((srv.borrow().made, srv.borrow().lost), (0, 0));
+            // Other connections are unaffected (T6).
+            let ok = h
+                .create_tls_connection(server.local_addr(), Sink::new(&shared()), client_options())
+                .await
+                .unwrap();
+            ok.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// uvloop test_first_data_after_wakeup: application data pipelined with the
+/// client's last handshake flight; the server echoes it through the
+/// transport its start_tls caller stored, which must be the TLS one.
+#[test]
+fn first_data_after_wakeup() {
+    drivers("first_data_after_wakeup", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let up: UpgradeRef = Rc::default();
+            let (hh, u2) = (h.clone(), up.clone());
+            let server = h
+                .create_server(localhost(), move || StarttlsLine::new(&hh, &u2))
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            pst.borrow_mut().hold_hello = true;
+            pst.borrow_mut().skip_plain = b"READY\r\n".len();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
+            raw.write(b"STARTTLS\r\n");
+            until(&h, LIMIT, "READY", || {
+                pst.borrow().plain_prefix == b"READY\r\n"
+            })
+            .await;
+            // ClientHello now; the client's Finished is held back so that it
+            // goes out in one write with the first application data.
+            pst.borrow_mut().hold_output = true;
+            {
+                let mut p = pst.borrow_mut();
+                let hello = p.take_output();
+                p.transport.as_ref().unwrap().write(&hello);
+            }
+            until(&h, LIMIT, "client side of the handshake", || {
+                !pst.borrow().handshaking()
+            })
+            .await;
+            {
+                let mut p = pst.borrow_mut();
+                p.conn.writer().write_all_compat(b"ping\n");
+                p.flush(); // Finished + ping, pipelined
+                p.hold_output = false;
+            }
+            until(&h, LIMIT, "echo over TLS", || {
+                pst.borrow().plaintext == b"ping\n"
+            })
+            .await;
+            let u = up.borrow();
+            assert!(u.result.as_ref().unwrap().is_ok());
+            assert_eq!(u.secured.borrow().data, b"ping\n");
+            raw.close();
+            drop(u);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+trait WriteAllCompat {
+    fn write_all_compat(&mut self, d: &[u8]);
+}
+impl WriteAllCompat for rustls::Writer<'_> {
+    fn write_all_compat(&mut self, d: &[u8]) {
+        use std::io::Write;
+        self.write_all(d).unwrap();
+    }
+}
+
+/// gh-109051: start_tls on a transport paused for writing. The TLS engine
+/// learns the paused state (pause_writing first), later resume_writing is
+/// paired, and the upgrade and transfer complete.
+#[test]
+fn start_tls_while_paused_for_writing() {
+    drivers("start_tls_while_paused_for_writing", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let plain = pattern(5, 2 * 1024 * 1024);
+            let secured = shared();
+            let paused_at_start = Rc::new(Cell::new(false));
+            let (hh, p2, sec2, pas) = (
+                h.clone(),
+                plain.clone(),
+                secured.clone(),
+                paused_at_start.clone(),
+            );
+            let server = h
+                .create_server(localhost(), move || {
+                    let (hh, p2, sec2, pas) = (hh.clone(), p2.clone(), sec2.clone(), pas.clone());
+                    on_made(&shared(), move |t| {
+                        t.write(&p2);
+                        pas.set(t.get_write_buffer_size() > t.get_write_buffer_limits().1);
+                        let fut = hh.start_tls(&t, Sink::echo(&sec2), server_options());
+                        let sec2 = sec2.clone();
+                        hh.spawn(async move {
+                            let tls = fut.await.unwrap();
+                            sec2.borrow_mut().transport = Some(tls);
+                        });
+                    })
+                })
+                .unwrap();
+            let cli = shared();
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&cli))
+                .await
+                .unwrap();
+            raw.pause_reading();
+            sleep(&h, Duration::from_millis(30)).await;
+            raw.resume_reading();
+            until(&h, LIMIT, "plaintext", || {
+                cli.borrow().data.len() >= plain.len()
+            })
+            .await;
+            assert!(cli.borrow().data == plain);
+            assert!(
+                paused_at_start.get(),
+                "the raw transport was over its high-water mark"
+            );
+            let tcli = shared();
+            let t = h
+                .start_tls(&raw, Sink::new(&tcli), client_options())
+                .await
+                .unwrap();
+            let msg = pattern(6, 200_000);
+            t.write(&msg);
+            until(&h, LIMIT, "echo", || tcli.borrow().data.len() >= msg.len()).await;
+            assert!(tcli.borrow().data == msg);
+            t.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// T3: the ClientHello arrives in the same write as STARTTLS; it is handed
+/// to the engine as `unconsumed` and the handshake completes.
+#[test]
+fn client_hello_in_same_read_as_starttls() {
+    drivers("client_hello_in_same_read_as_starttls", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let up: UpgradeRef = Rc::default();
+            let (hh, u2) = (h.clone(), up.clone());
+            let server = h
+                .create_server(localhost(), move || {
+                    let mut s = StarttlsLine::new(&hh, &u2);
+                    s.handshake_timeout = Duration::from_secs(3);
+                    s
+                })
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            pst.borrow_mut().hold_hello = true;
+            pst.borrow_mut().skip_plain = b"hello\nREADY\r\n".len();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
+            let mut first = b"hello\nSTARTTLS\r\n".to_vec();
+            first.extend(pst.borrow_mut().take_output()); // ClientHello
+            raw.write(&first);
+            until(&h, LIMIT, "upgrade result", || up.borrow().result.is_some()).await;
+            let r = up.borrow_mut().result.take().unwrap();
+            assert!(
+                r.is_ok(),
+                "handshake with unconsumed ClientHello: {:?}",
+                r.err()
+            );
+            assert_eq!(pst.borrow().plain_prefix, b"hello\nREADY\r\n");
+            assert_eq!(up.borrow().plain_lines, vec![b"hello\n".to_vec()]);
+            eprintln!(
+                "  unconsumed bytes handed to the engine: {}",
+                up.borrow().unconsumed
+            );
+            // The secured channel works both ways.
+            pst.borrow_mut().write(b"secret\n");
+            until(&h, LIMIT, "echo over TLS", || {
+                pst.borrow().plaintext == b"secret\n"
+            })
+            .await;
+            raw.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// T3 / CVE-2011-0411: plaintext injected after STARTTLS (same read, or a
+/// later one) fails the handshake and never reaches the application.
+#[test]
+fn injected_plaintext_after_starttls_fails_handshake() {
+    for split in [false, true] {
+        drivers("injected_plaintext_after_starttls", None, |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let up: UpgradeRef = Rc::default();
+                let (hh, u2) = (h.clone(), up.clone());
+                let server = h
+                    .create_server(localhost(), move || StarttlsLine::new(&hh, &u2))
+                    .unwrap();
+                let raw = h
+                    .create_connection(server.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
+                if split {
+                    raw.write(b"STARTTLS\r\n");
+                    sleep(&h, Duration::from_millis(10)).await;
+                    raw.write(b"MAIL FROM:<attacker@example.com>\r\n");
+                } else {
+                    raw.write(b"STARTTLS\r\nMAIL FROM:<attacker@example.com>\r\n");
+                }
+                until(&h, LIMIT, "upgrade result", || up.borrow().result.is_some()).await;
+                let r = up.borrow_mut().result.take().unwrap();
+                let e = r.expect_err("injected plaintext must fail the handshake");
+                assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+                let u = up.borrow();
+                let s = u.secured.borrow();
+                assert!(
+                    s.data.is_empty() && s.made == 0 && s.lost == 0,
+                    "app heard nothing"
+                );
+                assert!(u.plain_lines.is_empty());
+                drop(s);
+                drop(u);
+                server.close();
+            })
+            .unwrap();
+        });
+    }
+}
+
+/// T4: EOF without close_notify reaches the application as truncation,
+/// after the data received before it.
+#[test]
+fn peer_without_close_notify_is_truncation() {
+    drivers("peer_without_close_notify_is_truncation", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let server = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli = shared();
+            let _t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            pst.borrow_mut().write(b"last words");
+            let raw = pst.borrow().transport.clone().unwrap();
+            raw.close(); // TCP FIN, no close_notify
+            until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+            assert_eq!(cli.borrow().data, b"last words");
+            assert_eq!(cli.borrow().eof, 0, "not a silent EOF");
+            let e = cli.borrow_mut().error.take().expect("truncation error");
+            assert!(is(&e, |t| matches!(t, TlsError::Truncated)), "{e}");
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// close() and abort() during the handshake, on both sides: no close_notify,
+/// the connection ends, the application hears nothing, the caller gets an error.
+#[test]
+fn close_and_abort_during_handshake() {
+    for abort in [false, true] {
+        drivers("close_and_abort_during_handshake", None, |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                // Server side: a client that never sends its ClientHello.
+                let srv = shared();
+                let s2 = srv.clone();
+                let server = h
+                    .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
+                    .unwrap();
+                let peer = shared();
+                let _raw = h
+                    .create_connection(server.local_addr(), Sink::new(&peer))
+                    .await
+                    .unwrap();
+                until(&h, LIMIT, "accepted", || server.active_connections() == 1).await;
+                if abort {
+                    server.abort_clients();
+                } else {
+                    server.close_clients();
+                }
+                until(&h, LIMIT, "peer sees the end", || peer.borrow().lost == 1).await;
+                assert!(
+                    peer.borrow().data.is_empty(),
+                    "no close_notify mid-handshake"
+                );
+                until(&h, LIMIT, "released", || server.active_connections() == 0).await;
+                assert_eq!((srv.borrow().made, srv.borrow().lost), (0, 0));
+
+                // Client side: a silent server; the raw transport goes away
+                // (close or abort) while start_tls waits.
+                let silent = h
+                    .create_server(localhost(), || Sink::new(&shared()))
+                    .unwrap();
+                let raw = h
+                    .create_connection(silent.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
+                let app = shared();
+                let fut = h.start_tls(&raw, Sink::new(&app), client_options());
+                if abort {
+                    raw.abort();
+                } else {
+                    raw.close();
+                }
+                let e = fut.await.unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
+                assert_eq!((app.borrow().made, app.borrow().lost), (0, 0));
+
+                // Dropping the start_tls future aborts the connection.
+                let raw = h
+                    .create_connection(silent.local_addr(), Sink::new(&shared()))
+                    .await
+                    .unwrap();
+                drop(h.start_tls(&raw, Sink::new(&shared()), client_options()));
+                until(&h, LIMIT, "aborted", || raw.is_released()).await;
+                server.close();
+                silent.close();
+            })
+            .unwrap();
+        });
+    }
+}
+
+/// T5 + R1 over TLS: the race workload — packets of 16 KiB echoed while the
+/// client pauses and resumes reading; every byte checked. 2000 packets in
+/// release builds, 200 in debug builds.
+#[test]
+fn echo_with_pause_resume_over_tls() {
+    let packets: usize = if cfg!(debug_assertions) { 200 } else { 2000 };
+    drivers("echo_with_pause_resume_over_tls", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let server = h
+                .create_tls_server(localhost(), || Sink::echo(&shared()), server_options())
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            let total = packets * 16 * 1024;
+            let data = pattern(9, total);
+            // Toggle reading every 100 ms (loop time).
+            fn tick(h: Handle, t: Transport, n: u32) {
+                if t.is_closing() {
+                    return;
+                }
+                if n % 2 == 0 {
+                    t.pause_reading();
+                } else {
+                    t.resume_reading();
+                }
+                let h2 = h.clone();
+                h.call_later(Duration::from_millis(100), move || tick(h2, t, n + 1));
+            }
+            tick(h.clone(), t.clone(), 0);
+            let mut sent = 0;
+            let mut pauses = 0;
+            for c in data.chunks(16 * 1024) {
+                t.write(c);
+                sent += c.len();
+                // Honour the water marks like a real producer.
+                if t.get_write_buffer_size() > t.get_write_buffer_limits().1 {
+                    pauses += 1;
+                    until(&h, Duration::from_secs(120), "drain", || {
+                        t.get_write_buffer_size() <= t.get_write_buffer_limits().0
+                    })
+                    .await;
+                }
+            }
+            assert_eq!(sent, total);
+            until(&h, Duration::from_secs(300), "all echoed", || {
+                cli.borrow().data.len() >= total || cli.borrow().lost > 0
+            })
+            .await;
+            t.resume_reading();
+            let got = std::mem::take(&mut cli.borrow_mut().data);
+            assert_eq!(got.len(), total, "nothing lost");
+            assert!(got == data, "every byte, in order");
+            let l = t.ledger();
+            assert!(l.balanced(), "{l:?}");
+            eprintln!("  {packets} x 16 KiB echoed; producer waited {pauses} times");
+            t.close();
+            until(&h, LIMIT, "closed", || cli.borrow().lost == 1).await;
+            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// T5: pausing the TLS transport holds plaintext and, past 256 KiB, pauses
+/// the raw transport; resuming delivers everything.
+#[test]
+fn pause_reading_pauses_raw_past_read_high_water() {
+    drivers("pause_reading_pauses_raw", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let data = pattern(10, 2 * 1024 * 1024);
+            let d2 = data.clone();
+            let server = h
+                .create_tls_server(
+                    localhost(),
+                    move || {
+                        let d2 = d2.clone();
+                        on_made(&shared(), move |t| {
+                            t.write(&d2);
+                            t.close();
+                        })
+                    },
+                    server_options(),
+                )
+                .unwrap();
+            let cli = shared();
+            let c2 = cli.clone();
+            let t = h
+                .create_tls_connection(
+                    server.local_addr(),
+                    on_made(&c2, |t| t.pause_reading()),
+                    client_options(),
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "made", || cli.borrow().made == 1).await;
+            sleep(&h, Duration::from_millis(200)).await;
+            assert!(cli.borrow().data.is_empty());
+            let held = t.ledger().held;
+            assert!(
+                held > 0 && held < 1024 * 1024,
+                "raw paused near 256 KiB, held {held}"
+            );
+            assert!(!t.raw_transport().is_reading(), "raw transport paused");
+            t.resume_reading();
+            until(&h, LIMIT, "all", || cli.borrow().lost == 1).await;
+            assert!(cli.borrow().data == data);
+            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+            assert!(t.write_eof().is_err() && !t.can_write_eof());
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// The same order on the client side of start_tls: the server sends
+/// application data in the same flight as its Finished (TLS 1.3 0.5-RTT),
+/// so it reaches the engine in the read that completes the handshake. It is
+/// delivered only after the start_tls caller stored the TLS transport.
+#[test]
+fn first_data_after_wakeup_client_side() {
+    drivers("first_data_after_wakeup_client_side", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let peers: Rc<RefCell<Vec<PeerRef>>> = Rc::default();
+            let p2 = peers.clone();
+            let server = h
+                .create_server(localhost(), move || {
+                    let (peer, pst) = ManualPeer::server();
+                    // Buffered by rustls until its Finished, then sent with it.
+                    pst.borrow_mut().conn.writer().write_all_compat(b"early\n");
+                    p2.borrow_mut().push(pst);
+                    peer
+                })
+                .unwrap();
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&shared()))
+                .await
+                .unwrap();
+            let app = shared();
+            let t = h
+                .start_tls(&raw, Sink::echo(&app), client_options())
+                .await
+                .unwrap();
+            app.borrow_mut().transport = Some(t.clone());
+            until(&h, LIMIT, "echo of the early data", || {
+                peers.borrow()[0].borrow().plaintext == b"early\n"
+            })
+            .await;
+            assert_eq!(app.borrow().data, b"early\n");
+            t.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}
