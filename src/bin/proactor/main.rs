@@ -12,6 +12,7 @@ mod pattern;
 mod progress;
 mod race;
 mod report;
+mod starttls;
 mod tls;
 
 use std::fmt;

@@ -50,6 +50,8 @@ pub struct RaceReport {
     pub sim: Option<SimSummary>,
     pub errors: Vec<String>,
     pub errors_total: u64,
+    /// What the first TLS client negotiated.
+    pub tls: Option<String>,
 }
 
 impl RaceReport {
@@ -79,6 +81,7 @@ impl RaceReport {
             sim: None,
             errors: Vec::new(),
             errors_total: 0,
+            tls: None,
         }
     }
 
@@ -94,6 +97,9 @@ impl RaceReport {
             self.pause_cycles += c.pause_cycles;
             self.write_pauses += c.write_pauses;
             self.sent_hash.update(&c.send_hash.to_le_bytes());
+            if self.tls.is_none() {
+                self.tls.clone_from(&c.tls);
+            }
             self.recv_hash.update(&c.recv_hash.to_le_bytes());
         }
         if let Some(e) = o.server_echoed {
@@ -152,6 +158,9 @@ impl RaceReport {
                 "  sim races   {} cancel-after-complete, {} short reads, {} short writes",
                 s.cancel_races, s.short_reads, s.short_writes
             );
+        }
+        if let Some(tls) = &self.tls {
+            println!("  tls         {tls}");
         }
         println!("  sent        {} bytes", self.bytes_sent);
         match self.server_echoed {
@@ -221,6 +230,7 @@ impl RaceReport {
             "errors": self.errors,
             "errors_total": self.errors_total,
             "ok": self.passed(),
+            "tls": self.tls,
         });
         if let (Some(s), Some(map)) = (&self.sim, v.as_object_mut()) {
             map.insert("seeds".into(), json!(s.seeds));

@@ -1,27 +1,54 @@
-//! TLS options of `race` and `echo`.
+//! TLS options of `race` and `echo`, over `proactor::tls`.
 //!
-//! The flags are parsed and checked here so their rules do not change when
-//! the `proactor::tls` layer lands: `echo` speaks TLS when given a
-//! certificate and key (`--starttls` upgrades after a plaintext line
-//! exchange instead); `race --tls`/`--starttls` use a throwaway self-signed
-//! certificate unless files are given.
-//!
-//! Until `proactor::tls` is on this branch, every TLS request ends with a
-//! clear "not available" error rather than a silent plaintext run.
+//! `echo` speaks TLS when given a certificate and key (`--starttls` upgrades
+//! after a plaintext line exchange instead); `race --tls`/`--starttls` use a
+//! throwaway self-signed certificate (rcgen) unless files are given.
 
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use proactor::{Address, Handle, Server};
+use proactor::tls::{
+    client_config_insecure, client_config_webpki, client_config_with_ca_file,
+    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+};
+use proactor::{Address, Handle, Server, TlsOptions};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::cli::{RaceArgs, TlsArgs};
-use crate::echo::EchoCounters;
+use crate::echo::{EchoCounters, EchoProtocol};
+use crate::starttls::StarttlsEcho;
 use crate::Failure;
 
-fn unavailable(what: &str) -> Failure {
-    Failure::setup(format!(
-        "{what} needs the proactor::tls layer, which is not in this build yet"
-    ))
+/// Names the throwaway certificate is valid for: the loop-back race connects
+/// to "localhost".
+const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// How the race's bytes travel.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Plain,
+    /// TLS from the first byte.
+    Tls(TlsPair),
+    /// A plaintext line exchange, STARTTLS/READY, then TLS.
+    Starttls(TlsPair),
+}
+
+/// Both sides' settings (the server's is unused with `--connect`).
+#[derive(Debug, Clone)]
+pub struct TlsPair {
+    pub server: TlsOptions,
+    pub client: TlsOptions,
+}
+
+impl Security {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Security::Plain => "plain",
+            Security::Tls(_) => "tls",
+            Security::Starttls(_) => "starttls",
+        }
+    }
 }
 
 fn check_readable(flag: &str, path: &Path) -> Result<(), Failure> {
@@ -46,28 +73,98 @@ fn check_files(args: &TlsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Which security the race runs with: `plain`, `tls` or `starttls`.
-pub fn race_security(args: &RaceArgs) -> Result<&'static str, Failure> {
+fn setup_err(what: &str) -> impl Fn(std::io::Error) -> Failure + '_ {
+    move |e| Failure::setup(format!("{what}: {e}"))
+}
+
+/// The server config from --tls-cert/--tls-key, or a fresh self-signed one
+/// (returned with its certificate PEM, which the client then trusts).
+fn server_config(args: &TlsArgs) -> Result<(Arc<ServerConfig>, Option<String>), Failure> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Ok((
+            server_config_from_pem_files(c, k).map_err(setup_err("--tls-cert/--tls-key"))?,
+            None,
+        )),
+        _ => {
+            let (cert, key) = self_signed(&SELF_SIGNED_NAMES)
+                .map_err(setup_err("cannot generate a certificate"))?;
+            let config = server_config_from_pem(cert.as_bytes(), key.as_bytes())
+                .map_err(setup_err("the generated certificate"))?;
+            Ok((config, Some(cert)))
+        }
+    }
+}
+
+/// Whom the client trusts: --insecure, --tls-ca, the generated certificate,
+/// the given certificate itself (self-signed, loop-back), or webpki roots.
+fn client_config(
+    args: &TlsArgs,
+    generated: Option<&str>,
+    loopback: bool,
+) -> Result<Arc<ClientConfig>, Failure> {
+    if args.insecure {
+        return client_config_insecure().map_err(setup_err("--insecure"));
+    }
+    if let Some(ca) = &args.tls_ca {
+        return client_config_with_ca_file(ca).map_err(setup_err("--tls-ca"));
+    }
+    if let Some(pem) = generated {
+        return client_config_with_ca_pem(pem.as_bytes())
+            .map_err(setup_err("the generated certificate"));
+    }
+    match (&args.tls_cert, loopback) {
+        (Some(cert), true) => client_config_with_ca_file(cert).map_err(setup_err(
+            "--tls-cert (trusted as its own CA; give --tls-ca otherwise)",
+        )),
+        _ => client_config_webpki().map_err(setup_err("webpki roots")),
+    }
+}
+
+/// Which security the race runs with, and its TLS settings.
+pub fn race_security(args: &RaceArgs) -> Result<Security, Failure> {
     if !args.tls && !args.starttls {
         if args.tls_files.any() {
             return Err(Failure::setup(
                 "--tls-cert/--tls-key/--tls-ca/--insecure need --tls or --starttls",
             ));
         }
-        return Ok("plain");
+        return Ok(Security::Plain);
     }
     check_files(&args.tls_files)?;
-    Err(unavailable(if args.tls {
-        "race --tls"
+    let loopback = args.connect.is_none();
+    // With --connect the server is remote: no certificate to make.
+    let (server, generated) = if loopback {
+        server_config(&args.tls_files)?
     } else {
-        "race --starttls"
-    }))
+        (server_config_placeholder()?, None)
+    };
+    let client = client_config(&args.tls_files, generated.as_deref(), loopback)?;
+    let name = match &args.connect {
+        Some(Address::Inet(a)) => a.ip().to_string(),
+        _ => "localhost".to_string(),
+    };
+    let pair = TlsPair {
+        server: TlsOptions::server(server),
+        client: TlsOptions::client(client, &name)
+            .map_err(setup_err("server name"))?
+            .call_connection_made(args.starttls),
+    };
+    Ok(if args.tls {
+        Security::Tls(pair)
+    } else {
+        Security::Starttls(pair)
+    })
+}
+
+/// A server config for the unused server side of `--connect` runs.
+fn server_config_placeholder() -> Result<Arc<ServerConfig>, Failure> {
+    server_config(&TlsArgs::default()).map(|(c, _)| c)
 }
 
 /// The TLS settings of an echo server.
 #[derive(Debug)]
 pub struct ServerTls {
-    _private: (),
+    options: TlsOptions,
 }
 
 impl ServerTls {
@@ -82,21 +179,35 @@ impl ServerTls {
             ));
         }
         check_files(args)?;
-        Err(unavailable(if starttls {
-            "echo --starttls"
-        } else {
-            "a TLS echo server"
+        let (config, _) = server_config(args)?;
+        Ok(Some(ServerTls {
+            options: TlsOptions::server(config),
         }))
     }
 
-    /// Serves the (STARTTLS) echo on `addr`.
+    /// Serves the echo on `addr`: TLS from the first byte, or line echo until
+    /// STARTTLS.
     pub fn serve(
         &self,
-        _h: &Handle,
-        _addr: Address,
-        _counters: Rc<EchoCounters>,
-        _starttls: bool,
+        h: &Handle,
+        addr: Address,
+        counters: Rc<EchoCounters>,
+        starttls: bool,
     ) -> Result<Server, Failure> {
-        Err(unavailable("a TLS echo server"))
+        let options = self.options.clone();
+        let listen_err = |e| Failure::setup(format!("cannot listen on {addr}: {e}"));
+        if starttls {
+            h.create_server(addr.clone(), move || {
+                StarttlsEcho::new(counters.clone(), options.clone())
+            })
+            .map_err(listen_err)
+        } else {
+            h.create_tls_server(
+                addr.clone(),
+                move || EchoProtocol::new(counters.clone()),
+                options,
+            )
+            .map_err(listen_err)
+        }
     }
 }

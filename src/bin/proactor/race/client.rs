@@ -29,6 +29,8 @@ pub struct ClientReport {
     pub recv_hash: u64,
     pub mismatch: Option<Mismatch>,
     pub error: Option<String>,
+    /// Negotiated TLS version and cipher suite, on a TLS transport.
+    pub tls: Option<String>,
 }
 
 /// The workload of one client.
@@ -202,6 +204,9 @@ impl BaseProtocol for RaceProtocol {
         let handle = transport.loop_handle();
         {
             let mut c = self.0.borrow_mut();
+            c.report.tls = transport
+                .tls_info()
+                .map(|i| format!("{} {}", i.version, i.cipher_suite));
             c.transport = Some(transport);
             c.pump_writes();
         }

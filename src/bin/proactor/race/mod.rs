@@ -3,7 +3,7 @@
 //! seeded pattern while a loop timer pauses and resumes its reading, and every
 //! echoed byte is checked. On `sim` it runs once per seed.
 
-mod client;
+pub mod client;
 mod sim;
 pub mod workload;
 
@@ -42,7 +42,7 @@ pub fn run(args: &RaceArgs) -> Result<(), Failure> {
                 "--connect needs a real network: use --driver uring or poll",
             ));
         }
-        let report = sim::sweep(args, security)?;
+        let report = sim::sweep(args, &security)?;
         return finish(args, &report);
     }
     if args.seeds.is_some() {
@@ -51,11 +51,11 @@ pub fn run(args: &RaceArgs) -> Result<(), Failure> {
     let lp = crate::build_loop(args.driver, None)?;
     let planned = args.packets * args.size as u64;
     let bar = progress::bar(planned * args.connections, "race");
-    let outcome = workload::run(&lp, args, bar.as_ref())?;
+    let outcome = workload::run(&lp, args, &security, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut report = RaceReport::new(outcome.driver, args, security);
+    let mut report = RaceReport::new(outcome.driver, args, security.label());
     report.add(&outcome, planned, None);
     finish(args, &report)
 }

@@ -9,6 +9,7 @@ use proactor::DriverKind;
 use super::workload;
 use crate::cli::RaceArgs;
 use crate::report::{RaceReport, SimSummary};
+use crate::tls::Security;
 use crate::{progress, Failure};
 
 /// Seeds when neither `--seeds` nor PROACTOR_SIM_SEEDS says.
@@ -27,7 +28,7 @@ fn env_u64(name: &str) -> Result<Option<u64>, Failure> {
     }
 }
 
-pub fn sweep(args: &RaceArgs, security: &'static str) -> Result<RaceReport, Failure> {
+pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure> {
     let replay = env_u64("PROACTOR_SIM_SEED")?;
     let seeds: Vec<u64> = match replay {
         Some(s) => {
@@ -48,7 +49,7 @@ pub fn sweep(args: &RaceArgs, security: &'static str) -> Result<RaceReport, Fail
         }
     };
     let planned = args.packets * args.size as u64;
-    let mut report = RaceReport::new(DriverKind::Sim, args, security);
+    let mut report = RaceReport::new(DriverKind::Sim, args, security.label());
     let mut summary = SimSummary {
         seeds: 0,
         replayed_seed: replay,
@@ -57,7 +58,7 @@ pub fn sweep(args: &RaceArgs, security: &'static str) -> Result<RaceReport, Fail
     let bar = progress::bar(seeds.len() as u64, "seeds");
     for &seed in &seeds {
         let lp = crate::build_loop(Some(DriverKind::Sim), Some(seed))?;
-        let outcome = workload::run(&lp, args, None)?;
+        let outcome = workload::run(&lp, args, security, None)?;
         let failed = outcome.errors().next().is_some()
             || outcome.clients.iter().any(|c| c.verified != planned);
         summary.seeds += 1;

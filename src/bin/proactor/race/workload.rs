@@ -12,6 +12,8 @@ use proactor::{Address, DriverKind, DriverStats, EventLoop, RunError, Server};
 use super::client::{Client, ClientReport, Plan, Shared};
 use crate::cli::RaceArgs;
 use crate::echo::{EchoCounters, EchoProtocol};
+use crate::starttls::{StarttlsClient, StarttlsEcho};
+use crate::tls::Security;
 use crate::Failure;
 
 /// How long the server may take to release its connections after the race.
@@ -57,7 +59,12 @@ pub fn plans(args: &RaceArgs) -> Vec<Plan> {
 
 /// Runs the race on `lp`. Fails only for set-up errors (cannot listen);
 /// everything that goes wrong during the run is in the [`Outcome`].
-pub fn run(lp: &EventLoop, args: &RaceArgs, bar: Option<&ProgressBar>) -> Result<Outcome, Failure> {
+pub fn run(
+    lp: &EventLoop,
+    args: &RaceArgs,
+    security: &Security,
+    bar: Option<&ProgressBar>,
+) -> Result<Outcome, Failure> {
     let h = lp.handle();
     let counters = Rc::new(EchoCounters::default());
     let (server, addr): (Option<Server>, Address) = match &args.connect {
@@ -65,9 +72,21 @@ pub fn run(lp: &EventLoop, args: &RaceArgs, bar: Option<&ProgressBar>) -> Result
         None => {
             let c = counters.clone();
             let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            let s = h
-                .create_server(loopback, move || EchoProtocol::new(c.clone()))
-                .map_err(|e| Failure::setup(format!("cannot listen on {loopback}: {e}")))?;
+            let s = match security {
+                Security::Plain => h.create_server(loopback, move || EchoProtocol::new(c.clone())),
+                Security::Tls(pair) => h.create_tls_server(
+                    loopback,
+                    move || EchoProtocol::new(c.clone()),
+                    pair.server.clone(),
+                ),
+                Security::Starttls(pair) => {
+                    let options = pair.server.clone();
+                    h.create_server(loopback, move || {
+                        StarttlsEcho::new(c.clone(), options.clone())
+                    })
+                }
+            }
+            .map_err(|e| Failure::setup(format!("cannot listen on {loopback}: {e}")))?;
             let addr = s.local_addr();
             (Some(s), addr)
         }
@@ -86,10 +105,27 @@ pub fn run(lp: &EventLoop, args: &RaceArgs, bar: Option<&ProgressBar>) -> Result
     let race = {
         let h = h.clone();
         let clients = clients.clone();
+        let security = security.clone();
         async move {
-            let connects = clients
-                .iter()
-                .map(|c| h.create_connection(addr.clone(), Client::protocol(c)));
+            let connects = clients.iter().map(|c| {
+                let addr = addr.clone();
+                let h = h.clone();
+                let c = c.clone();
+                let security = security.clone();
+                async move {
+                    match &security {
+                        Security::Plain => h.create_connection(addr, Client::protocol(&c)).await,
+                        Security::Tls(pair) => {
+                            h.create_tls_connection(addr, Client::protocol(&c), pair.client.clone())
+                                .await
+                        }
+                        Security::Starttls(pair) => {
+                            let p = StarttlsClient::new(c.clone(), pair.client.clone());
+                            h.create_connection(addr, p).await
+                        }
+                    }
+                }
+            });
             let results = join_all(connects).await;
             for (c, r) in clients.iter().zip(results) {
                 if let Err(e) = r {
