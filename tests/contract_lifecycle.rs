@@ -141,13 +141,14 @@ fn l4_every_method_from_every_callback() {
                     })
                     .await;
                     let rec = srec.borrow().clone().unwrap();
-                    let r = rec.borrow();
-                    r.assert_ok();
-                    assert_eq!(r.made, 1, "{cb:?}/{m:?}");
-                    assert_eq!(r.lost, 1, "{cb:?}/{m:?}");
-                    crec.borrow().assert_ok();
-                    let t = r.transport.clone().unwrap();
-                    drop(r);
+                    let t = {
+                        let r = rec.borrow();
+                        r.assert_ok();
+                        assert_eq!(r.made, 1, "{cb:?}/{m:?}");
+                        assert_eq!(r.lost, 1, "{cb:?}/{m:?}");
+                        crec.borrow().assert_ok();
+                        r.transport.clone().unwrap()
+                    };
                     let what = format!("{cb:?}/{m:?}: socket released");
                     wait_until(&h, Duration::from_secs(10), &what, || t.is_released()).await;
                     assert!(t.ledger().balanced(), "{:?}", t.ledger());
@@ -216,7 +217,7 @@ fn r1_set_protocol_carries_data_and_write_pause() {
                             t.pause_reading();
                             t.set_write_buffer_limits(Some(0), Some(0)).unwrap();
                             t.write(b"z");
-                            let (p2, rec2) = Recorder::new();
+                            let (_, rec2) = Recorder::new();
                             let mut rec2m = rec2.borrow_mut();
                             rec2m.made = 1; // the new protocol continues the connection
                             rec2m.transport = Some(t.clone());

@@ -153,10 +153,12 @@ fn w3_close_flushes_then_closes() {
                 crec.borrow().lost == 1
             })
             .await;
-            let c = crec.borrow();
-            c.assert_closed_cleanly();
-            assert_eq!(c.eof, 1);
-            assert!(c.data == payload, "W3: all flushed: {}", c.summary());
+            {
+                let c = crec.borrow();
+                c.assert_closed_cleanly();
+                assert_eq!(c.eof, 1);
+                assert!(c.data == payload, "W3: all flushed: {}", c.summary());
+            }
             let srec = recs.borrow()[0].clone();
             wait_until(&h, Duration::from_secs(10), "server lost", || {
                 srec.borrow().lost == 1
@@ -305,18 +307,20 @@ fn peer_reset_mid_transfer_reports_error_once() {
             )
             .await;
             let vs = recs.borrow()[0].clone();
-            let v = vs.borrow();
-            v.assert_ok();
-            assert_eq!(v.lost, 1);
-            assert!(
-                v.lost_error.is_some(),
-                "a reset is an error, not a clean close: {}",
-                v.summary()
-            );
-            assert!(
-                v.data == pattern(1, 0, v.data.len()),
-                "bytes before the reset are intact"
-            );
+            {
+                let v = vs.borrow();
+                v.assert_ok();
+                assert_eq!(v.lost, 1);
+                assert!(
+                    v.lost_error.is_some(),
+                    "a reset is an error, not a clean close: {}",
+                    v.summary()
+                );
+                assert!(
+                    v.data == pattern(1, 0, v.data.len()),
+                    "bytes before the reset are intact"
+                );
+            }
             crec.borrow().assert_ok();
             // The bystander is untouched.
             let bs = recs.borrow()[1].clone();
@@ -325,7 +329,7 @@ fn peer_reset_mid_transfer_reports_error_once() {
             })
             .await;
             assert_eq!(bs.borrow().lost, 0);
-            assert!(brec.borrow().data.len() > 0, "bystander still receives");
+            assert!(!brec.borrow().data.is_empty(), "bystander still receives");
             bystander.abort();
             wait_until(&h, Duration::from_secs(10), "bystander closed", || {
                 brec.borrow().lost == 1

@@ -165,13 +165,14 @@ fn sweep_detects_the_broken_behaviour() {
 #[cfg(not(any(feature = "broken-pause-cancels", feature = "broken-early-delivery")))]
 #[test]
 fn correct_build_passes_the_same_seeds() {
-    for seed in 0..DETECTION_BUDGET / 4 {
-        let seen = pause_storm(seed);
-        assert!(
-            !broken(&seen),
-            "seed {seed}: {:?} delivered {}",
-            seen.violations,
-            seen.delivered
+    if let Some((seeds, seen)) = sweep_until_broken() {
+        panic!(
+            "seed {}: sent {} delivered {} exact {} {:?}",
+            seeds - 1,
+            seen.sent,
+            seen.delivered,
+            seen.exact,
+            seen.violations
         );
     }
 }

@@ -94,25 +94,45 @@ pub struct OpKey {
 pub enum Op {
     /// Accept one connection. On success `accepted` holds the new socket and the peer.
     Accept {
+        /// The listening socket.
         listener: SocketId,
+        /// Filled in by the driver on success.
         accepted: Option<(SocketId, Address)>,
     },
     /// Connect `socket` (from [`Driver::open_stream`]) to `addr`.
-    Connect { socket: SocketId, addr: Address },
+    Connect {
+        /// The unconnected socket.
+        socket: SocketId,
+        /// Where to connect.
+        addr: Address,
+    },
     /// Receive into the spare capacity of `buf` (its length is kept; on success
     /// the driver extends the length by the number of bytes received, and the
     /// result is that number; 0 means EOF). The capacity must be > length.
-    Recv { socket: SocketId, buf: Vec<u8> },
+    Recv {
+        /// The connected socket.
+        socket: SocketId,
+        /// Owned by the driver until the completion hands it back (O3).
+        buf: Vec<u8>,
+    },
     /// Send from `bufs`, in order, as one (vectored) syscall; `offset` bytes of
     /// `bufs[0]` were already sent and are skipped. The result is how many bytes
     /// went out (possibly fewer than offered).
     Send {
+        /// The connected socket.
         socket: SocketId,
+        /// Slices to send, in order; kept alive until the completion (O3).
         bufs: Vec<Bytes>,
+        /// Bytes of `bufs[0]` to skip.
         offset: usize,
     },
     /// `shutdown(2)` the socket.
-    Shutdown { socket: SocketId, how: Shutdown },
+    Shutdown {
+        /// The connected socket.
+        socket: SocketId,
+        /// Which direction to shut.
+        how: Shutdown,
+    },
 }
 
 impl Op {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use proactor::{DriverKind, EventLoop, Handle};
 
+#[allow(unused_imports)]
 pub use recorder::{Hooks, Rec, Recorder};
 
 /// Seeds each contract test runs on `sim` (override: PROACTOR_CONTRACT_SEEDS;

@@ -82,14 +82,16 @@ impl Rec {
 }
 
 type Hook<A> = Option<Box<dyn FnMut(&Transport, A)>>;
+type DataHook = Option<Box<dyn FnMut(&Transport, &[u8])>>;
+type EofHook = Option<Box<dyn FnMut(&Transport) -> bool>>;
 
 /// Optional callbacks run after the recorder has recorded an event.
 #[derive(Default)]
 pub struct Hooks {
     pub made: Hook<()>,
-    pub data: Option<Box<dyn FnMut(&Transport, &[u8])>>,
+    pub data: DataHook,
     pub data_len: Hook<usize>,
-    pub eof: Option<Box<dyn FnMut(&Transport) -> bool>>,
+    pub eof: EofHook,
     pub lost: Hook<()>,
     pub pause_writing: Hook<()>,
     pub resume_writing: Hook<()>,
