@@ -207,6 +207,7 @@ fn start_tls_client_buf_proto_1() {
                         h: hh,
                         seen: seen2,
                         t: None,
+                        line: Vec::new(),
                     }
                 })
                 .unwrap();
@@ -214,6 +215,8 @@ fn start_tls_client_buf_proto_1() {
                 h: Handle,
                 seen: Shared,
                 t: Option<Transport>,
+                /// The command line so far: TCP may split it across reads.
+                line: Vec<u8>,
             }
             impl BaseProtocol for ServerSide {
                 fn connection_made(&mut self, t: Transport) {
@@ -222,7 +225,11 @@ fn start_tls_client_buf_proto_1() {
             }
             impl Protocol for ServerSide {
                 fn data_received(&mut self, d: &[u8]) {
-                    assert_eq!(d, b"STARTTLS\n");
+                    self.line.extend_from_slice(d);
+                    if !self.line.ends_with(b"\n") {
+                        return;
+                    }
+                    assert_eq!(self.line, b"STARTTLS\n");
                     let t = self.t.clone().unwrap();
                     t.write(b"O");
                     struct Two(Shared);
@@ -336,8 +343,16 @@ fn remote_shutdown_receives_trailing_data() {
             let data = pattern(4, 4 * 1024 * 1024);
             let srv = shared();
             let (s2, d2) = (srv.clone(), data.clone());
+            // Small kernel buffers, so most of the 4 MiB stays in our backlog.
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
             let server = h
-                .create_tls_server(
+                .create_tls_server_with(
                     localhost(),
                     move || {
                         let d2 = d2.clone();
@@ -346,13 +361,22 @@ fn remote_shutdown_receives_trailing_data() {
                                 t.write(c);
                             }
                         })
+                        .into()
                     },
                     server_options(),
+                    small,
                 )
                 .unwrap();
             let (peer, pst) = ManualPeer::client();
             let raw = h
-                .create_connection(server.local_addr(), peer)
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
                 .await
                 .unwrap();
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
@@ -824,6 +848,9 @@ fn peer_without_close_notify_is_truncation() {
                 .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
                 .await
                 .unwrap();
+            // The client is done first; wait for the peer's side too, or
+            // its engine would hold "last words" back.
+            until(&h, LIMIT, "peer handshake", || !pst.borrow().handshaking()).await;
             pst.borrow_mut().write(b"last words");
             let raw = pst.borrow().transport.clone().unwrap();
             raw.close(); // TCP FIN, no close_notify

@@ -83,7 +83,7 @@ fn sim_seeds() -> Vec<u64> {
     {
         return vec![s];
     }
-    let n = std::env::var("PROACTOR_SIM_SEEDS")
+    let n = std::env::var("PROACTOR_CONTRACT_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SIM_SEEDS);

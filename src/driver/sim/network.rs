@@ -344,7 +344,11 @@ impl Network {
             Some(Sock::Stream(s)) => {
                 // Like Linux: a zero linger, or unread data, makes close a reset.
                 if let (Some(peer), true) = (s.peer, s.linger_zero || !s.incoming.is_empty()) {
-                    self.reset_one(peer);
+                    if let Some(Sock::Stream(p)) = self.sockets.get_mut(&peer) {
+                        p.error = Some(libc::ECONNRESET);
+                        p.rd_eof = true;
+                        p.peer = None;
+                    }
                 } else if let Some(peer) = s.peer {
                     if let Some(Sock::Stream(p)) = self.sockets.get_mut(&peer) {
                         p.rd_eof = true;
@@ -566,15 +570,17 @@ impl Network {
             return Some(Err(e));
         }
         let s = self.stream_mut(fd).expect("checked");
-        if let Some(code) = s.error.take() {
-            return Some(Err(os_err(code)));
-        }
+        // Like Linux, bytes that arrived before a reset are still readable;
+        // the reset is reported after them.
         if !s.incoming.is_empty() {
             let spare = buf.capacity() - buf.len();
             let avail = spare.min(s.incoming.len());
             let n = choose(avail).clamp(1, avail);
             buf.extend(s.incoming.drain(..n));
             return Some(Ok(n));
+        }
+        if let Some(code) = s.error.take() {
+            return Some(Err(os_err(code)));
         }
         if s.rd_eof || s.rd_shut {
             return Some(Ok(0));
