@@ -1,0 +1,142 @@
+//! Faults on purpose: the `sim` driver injects resets, half-closes, accept
+//! errors (EMFILE, ECONNABORTED) and connect refusals at random points. Each
+//! affected connection must end with a clear error, exactly once, with every
+//! delivered byte intact (R1, R4); the server keeps accepting (L3); nothing
+//! else is affected. PROACTOR_SIM_SEEDS sets the sweep size (default 300).
+
+mod util;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proactor::driver::sim::SimConfig;
+use proactor::{DriverKind, EventLoop, Transport};
+use util::*;
+
+struct Totals {
+    connections: u64,
+    errors: u64,
+    refused: u64,
+    accept_errors: u64,
+}
+
+fn faulty_workload(seed: u64, totals: &mut Totals) {
+    let lp = EventLoop::builder()
+        .driver(DriverKind::Sim)
+        .sim_config(SimConfig::with_faults(seed))
+        .build()
+        .unwrap();
+    let h = lp.handle();
+    let (clients, refused, accept_errors) = lp
+        .run_until_complete(async move {
+            let recs: Rc<RefCell<Vec<Rc<RefCell<Rec>>>>> = Rc::default();
+            let r2 = recs.clone();
+            let server = h
+                .create_server(localhost(), move || {
+                    let (p, rec) = Recorder::with_hooks(Hooks {
+                        data: Some(Box::new(|t: &Transport, d: &[u8]| t.write(d))),
+                        ..Hooks::default()
+                    });
+                    r2.borrow_mut().push(rec);
+                    p
+                })
+                .unwrap();
+            let mut clients = Vec::new();
+            let mut refused = 0u64;
+            for i in 0..6u64 {
+                let (cp, crec) = Recorder::new();
+                match h.create_connection(server.local_addr(), cp).await {
+                    Ok(t) => {
+                        let payload = pattern(i + 1, 0, 100_000);
+                        t.write(&payload);
+                        clients.push((t, crec, payload));
+                    }
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            // Each connection ends: full echo then close, or an injected fault.
+            wait_until(&h, Duration::from_secs(600), "every client ended", || {
+                for (t, rec, payload) in &clients {
+                    let r = rec.borrow();
+                    if r.lost == 0 && r.data.len() >= payload.len() {
+                        t.close();
+                    }
+                }
+                clients.iter().all(|(_, r, _)| r.borrow().lost == 1)
+            })
+            .await;
+            assert!(
+                !server.is_closed(),
+                "L3: accept errors never end the server"
+            );
+            let accept_errors = server.accept_errors();
+            server.close();
+            server.abort_clients();
+            wait_until(&h, Duration::from_secs(600), "server sides ended", || {
+                recs.borrow().iter().all(|r| r.borrow().lost == 1)
+            })
+            .await;
+            for r in recs.borrow().iter() {
+                r.borrow().assert_ok();
+            }
+            (clients, refused, accept_errors)
+        })
+        .unwrap();
+    totals.refused += refused;
+    totals.accept_errors += accept_errors;
+    for (t, rec, payload) in clients {
+        let r = rec.borrow();
+        r.assert_ok();
+        assert_eq!(r.lost, 1, "connection_lost exactly once");
+        assert!(
+            r.data == payload[..r.data.len()],
+            "R1: what arrived is intact"
+        );
+        if r.data.len() < payload.len() {
+            assert!(
+                r.lost_error.is_some() || r.eof == 1,
+                "a cut-short connection says why: {}",
+                r.summary()
+            );
+        }
+        if let Some(e) = &r.lost_error {
+            assert!(!e.is_empty());
+            totals.errors += 1;
+        }
+        assert!(t.ledger().balanced(), "{:?}", t.ledger());
+        totals.connections += 1;
+    }
+}
+
+#[test]
+fn faults_end_one_connection_with_an_error_and_nothing_else() {
+    let mut totals = Totals {
+        connections: 0,
+        errors: 0,
+        refused: 0,
+        accept_errors: 0,
+    };
+    for seed in sim_seeds(300) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            faulty_workload(seed, &mut totals)
+        }));
+        if let Err(p) = r {
+            eprintln!("fault sweep failed on seed {seed}; replay with:\n  PROACTOR_SIM_SEED={seed} cargo test --release --test sim_faults");
+            std::panic::resume_unwind(p);
+        }
+    }
+    println!(
+        "fault sweep: {} connections, {} ended by injected errors, {} connects refused, {} accept errors survived",
+        totals.connections, totals.errors, totals.refused, totals.accept_errors
+    );
+    if sim_seeds(300).len() >= 100 {
+        assert!(
+            totals.errors > 0 && totals.accept_errors > 0 && totals.refused > 0,
+            "faults were injected"
+        );
+    }
+}
