@@ -133,6 +133,8 @@ pub struct UringDriver {
     fallback_ts: Box<types::Timespec>,
     ext_arg: bool,
     shutdown_supported: bool,
+    /// `IORING_OP_SEND` is available (single-segment sends skip the msghdr).
+    send_supported: bool,
     setup: &'static str,
     closing: bool,
     stats: DriverStats,
@@ -215,6 +217,7 @@ impl UringDriver {
             }
         }
         let shutdown_supported = probe.is_supported(opcode::Shutdown::CODE);
+        let send_supported = probe.is_supported(opcode::Send::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
 
         // Blocking eventfd: io_uring arms poll on it; a non-blocking one
@@ -240,6 +243,7 @@ impl UringDriver {
             fallback_ts: Box::new(types::Timespec::new()),
             ext_arg,
             shutdown_supported,
+            send_supported,
             setup,
             closing: false,
             stats: DriverStats::default(),
@@ -510,29 +514,46 @@ impl UringDriver {
                 if bufs.first().map_or(*offset > 0, |b| *offset > b.len()) {
                     return self.complete_later(key, -libc::EINVAL);
                 }
-                let iov: Box<[libc::iovec]> = bufs
+                let mut segments = bufs
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| {
-                        let skip = if i == 0 { *offset } else { 0 };
-                        libc::iovec {
-                            iov_base: b[skip..].as_ptr() as *mut libc::c_void,
-                            iov_len: b.len() - skip,
-                        }
-                    })
-                    .filter(|v| v.iov_len > 0)
-                    .take(MAX_IOV)
-                    .collect();
-                // SAFETY: msghdr is a plain C struct; all-zero is a valid
-                // value (null pointers, zero lengths).
-                let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = iov.len() as _;
-                let e = opcode::SendMsg::new(types::Fd(socket.0), &*msg)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build();
-                slot.side = Side::Send { iov, _msg: msg };
-                e
+                    .map(|(i, b)| &b[if i == 0 { *offset } else { 0 }..])
+                    .filter(|b| !b.is_empty());
+                if let (Some(only), None, true) =
+                    (segments.next(), segments.next(), self.send_supported)
+                {
+                    // One segment (the common case): a plain `send` needs no
+                    // iovec array or msghdr, so nothing to allocate. It points
+                    // into the op's `Bytes`, like the iovecs would.
+                    let len = only.len().min(u32::MAX as usize) as u32;
+                    opcode::Send::new(types::Fd(socket.0), only.as_ptr(), len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                } else {
+                    let iov: Box<[libc::iovec]> = bufs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            let skip = if i == 0 { *offset } else { 0 };
+                            libc::iovec {
+                                iov_base: b[skip..].as_ptr() as *mut libc::c_void,
+                                iov_len: b.len() - skip,
+                            }
+                        })
+                        .filter(|v| v.iov_len > 0)
+                        .take(MAX_IOV)
+                        .collect();
+                    // SAFETY: msghdr is a plain C struct; all-zero is a valid
+                    // value (null pointers, zero lengths).
+                    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+                    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                    msg.msg_iovlen = iov.len() as _;
+                    let e = opcode::SendMsg::new(types::Fd(socket.0), &*msg)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build();
+                    slot.side = Side::Send { iov, _msg: msg };
+                    e
+                }
             }
             Op::Shutdown { socket, how } => {
                 let how = match how {
