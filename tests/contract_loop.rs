@@ -168,3 +168,25 @@ fn l2_many_threads_each_callback_once() {
     }
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4000);
 }
+
+/// L1: a timer "never" (`Duration::MAX`) is accepted, never fires, and can be
+/// cancelled; the loop keeps running its other timers (no `Instant` overflow).
+#[test]
+fn l1_call_later_duration_max_never_fires_and_never_panics() {
+    on_every_driver("l1_call_later_duration_max", |lp| {
+        let h = lp.handle();
+        let never = h.call_later(Duration::MAX, || panic!("a Duration::MAX timer fired"));
+        let _also_never = h.call_later(Duration::MAX, || panic!("a Duration::MAX timer fired"));
+        let ran = Rc::new(std::cell::Cell::new(false));
+        let r = ran.clone();
+        let h2 = h.clone();
+        h.call_later(Duration::from_millis(5), move || {
+            r.set(true);
+            h2.stop();
+        });
+        lp.run_forever().unwrap();
+        assert!(ran.get(), "the ordinary timer ran");
+        assert!(never.cancel(), "the far timer was still pending");
+        assert_eq!(h.table_sizes().timers, 1, "one far timer left");
+    });
+}

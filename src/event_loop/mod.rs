@@ -41,6 +41,9 @@ pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 
 /// Size of the receive buffers the loop hands to transports.
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
+/// The furthest a timer is ever scheduled: longer delays mean "never" and
+/// are clamped here, so no deadline arithmetic can overflow `Instant`.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How many idle receive buffers the loop keeps for reuse.
 const RECV_POOL_MAX: usize = 64;
 
@@ -300,9 +303,14 @@ impl Handle {
         self.inner.ready.borrow_mut().push_back(Box::new(f));
     }
 
-    /// Schedules `f` to run `delay` from now; never early (L1).
+    /// Schedules `f` to run `delay` from now; never early (L1). A delay too
+    /// large for the clock (`Duration::MAX`, "never") is clamped to
+    /// [`FAR_FUTURE`] from now: the timer stays pending and cancellable.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
-        let when = self.now() + delay;
+        let now = self.now();
+        let when = now
+            .checked_add(delay.min(FAR_FUTURE))
+            .unwrap_or(now + Duration::from_secs(1));
         self.call_at(when, f)
     }
 
