@@ -23,7 +23,10 @@ pub mod driver;
 pub use address::Address;
 pub use driver::{DriverKind, DriverStats};
 pub mod event_loop;
-pub use event_loop::{Builder, EventLoop, Handle, JoinHandle, RemoteHandle, RunError, TimerHandle};
+pub use event_loop::{
+    default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,
+    ExceptionSource, Handle, JoinError, JoinHandle, RemoteHandle, RunError, TimerHandle,
+};
 pub mod protocol;
 pub mod transport;
 pub use protocol::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol};

@@ -89,6 +89,14 @@ impl AnyProtocol {
         }
     }
 
+    /// The name of the callback that receives data, for error reports.
+    pub(crate) fn data_callback(&self) -> &'static str {
+        match self {
+            AnyProtocol::Plain(_) => "data_received",
+            AnyProtocol::Buffered(_) => "buffer_updated",
+        }
+    }
+
     pub(crate) fn connection_made(&mut self, t: Transport) {
         self.base().connection_made(t)
     }
@@ -105,24 +113,40 @@ impl AnyProtocol {
         self.base().resume_writing()
     }
 
-    /// Hands `data` to the protocol; for a buffered protocol, loops
-    /// `get_buffer`/`buffer_updated` until all of it is taken.
-    pub(crate) fn deliver(&mut self, mut data: &[u8]) -> io::Result<()> {
+    /// Hands `data` to the protocol and counts what it took in `consumed`
+    /// (kept up to date as it goes, so a panic mid-chunk still knows).
+    ///
+    /// A [`Protocol`] takes the whole chunk in one `data_received`. A
+    /// [`BufferedProtocol`] is fed one `get_buffer`/`buffer_updated` at a
+    /// time, and `stop` is asked after each: once it says so (the protocol
+    /// paused, closed, aborted, switched protocol or started TLS), the rest
+    /// is left for the caller to hold (R5).
+    pub(crate) fn deliver(
+        &mut self,
+        data: &[u8],
+        consumed: &mut usize,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> io::Result<()> {
         match self {
             AnyProtocol::Plain(p) => {
                 p.data_received(data);
+                *consumed = data.len();
                 Ok(())
             }
             AnyProtocol::Buffered(p) => {
-                while !data.is_empty() {
-                    let buf = p.get_buffer(data.len());
+                while *consumed < data.len() {
+                    let rest = &data[*consumed..];
+                    let buf = p.get_buffer(rest.len());
                     if buf.is_empty() {
                         return Err(io::Error::other("get_buffer() returned an empty buffer"));
                     }
-                    let n = buf.len().min(data.len());
-                    buf[..n].copy_from_slice(&data[..n]);
+                    let n = buf.len().min(rest.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    *consumed += n;
                     p.buffer_updated(n);
-                    data = &data[n..];
+                    if stop() {
+                        break;
+                    }
                 }
                 Ok(())
             }

@@ -190,3 +190,58 @@ fn l1_call_later_duration_max_never_fires_and_never_panics() {
         assert_eq!(h.table_sizes().timers, 1, "one far timer left");
     });
 }
+
+/// asyncio's idiom: `stop()` before `run_forever()` runs exactly one
+/// iteration: what is ready runs, what it schedules does not.
+#[test]
+fn l1_stop_before_run_forever_runs_exactly_one_iteration() {
+    on_every_driver("l1_stop_before_run_forever", |lp| {
+        let h = lp.handle();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let (o, h2) = (order.clone(), h.clone());
+        h.call_soon(move || {
+            o.borrow_mut().push("first");
+            let o = o.clone();
+            h2.call_soon(move || o.borrow_mut().push("second"));
+        });
+        h.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(*order.borrow(), vec!["first"], "one iteration");
+        h.stop();
+        lp.run_forever().unwrap();
+        assert_eq!(*order.borrow(), vec!["first", "second"], "and one more");
+    });
+}
+
+/// L4: running or closing the loop from inside one of its callbacks or
+/// tasks is an error (`RunError::Running`), never a nested run.
+#[test]
+fn l4_run_or_close_from_inside_the_loop_is_an_error() {
+    on_every_driver_shared("l4_run_from_inside", |lp| {
+        let h = lp.handle();
+        let results = Rc::new(RefCell::new(Vec::new()));
+        let (r, inner) = (results.clone(), lp.clone());
+        h.call_soon(move || {
+            let mut r = r.borrow_mut();
+            r.push(format!("{:?}", inner.run_until_complete(async { 1 }).err()));
+            r.push(format!(
+                "{:?}",
+                inner.run_forever().err().map(|e| e.to_string())
+            ));
+            r.push(format!(
+                "{:?}",
+                inner.handle().run_once().err().map(|e| e.to_string())
+            ));
+            r.push(format!("{:?}", inner.close().err()));
+            inner.handle().stop();
+        });
+        lp.run_forever().unwrap();
+        let results = results.borrow();
+        assert_eq!(results[0], "Some(Running)");
+        assert!(results[1].contains("already running"), "{}", results[1]);
+        assert!(results[2].contains("already running"), "{}", results[2]);
+        assert_eq!(results[3], "Some(Running)");
+        assert!(!lp.handle().is_closed(), "close() from inside did nothing");
+        assert_eq!(lp.run_until_complete(async { 2 }).unwrap(), 2);
+    });
+}

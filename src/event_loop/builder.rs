@@ -1,8 +1,11 @@
 //! Choosing and configuring the driver of a new loop.
 
+use std::fmt;
 use std::io;
+use std::rc::Rc;
 
-use super::EventLoop;
+use super::exceptions::{ExceptionContext, ExceptionHandler};
+use super::{EventLoop, Handle};
 use crate::driver::poll::PollDriver;
 use crate::driver::sim::{SimConfig, SimDriver};
 use crate::driver::uring::UringDriver;
@@ -17,11 +20,23 @@ const DEFAULT_URING_ENTRIES: u32 = 1024;
 /// `PROACTOR_DRIVER` environment variable (`uring`, `poll`, `sim`), or
 /// `uring` with a logged fallback to `poll` when the kernel refuses io_uring.
 /// An explicit choice never falls back: it fails with the kernel's error.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Builder {
     driver: Option<DriverKind>,
     sim: Option<SimConfig>,
     uring_entries: Option<u32>,
+    exception_handler: Option<ExceptionHandler>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("driver", &self.driver)
+            .field("sim", &self.sim)
+            .field("uring_entries", &self.uring_entries)
+            .field("exception_handler", &self.exception_handler.is_some())
+            .finish()
+    }
 }
 
 impl Builder {
@@ -43,6 +58,15 @@ impl Builder {
             seed,
             ..SimConfig::default()
         })
+    }
+
+    /// The loop's exception handler (see [`Handle::set_exception_handler`]).
+    pub fn exception_handler(
+        mut self,
+        handler: impl Fn(&Handle, ExceptionContext) + 'static,
+    ) -> Self {
+        self.exception_handler = Some(Rc::new(handler));
+        self
     }
 
     /// Sets the io_uring submission queue size.
@@ -81,7 +105,9 @@ impl Builder {
                 }
             },
         };
-        Ok(EventLoop::from_driver(driver))
+        let lp = EventLoop::from_driver(driver);
+        *lp.handle.inner.exception_handler.borrow_mut() = self.exception_handler;
+        Ok(lp)
     }
 
     /// The sim settings: the given config, with `PROACTOR_SIM_SEED` overriding the seed.

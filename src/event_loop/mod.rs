@@ -1,19 +1,23 @@
 //! The single-threaded event loop: ready callbacks, timers, spawned futures,
-//! dispatch of completions to their owners, and thread-safe wake-ups.
+//! dispatch of completions to their owners, thread-safe wake-ups, and the
+//! exception handler that catches panics in application code (L5).
 //!
 //! # Implementation
 //!
-//! One turn of [`EventLoop::run_forever`] is [`Handle::run_once`]:
-//! submit everything queued and wait (one kernel call) → dispatch completions
-//! to their owners → run the callbacks and tasks that were ready at the start
-//! of the step (FIFO, L1) → move due timers to the ready queue. Transports
-//! schedule their protocol deliveries as ready callbacks, so protocol events run
-//! in the same turn as the completion that caused them.
+//! One turn of [`EventLoop::run_forever`] is [`Handle::run_once`] (see
+//! `turn.rs`): submit everything queued and wait (one kernel call) →
+//! dispatch completions to their owners → run the callbacks and tasks that
+//! were ready at the start of the step (FIFO, L1) → move due timers to the
+//! ready queue. Transports schedule their protocol deliveries as ready
+//! callbacks, so protocol events run in the same turn as the completion that
+//! caused them.
 
 mod builder;
+mod exceptions;
 mod remote;
 mod tasks;
 mod timers;
+mod turn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -29,13 +33,26 @@ use slab::Slab;
 
 use crate::driver::{Completion, Driver, DriverKind, DriverStats, Op, OpKey};
 pub use builder::Builder;
+pub(crate) use exceptions::guarded;
+use exceptions::ExceptionHandler;
+pub use exceptions::{
+    default_exception_handler, CallbackPanicked, ExceptionContext, ExceptionSource,
+};
 use remote::Remote;
-use tasks::{BoxFuture, Task};
-pub use tasks::{JoinHandle, TaskDropped};
+pub use tasks::{JoinError, JoinHandle};
+use tasks::{OnPanic, Task};
 use timers::{TimerId, Timers};
 
 /// A callback queued on the loop.
 pub(crate) type Callback = Box<dyn FnOnce()>;
+
+/// A ready callback, and whether the application queued it (`call_soon`,
+/// timers) or proactor did (transport dispatch, task polls): a closed loop
+/// drops the application's and still runs its own while it shuts down.
+struct Ready {
+    f: Callback,
+    user: bool,
+}
 /// What runs when an operation completes.
 pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 
@@ -46,6 +63,9 @@ pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
 pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How many idle receive buffers the loop keeps for reuse.
 const RECV_POOL_MAX: usize = 64;
+/// How long [`EventLoop::close`] waits for aborted connections to release
+/// their sockets (the kernel answering their cancels).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// An event loop. Not `Send`: it runs on the thread that built it.
 ///
@@ -69,7 +89,7 @@ pub struct RemoteHandle {
 struct Inner {
     driver: RefCell<Box<dyn Driver>>,
     kind: DriverKind,
-    ready: RefCell<VecDeque<Callback>>,
+    ready: RefCell<VecDeque<Ready>>,
     timers: RefCell<Timers>,
     handlers: RefCell<Slab<CompletionHandler>>,
     tasks: RefCell<Slab<Task>>,
@@ -81,15 +101,31 @@ struct Inner {
     running: Cell<bool>,
     closed: Cell<bool>,
     live_transports: Cell<usize>,
+    /// Transports and servers to shut down when the loop closes.
+    resources: RefCell<Slab<Weak<dyn Resource>>>,
+    exception_handler: RefCell<Option<ExceptionHandler>>,
+    /// Caught panics waiting for the handler (called at a safe point).
+    exceptions: RefCell<VecDeque<ExceptionContext>>,
 }
 
-/// Why [`EventLoop::run_until_complete`] returned without an output.
+/// A transport or server that [`EventLoop::close`] must shut down, so that
+/// closing a loop leaves no file descriptor open.
+pub(crate) trait Resource {
+    /// Aborts the connection or closes the listener.
+    fn shut_down(self: Rc<Self>);
+}
+
+/// Why running or closing the loop failed.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum RunError {
     /// `stop()` was called before the future completed (L1).
     Stopped,
     /// The loop is closed.
     Closed,
+    /// The loop is already running: `run_*` and `close` may not be called
+    /// from a callback or task of the loop itself (L4).
+    Running,
     /// The driver failed to wait.
     Io(io::Error),
 }
@@ -99,6 +135,7 @@ impl fmt::Display for RunError {
         match self {
             RunError::Stopped => f.write_str("event loop stopped before the future completed"),
             RunError::Closed => f.write_str("event loop is closed"),
+            RunError::Running => f.write_str("event loop is already running"),
             RunError::Io(e) => write!(f, "event loop driver failed: {e}"),
         }
     }
@@ -125,9 +162,12 @@ pub struct TimerHandle {
 impl TimerHandle {
     /// Cancels the timer; returns whether it had not run yet.
     pub fn cancel(&self) -> bool {
-        self.inner
-            .upgrade()
-            .is_some_and(|i| i.timers.borrow_mut().cancel(self.id))
+        let Some(inner) = self.inner.upgrade() else {
+            return false;
+        };
+        let callback = inner.timers.borrow_mut().cancel(self.id);
+        // Dropped outside the borrow: its captures' destructors may use the loop.
+        callback.is_some()
     }
 }
 
@@ -164,6 +204,9 @@ impl EventLoop {
 
     /// A loop on the default driver: `PROACTOR_DRIVER` if set, else `uring`,
     /// falling back to `poll` (with one logged line) where io_uring is refused.
+    ///
+    /// # Errors
+    /// The driver could not be created (see [`Builder::build`]).
     pub fn new() -> io::Result<EventLoop> {
         Builder::default().build()
     }
@@ -188,6 +231,9 @@ impl EventLoop {
                     running: Cell::new(false),
                     closed: Cell::new(false),
                     live_transports: Cell::new(0),
+                    resources: RefCell::default(),
+                    exception_handler: RefCell::new(None),
+                    exceptions: RefCell::default(),
                 }),
             },
         }
@@ -198,84 +244,121 @@ impl EventLoop {
         self.handle.clone()
     }
 
-    /// Runs until [`Handle::stop`] is called.
+    /// Runs until [`Handle::stop`] is called. Like asyncio, a `stop()` made
+    /// before this is called lets exactly one turn run.
+    ///
+    /// # Errors
+    /// [`RunError::Closed`] or [`RunError::Running`] (as `io::Error`s), or
+    /// the driver's error if waiting failed.
     pub fn run_forever(&self) -> io::Result<()> {
         let h = &self.handle;
-        h.check_open()?;
-        h.inner.running.set(true);
-        let result = loop {
+        let _running = h.enter()?;
+        loop {
+            h.turn()?;
             if h.inner.stopping.replace(false) {
-                break Ok(());
+                return Ok(());
             }
-            if let Err(e) = h.run_once() {
-                break Err(e);
-            }
-        };
-        h.inner.running.set(false);
-        result
+        }
     }
 
-    /// Runs `fut` to completion and returns its output; fails with
-    /// [`RunError::Stopped`] if `stop()` was called first (L1).
+    /// Runs `fut` to completion and returns its output. If `fut` panics, the
+    /// panic resumes in the caller (the loop stays usable).
+    ///
+    /// # Errors
+    /// [`RunError::Stopped`] if `stop()` was called first (L1),
+    /// [`RunError::Closed`], [`RunError::Running`] (called from inside the
+    /// loop), or [`RunError::Io`].
     pub fn run_until_complete<F>(&self, fut: F) -> Result<F::Output, RunError>
     where
         F: Future + 'static,
         F::Output: 'static,
     {
         let h = &self.handle;
-        if h.inner.closed.get() {
-            return Err(RunError::Closed);
-        }
-        let join = h.spawn(fut);
-        h.inner.running.set(true);
-        let result = loop {
-            if let Some(v) = join.state.borrow_mut().output.take() {
-                break Ok(v);
+        let running = h.enter()?;
+        let (boxed, join) = tasks::wrap(fut, OnPanic::Keep);
+        h.spawn_boxed(boxed);
+        loop {
+            h.turn().map_err(RunError::Io)?;
+            let outcome = join.state.borrow_mut().outcome.take();
+            match outcome {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(JoinError::Panicked(_))) => {
+                    let payload = join.state.borrow_mut().panic.take();
+                    drop(running);
+                    match payload {
+                        Some(p) => std::panic::resume_unwind(p),
+                        None => unreachable!("a kept panic has its payload"),
+                    }
+                }
+                Some(Err(_)) => return Err(RunError::Closed),
+                None => {}
             }
             if h.inner.stopping.replace(false) {
-                break Err(RunError::Stopped);
+                return Err(RunError::Stopped);
             }
-            if let Err(e) = h.run_once() {
-                break Err(RunError::Io(e));
-            }
-        };
-        h.inner.running.set(false);
-        result
+        }
     }
 
-    /// Closes the loop: drops pending callbacks, timers and tasks. Operations
-    /// still in flight are cancelled by the driver, which keeps their buffers
-    /// until the kernel lets go (O3). Idempotent.
-    pub fn close(&self) {
-        let i = &self.handle.inner;
-        if i.closed.replace(true) {
-            return;
+    /// Closes the loop. Pending application callbacks, timers and tasks are
+    /// dropped (their [`JoinHandle`]s resolve to [`JoinError::Cancelled`]);
+    /// every live connection is aborted (its protocol hears
+    /// `connection_lost(None)`) and every server stops listening, so no file
+    /// descriptor is left open. Operations the kernel still holds are
+    /// cancelled by the driver, which keeps their buffers until it lets go
+    /// (O3). Idempotent.
+    ///
+    /// # Errors
+    /// [`RunError::Running`] when called while the loop runs.
+    pub fn close(&self) -> Result<(), RunError> {
+        let h = &self.handle;
+        let i = &h.inner;
+        if i.running.get() {
+            return Err(RunError::Running);
         }
-        // Move everything out before dropping, so destructors that touch the
-        // loop find it consistent.
+        if i.closed.replace(true) {
+            return Ok(());
+        }
+        h.drop_application_work();
+        h.shut_down_resources();
+        h.drain(CLOSE_DEADLINE);
+        // Whatever is left never runs. Dropped outside every borrow, so
+        // destructors that touch the loop find it consistent.
         let ready = std::mem::take(&mut *i.ready.borrow_mut());
-        let tasks = std::mem::take(&mut *i.tasks.borrow_mut());
         let handlers = std::mem::take(&mut *i.handlers.borrow_mut());
-        i.timers.borrow_mut().clear();
         drop(ready);
-        drop(tasks);
         drop(handlers);
+        h.drop_application_work();
+        h.flush_exceptions();
+        Ok(())
     }
 }
 
 impl Drop for EventLoop {
     fn drop(&mut self) {
-        self.close();
+        let _ = self.close();
+    }
+}
+
+/// Clears the loop's `running` flag when a run ends, also by unwinding.
+struct RunningGuard<'a>(&'a Inner);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.set(false);
     }
 }
 
 impl Handle {
-    fn check_open(&self) -> io::Result<()> {
-        if self.inner.closed.get() {
-            Err(io::Error::other(RunError::Closed))
-        } else {
-            Ok(())
+    /// Marks the loop running, refusing a closed or already running loop.
+    fn enter(&self) -> Result<RunningGuard<'_>, RunError> {
+        let i = &self.inner;
+        if i.closed.get() {
+            return Err(RunError::Closed);
         }
+        if i.running.replace(true) {
+            return Err(RunError::Running);
+        }
+        Ok(RunningGuard(i))
     }
 
     /// The driver this loop runs on.
@@ -298,9 +381,22 @@ impl Handle {
         self.inner.driver.borrow().now()
     }
 
-    /// Schedules `f` to run on a later step, after callbacks already queued (L1).
+    /// Schedules `f` to run on a later step, after callbacks already queued
+    /// (L1). Ignored once the loop is closed.
     pub fn call_soon(&self, f: impl FnOnce() + 'static) {
-        self.inner.ready.borrow_mut().push_back(Box::new(f));
+        if !self.inner.closed.get() {
+            self.push_ready(Box::new(f), true);
+        }
+    }
+
+    /// `call_soon` for proactor's own work, which still runs while a closed
+    /// loop shuts its connections down.
+    pub(crate) fn call_soon_internal(&self, f: impl FnOnce() + 'static) {
+        self.push_ready(Box::new(f), false);
+    }
+
+    fn push_ready(&self, f: Callback, user: bool) {
+        self.inner.ready.borrow_mut().push_back(Ready { f, user });
     }
 
     /// Schedules `f` to run `delay` from now; never early (L1). A delay too
@@ -330,7 +426,8 @@ impl Handle {
         }
     }
 
-    /// Asks the running loop to stop after the current step.
+    /// Asks the running loop to stop after the current step; if it is not
+    /// running, the next `run_forever` runs one step and returns.
     pub fn stop(&self) {
         self.inner.stopping.set(true);
     }
@@ -345,60 +442,24 @@ impl Handle {
         self.inner.closed.get()
     }
 
-    /// Spawns a future on this loop; its output is available through the
-    /// returned [`JoinHandle`].
-    pub fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
-    where
-        F: Future + 'static,
-        F::Output: 'static,
-    {
-        let (boxed, join) = tasks::wrap(fut);
-        self.spawn_boxed(boxed);
-        join
+    /// Replaces the exception handler, which is told about every panic
+    /// caught in application code (L5). The default,
+    /// [`default_exception_handler`], logs it. A handler that calls
+    /// [`ExceptionContext::resume_unwind`] makes such panics unwind out of
+    /// `run_forever` (crash-fast).
+    pub fn set_exception_handler(&self, handler: impl Fn(&Handle, ExceptionContext) + 'static) {
+        *self.inner.exception_handler.borrow_mut() = Some(Rc::new(handler));
     }
 
-    fn spawn_boxed(&self, future: BoxFuture) {
-        let generation = self.inner.next_task_generation.get();
-        self.inner.next_task_generation.set(generation + 1);
-        let index = self.inner.tasks.borrow_mut().insert(Task {
-            future: Some(future),
-            generation,
-            queued: true,
-        });
-        self.call_soon({
-            let h = self.clone();
-            move || h.poll_task(index, generation)
-        });
+    /// Goes back to [`default_exception_handler`].
+    pub fn reset_exception_handler(&self) {
+        self.inner.exception_handler.borrow_mut().take();
     }
 
-    fn poll_task(&self, index: usize, generation: u64) {
-        let mut fut = {
-            let mut tasks = self.inner.tasks.borrow_mut();
-            let Some(t) = tasks.get_mut(index) else {
-                return;
-            };
-            if t.generation != generation {
-                return;
-            }
-            t.queued = false;
-            match t.future.take() {
-                Some(f) => f,
-                None => return, // already being polled (woken from within its own poll)
-            }
-        };
-        let waker = remote::task_waker(&self.inner.remote, index, generation);
-        let mut cx = Context::from_waker(&waker);
-        let done = fut.as_mut().poll(&mut cx).is_ready();
-        let mut tasks = self.inner.tasks.borrow_mut();
-        if done {
-            if tasks.get(index).is_some_and(|t| t.generation == generation) {
-                tasks.remove(index);
-            }
-            drop(tasks);
-            drop(fut);
-        } else if let Some(t) = tasks.get_mut(index) {
-            t.future = Some(fut);
-        }
+    /// Queues a caught panic for the exception handler, which runs at the
+    /// next safe point of the turn.
+    pub(crate) fn report_exception(&self, context: ExceptionContext) {
+        self.inner.exceptions.borrow_mut().push_back(context);
     }
 
     /// Queues `op`; `handler` gets its completion. Submitted in the next batch.
@@ -435,14 +496,23 @@ impl Handle {
         }
     }
 
-    pub(crate) fn transport_opened(&self) {
-        let n = &self.inner.live_transports;
-        n.set(n.get() + 1);
+    /// Registers a transport (`transport: true`) or server to shut down
+    /// when the loop closes; returns the key to [`Handle::unregister`] it.
+    pub(crate) fn register(&self, resource: Weak<dyn Resource>, transport: bool) -> usize {
+        if transport {
+            let n = &self.inner.live_transports;
+            n.set(n.get() + 1);
+        }
+        self.inner.resources.borrow_mut().insert(resource)
     }
 
-    pub(crate) fn transport_released(&self) {
-        let n = &self.inner.live_transports;
-        n.set(n.get() - 1);
+    /// The resource closed its socket.
+    pub(crate) fn unregister(&self, key: usize, transport: bool) {
+        if transport {
+            let n = &self.inner.live_transports;
+            n.set(n.get() - 1);
+        }
+        self.inner.resources.borrow_mut().try_remove(key);
     }
 
     pub(crate) fn downgrade(&self) -> WeakHandle {
@@ -461,90 +531,6 @@ impl Handle {
             timers: i.timers.borrow().len(),
             ready: i.ready.borrow().len(),
             transports: i.live_transports.get(),
-        }
-    }
-
-    /// One loop step; see the module docs.
-    pub fn run_once(&self) -> io::Result<()> {
-        self.check_open()?;
-        let i = &self.inner;
-        self.wait_for_io()?;
-        self.dispatch_completions();
-        let incoming = i.remote.take();
-        for cb in incoming.callbacks {
-            self.inner.ready.borrow_mut().push_back(cb);
-        }
-        for (index, generation) in incoming.woken_tasks {
-            self.schedule_task(index, generation);
-        }
-        let n = i.ready.borrow().len();
-        for _ in 0..n {
-            let Some(cb) = i.ready.borrow_mut().pop_front() else {
-                break;
-            };
-            cb();
-        }
-        let now = self.now();
-        loop {
-            let cb = i.timers.borrow_mut().pop_due(now);
-            match cb {
-                Some(cb) => i.ready.borrow_mut().push_back(cb),
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    fn schedule_task(&self, index: usize, generation: u64) {
-        let mut tasks = self.inner.tasks.borrow_mut();
-        if let Some(t) = tasks.get_mut(index) {
-            if t.generation == generation && !t.queued {
-                t.queued = true;
-                drop(tasks);
-                let h = self.clone();
-                self.call_soon(move || h.poll_task(index, generation));
-            }
-        }
-    }
-
-    fn wait_for_io(&self) -> io::Result<()> {
-        let i = &self.inner;
-        let busy = !i.ready.borrow().is_empty() || i.stopping.get();
-        let timeout = if busy {
-            Some(Duration::ZERO)
-        } else {
-            let deadline = i.timers.borrow().next_deadline();
-            deadline.map(|d| d.saturating_duration_since(self.now()))
-        };
-        let may_sleep = timeout != Some(Duration::ZERO);
-        let timeout = if may_sleep && !i.remote.prepare_sleep() {
-            Some(Duration::ZERO)
-        } else {
-            timeout
-        };
-        let mut out = std::mem::take(&mut *i.completions.borrow_mut());
-        let result = i.driver.borrow_mut().wait(timeout, &mut out);
-        if may_sleep {
-            i.remote.awake();
-        }
-        *i.completions.borrow_mut() = out;
-        result
-    }
-
-    fn dispatch_completions(&self) {
-        let i = &self.inner;
-        let mut batch = std::mem::take(&mut *i.completions.borrow_mut());
-        for c in batch.drain(..) {
-            let handler = i.handlers.borrow_mut().try_remove(c.user);
-            match handler {
-                Some(h) => h(c),
-                None => tracing::error!(op = c.op.name(), "completion without an owner"),
-            }
-        }
-        // Keep the allocation for the next turn.
-        let mut slot = i.completions.borrow_mut();
-        if slot.is_empty() {
-            *slot = batch;
         }
     }
 }

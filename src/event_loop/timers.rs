@@ -37,15 +37,14 @@ impl Timers {
         id
     }
 
-    /// Cancels a timer; returns whether it was still pending.
-    pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
-        if self.callbacks.remove(&id).is_some() {
-            self.cancelled.insert(id);
-            self.drop_cancelled_top();
-            true
-        } else {
-            false
-        }
+    /// Cancels a timer; returns its callback if it was still pending, for
+    /// the caller to drop once the timers are no longer borrowed.
+    #[must_use = "drop the callback outside the borrow"]
+    pub(crate) fn cancel(&mut self, id: TimerId) -> Option<Callback> {
+        let callback = self.callbacks.remove(&id)?;
+        self.cancelled.insert(id);
+        self.drop_cancelled_top();
+        Some(callback)
     }
 
     fn drop_cancelled_top(&mut self) {
@@ -82,9 +81,12 @@ impl Timers {
         self.callbacks.len()
     }
 
-    pub(crate) fn clear(&mut self) {
+    /// Removes every timer; returns the callbacks for the caller to drop
+    /// once the timers are no longer borrowed.
+    #[must_use = "drop the callbacks outside the borrow"]
+    pub(crate) fn take_all(&mut self) -> Vec<Callback> {
         self.heap.clear();
-        self.callbacks.clear();
         self.cancelled.clear();
+        self.callbacks.drain().map(|(_, cb)| cb).collect()
     }
 }

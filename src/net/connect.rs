@@ -2,13 +2,15 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_channel::oneshot;
 
 use crate::address::Address;
-use crate::driver::{Op, SockOpt};
-use crate::event_loop::Handle;
+use crate::driver::{Op, OpKey, SockOpt, SocketId};
+use crate::event_loop::{Handle, WeakHandle};
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
@@ -37,7 +39,7 @@ impl Default for ConnectOptions {
 }
 
 impl ConnectOptions {
-    pub(crate) fn apply(&self, h: &Handle, socket: crate::driver::SocketId) -> io::Result<()> {
+    pub(crate) fn apply(&self, h: &Handle, socket: SocketId) -> io::Result<()> {
         h.with_driver(|d| {
             d.set_option(socket, SockOpt::NoDelay(self.nodelay))?;
             if let Some(n) = self.send_buffer {
@@ -56,7 +58,13 @@ impl ConnectOptions {
 
 impl Handle {
     /// Connects to `addr` and starts `protocol` on the new transport.
-    /// Resolves once connected; `connection_made` is delivered on the next step.
+    /// Resolves once connected; `connection_made` is delivered on the next
+    /// step. Dropping the future before it resolves cancels the connect and
+    /// closes its socket.
+    ///
+    /// # Errors
+    /// The socket could not be created, or the connect failed (refused,
+    /// unreachable, timed out: the error names the address).
     pub fn create_connection(
         &self,
         addr: impl Into<Address>,
@@ -66,30 +74,31 @@ impl Handle {
     }
 
     /// [`Handle::create_connection`] with socket options.
+    ///
+    /// # Errors
+    /// As [`Handle::create_connection`], and options the socket refused.
     pub fn create_connection_with(
         &self,
         addr: Address,
         protocol: AnyProtocol,
         options: ConnectOptions,
     ) -> impl Future<Output = io::Result<Transport>> {
-        let started = self.connect_socket(addr.clone(), options);
+        let started = self.connect_socket(addr, options);
         let h = self.clone();
         async move {
-            let socket = started?
-                .await
-                .map_err(|_| io::Error::other("event loop closed"))??;
-            let _ = &addr;
+            let socket = started?.await?;
             Ok(StreamTransport::start(&h, socket, protocol))
         }
     }
 
-    /// Opens a socket and submits the connect; the receiver yields the
-    /// connected socket or the error (the socket is closed on error).
+    /// Opens a socket and submits the connect at once; the returned future
+    /// yields the connected socket. On error, or if the future is dropped
+    /// first (the connect is then cancelled), the socket is closed.
     pub(crate) fn connect_socket(
         &self,
         addr: Address,
         options: ConnectOptions,
-    ) -> io::Result<oneshot::Receiver<io::Result<crate::driver::SocketId>>> {
+    ) -> io::Result<Connecting> {
         let socket = self.with_driver(|d| d.open_stream(&addr))?;
         if let Err(e) = options.apply(self, socket) {
             self.with_driver(|d| d.close(socket));
@@ -97,7 +106,7 @@ impl Handle {
         }
         let (tx, rx) = oneshot::channel();
         let h = self.clone();
-        self.submit(
+        let key = self.submit(
             Op::Connect {
                 socket,
                 addr: addr.clone(),
@@ -116,6 +125,43 @@ impl Handle {
                 }
             }),
         );
-        Ok(rx)
+        Ok(Connecting {
+            rx,
+            key,
+            lp: self.downgrade(),
+            finished: false,
+        })
+    }
+}
+
+/// A connect in flight. Dropping it before it resolves cancels the connect
+/// (the completion handler then closes the socket).
+pub(crate) struct Connecting {
+    rx: oneshot::Receiver<io::Result<SocketId>>,
+    key: OpKey,
+    lp: WeakHandle,
+    finished: bool,
+}
+
+impl Future for Connecting {
+    type Output = io::Result<SocketId>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.finished = true;
+        Poll::Ready(
+            result
+                .unwrap_or_else(|oneshot::Canceled| Err(io::Error::other(crate::RunError::Closed))),
+        )
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(h) = self.lp.upgrade() {
+                h.cancel(self.key);
+            }
+        }
     }
 }

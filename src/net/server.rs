@@ -1,18 +1,20 @@
 //! Listening servers: accept loop with back-off (L3) and connection tracking.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::address::Address;
 use crate::driver::socket::is_transient_accept_error;
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
-use crate::event_loop::{Handle, TimerHandle, WeakHandle};
+use crate::event_loop::{
+    guarded, ExceptionContext, ExceptionSource, Handle, Resource, TimerHandle, WeakHandle,
+};
 use crate::net::ConnectOptions;
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
@@ -58,6 +60,14 @@ struct Inner {
     starter: Starter,
     options: ServerOptions,
     st: RefCell<State>,
+    /// Our entry in the loop's resources (closed when the loop closes).
+    resource_key: Cell<Option<usize>>,
+}
+
+impl Resource for Inner {
+    fn shut_down(self: Rc<Self>) {
+        Server { inner: self }.close();
+    }
 }
 
 #[derive(Default)]
@@ -131,8 +141,12 @@ impl Handle {
                     next_backoff: MIN_BACKOFF,
                     ..State::default()
                 }),
+                resource_key: Cell::new(None),
             }),
         };
+        let weak: Weak<Inner> = Rc::downgrade(&server.inner);
+        let key = self.register(weak, false);
+        server.inner.resource_key.set(Some(key));
         server.arm();
         Ok(server)
     }
@@ -216,6 +230,9 @@ impl Server {
         st.listener_closed = true;
         drop(st);
         if let Some(h) = self.inner.lp.upgrade() {
+            if let Some(key) = self.inner.resource_key.take() {
+                h.unregister(key, false);
+            }
             h.with_driver(|d| d.close(self.inner.listener));
             if let (Address::Unix(p), crate::DriverKind::Uring | crate::DriverKind::Poll) =
                 (&self.inner.addr, h.driver_kind())
@@ -292,7 +309,19 @@ impl Server {
         if let Err(e) = self.inner.options.socket.apply(h, socket) {
             tracing::warn!(%e, "could not set options on an accepted socket");
         }
-        let protocol = (self.inner.factory)();
+        let protocol = match guarded(|| (self.inner.factory)()) {
+            Ok(p) => p,
+            Err(payload) => {
+                // L5: this connection is refused; the server keeps accepting.
+                let peer = h.with_driver(|d| d.peer_addr(socket).ok());
+                h.with_driver(|d| d.close(socket));
+                h.report_exception(
+                    ExceptionContext::from_panic(ExceptionSource::ProtocolFactory, payload)
+                        .with_addresses(peer, Some(self.inner.addr.clone())),
+                );
+                return;
+            }
+        };
         let t = (self.inner.starter)(h, socket, protocol);
         let me = self.clone();
         t.on_release(Box::new(move || me.notify()));

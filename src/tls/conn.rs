@@ -265,7 +265,7 @@ impl TlsConn {
         }
         let Some(h) = self.lp.upgrade() else { return };
         let me = self.rc();
-        h.call_soon(move || {
+        h.call_soon_internal(move || {
             me.scheduled.set(false);
             me.run();
         });
@@ -743,7 +743,7 @@ impl TransportImpl for TlsConn {
         let phase = st.phase;
         drop(st);
         // Receive nothing more (like a plain transport's close).
-        self.delivery.borrow_mut().discard_held();
+        self.delivery.borrow_mut().close_reading();
         if phase == Phase::Handshaking {
             // bpo-29743: no close_notify mid-handshake, just abort.
             let e = io::Error::new(
@@ -800,7 +800,8 @@ impl TransportImpl for TlsConn {
     }
 
     fn set_protocol(&self, protocol: AnyProtocol) {
-        self.delivery.borrow_mut().set_protocol(protocol);
+        let displaced = self.delivery.borrow_mut().set_protocol(protocol);
+        drop(displaced);
         self.schedule();
     }
 

@@ -320,9 +320,7 @@ impl Handle {
             self.connect_socket(addr, ConnectOptions::default())
         });
         async move {
-            let socket = started?
-                .await
-                .map_err(|_| io::Error::other("event loop closed"))??;
+            let socket = started?.await?;
             let (tls, rx) = TlsConn::new(&h, options, protocol, false, true)?;
             let raw = StreamTransport::start(&h, socket, tls.protocol());
             tls.set_raw(raw);

@@ -8,11 +8,13 @@
 //! the callback returns, before any other event of that transport.
 #![forbid(unsafe_code)]
 
+use std::any::Any;
 use std::cell::RefMut;
 use std::collections::VecDeque;
 use std::io;
 
 use super::Transport;
+use crate::event_loop::{guarded, CallbackPanicked, ExceptionContext, ExceptionSource};
 use crate::protocol::AnyProtocol;
 
 /// Byte accounting of one transport (R1): at `connection_lost`,
@@ -57,6 +59,9 @@ pub(crate) struct Delivery {
     held: VecDeque<Held>,
     /// `pause_reading()` is in effect (R2, R3).
     pub(crate) read_paused: bool,
+    /// The application closed: nothing more is delivered, bytes that still
+    /// arrive are counted as discarded, and no EOF is reported (R4).
+    reading_closed: bool,
     /// `connection_lost` is due with this error.
     lost: Option<Option<io::Error>>,
     /// `connection_lost` was delivered; nothing more ever is (R4).
@@ -85,6 +90,7 @@ impl Delivery {
             told_write_paused: false,
             held: VecDeque::new(),
             read_paused: false,
+            reading_closed: false,
             lost: None,
             finished: false,
             busy: false,
@@ -107,12 +113,37 @@ impl Delivery {
         }
         let n = data.len() as u64;
         self.ledger.received += n;
-        if self.lost.is_some() || self.finished {
+        if !self.accepts_data() {
             self.ledger.discarded += n;
             return;
         }
         self.ledger.held += n;
         self.held.push_back(Held::Data(data));
+    }
+
+    /// Puts back, in front of everything held, the part of a chunk a
+    /// buffered protocol did not take because it paused, closed, switched
+    /// protocol or started TLS mid-chunk (R5). Already counted as received.
+    fn hold_front(&mut self, data: Vec<u8>) {
+        let n = data.len() as u64;
+        if !self.accepts_data() {
+            self.ledger.discarded += n;
+            return;
+        }
+        self.ledger.held += n;
+        self.held.push_front(Held::Data(data));
+    }
+
+    /// Whether received bytes may still reach a protocol.
+    fn accepts_data(&self) -> bool {
+        self.lost.is_none() && !self.finished && !self.reading_closed
+    }
+
+    /// Whether feeding a buffered protocol must stop before the rest of the
+    /// chunk: it paused, closed, aborted or handed over to another protocol
+    /// (`set_protocol`, `start_tls`) inside `buffer_updated` (R5).
+    fn stops_feeding(&self) -> bool {
+        self.read_paused || self.replacement.is_some() || !self.accepts_data()
     }
 
     /// Records bytes that arrived after the application closed: counted as
@@ -122,11 +153,19 @@ impl Delivery {
         self.ledger.discarded += n as u64;
     }
 
-    /// Appends the end of the stream.
+    /// Appends the end of the stream (ignored once the application closed:
+    /// it is never told `eof_received` after `close()`, R4).
     pub(crate) fn push_eof(&mut self) {
-        if self.lost.is_none() && !self.finished {
+        if self.accepts_data() {
             self.held.push_back(Held::Eof);
         }
+    }
+
+    /// The application closed: held data (and EOF) is dropped, counted, and
+    /// so is everything that still arrives.
+    pub(crate) fn close_reading(&mut self) {
+        self.reading_closed = true;
+        self.discard_held();
     }
 
     /// Drops held data (the application closed, or the connection failed).
@@ -184,16 +223,20 @@ impl Delivery {
     /// Installs a new protocol, now or as soon as the running callback returns.
     /// The new protocol starts out told nothing about writing, so a paused
     /// write side is announced to it with `pause_writing` first.
-    pub(crate) fn set_protocol(&mut self, protocol: AnyProtocol) {
+    ///
+    /// Returns the protocol it displaces, for the caller to drop once this
+    /// state is no longer borrowed (its `Drop` may call transport methods).
+    #[must_use = "drop the displaced protocol after releasing the borrow"]
+    pub(crate) fn set_protocol(&mut self, protocol: AnyProtocol) -> Option<AnyProtocol> {
         if self.finished {
-            return;
-        }
-        if self.busy {
-            self.replacement = Some(protocol);
-        } else {
-            self.protocol = Some(protocol);
+            return Some(protocol);
         }
         self.told_write_paused = false;
+        if self.busy {
+            self.replacement.replace(protocol)
+        } else {
+            self.protocol.replace(protocol)
+        }
     }
 
     fn next(&mut self, write_paused: bool) -> Option<Next> {
@@ -250,7 +293,8 @@ pub(crate) trait DeliveryHost {
     fn handle(&self) -> Transport;
     /// `eof_received` returned false: close the transport.
     fn close_after_eof(&self);
-    /// The protocol could not take data (a buffered protocol gave no buffer).
+    /// The protocol failed (it panicked, or a buffered protocol gave no
+    /// buffer): abort the connection with `error`.
     fn fail(&self, error: io::Error);
     /// A delivered receive buffer, for reuse.
     fn recycle(&self, buf: Vec<u8>);
@@ -259,6 +303,10 @@ pub(crate) trait DeliveryHost {
 /// Delivers every deliverable event of `host`, one callback at a time.
 /// Returns at once if a callback of this protocol is already running (L4):
 /// that running dispatch delivers the new events when the callback returns.
+///
+/// Every callback runs under `catch_unwind` (L5): a panic aborts this
+/// connection (its protocol then hears `connection_lost` with a
+/// [`CallbackPanicked`] error) and goes to the loop's exception handler.
 pub(crate) fn dispatch(host: &dyn DeliveryHost) {
     loop {
         let write_paused = host.write_paused();
@@ -275,41 +323,104 @@ pub(crate) fn dispatch(host: &dyn DeliveryHost) {
         };
         let mut eof_closes = false;
         let mut failure = None;
-        match next {
-            Next::Made => protocol.connection_made(host.handle()),
-            Next::PauseWriting => protocol.pause_writing(),
-            Next::ResumeWriting => protocol.resume_writing(),
+        let (callback, panic) = match next {
+            Next::Made => (
+                "connection_made",
+                guarded(|| protocol.connection_made(host.handle())).err(),
+            ),
+            Next::PauseWriting => ("pause_writing", guarded(|| protocol.pause_writing()).err()),
+            Next::ResumeWriting => (
+                "resume_writing",
+                guarded(|| protocol.resume_writing()).err(),
+            ),
             Next::Data(buf) => {
-                if let Err(e) = protocol.deliver(&buf) {
-                    failure = Some(e);
-                }
-                let n = buf.len() as u64;
-                host.delivery().ledger.delivered += n;
-                host.recycle(buf);
+                let panic = deliver_data(host, &mut protocol, buf, &mut failure);
+                (protocol.data_callback(), panic)
             }
-            Next::Eof => eof_closes = !protocol.eof_received(),
-            Next::Lost(e) => protocol.connection_lost(e),
-        }
-        let finished = {
+            Next::Eof => match guarded(|| protocol.eof_received()) {
+                Ok(keep_open) => {
+                    eof_closes = !keep_open;
+                    ("eof_received", None)
+                }
+                Err(p) => ("eof_received", Some(p)),
+            },
+            Next::Lost(e) => (
+                "connection_lost",
+                guarded(|| protocol.connection_lost(e)).err(),
+            ),
+        };
+        let (replaced, finished) = {
             let mut d = host.delivery();
             d.busy = false;
-            match d.replacement.take() {
-                Some(new) => d.protocol = Some(new),
-                None => d.protocol = Some(protocol),
-            }
-            if d.finished {
-                // Nothing is ever delivered again: release the protocol now.
-                d.protocol.take()
-            } else {
-                None
-            }
+            let replaced = match d.replacement.take() {
+                Some(new) => Some(std::mem::replace(&mut protocol, new)),
+                None => None,
+            };
+            d.protocol = Some(protocol);
+            // Once finished nothing is ever delivered again: release it now.
+            let finished = if d.finished { d.protocol.take() } else { None };
+            (replaced, finished)
         };
-        drop(finished);
+        for old in [replaced, finished].into_iter().flatten() {
+            if let Err(p) = guarded(|| drop(old)) {
+                report_panic(host, "drop", p);
+            }
+        }
+        if let Some(p) = panic {
+            let error = CallbackPanicked::io_error(callback, &*p);
+            report_panic(host, callback, p);
+            failure = Some(error);
+        }
         if let Some(e) = failure {
             host.fail(e);
         }
         if eof_closes {
             host.close_after_eof();
         }
+    }
+}
+
+/// Feeds one held chunk to the protocol (R5: a buffered protocol may stop
+/// mid-chunk; the rest goes back to the front of the held data). Only what
+/// the protocol took is counted as delivered.
+fn deliver_data(
+    host: &dyn DeliveryHost,
+    protocol: &mut AnyProtocol,
+    mut buf: Vec<u8>,
+    failure: &mut Option<io::Error>,
+) -> Option<Box<dyn Any + Send>> {
+    let mut consumed = 0;
+    let outcome = guarded(|| {
+        let mut stop = || host.delivery().stops_feeding();
+        protocol.deliver(&buf, &mut consumed, &mut stop)
+    });
+    let panic = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            *failure = Some(e);
+            None
+        }
+        Err(p) => Some(p),
+    };
+    let mut d = host.delivery();
+    d.ledger.delivered += consumed as u64;
+    if consumed < buf.len() {
+        buf.drain(..consumed);
+        d.hold_front(buf);
+    } else {
+        drop(d);
+        host.recycle(buf);
+    }
+    panic
+}
+
+/// Hands a protocol's panic to its loop's exception handler.
+fn report_panic(host: &dyn DeliveryHost, callback: &'static str, payload: Box<dyn Any + Send>) {
+    let transport = host.handle();
+    let context = ExceptionContext::from_panic(ExceptionSource::Protocol(callback), payload)
+        .with_addresses(transport.peer_addr(), transport.local_addr());
+    match transport.loop_handle() {
+        Some(h) => h.report_exception(context),
+        None => tracing::error!("{} (its loop is gone)", context.message),
     }
 }

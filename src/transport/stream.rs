@@ -30,7 +30,7 @@ use super::flow::{WriteFlow, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 use super::{TlsInfo, Transport, TransportImpl};
 use crate::address::Address;
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
-use crate::event_loop::{Handle, WeakHandle};
+use crate::event_loop::{Handle, Resource, WeakHandle};
 use crate::protocol::AnyProtocol;
 
 /// Most slices one vectored send carries.
@@ -50,6 +50,8 @@ pub(crate) struct StreamTransport {
     peer: Option<Address>,
     local: Option<Address>,
     release_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// Our entry in the loop's resources (shut down when the loop closes).
+    resource_key: usize,
 }
 
 struct State {
@@ -85,8 +87,7 @@ impl StreamTransport {
     pub(crate) fn start(handle: &Handle, socket: SocketId, protocol: AnyProtocol) -> Transport {
         let (peer, local) =
             handle.with_driver(|d| (d.peer_addr(socket).ok(), d.local_addr(socket).ok()));
-        handle.transport_opened();
-        let t = Rc::new_cyclic(|me| StreamTransport {
+        let t = Rc::new_cyclic(|me: &Weak<StreamTransport>| StreamTransport {
             socket,
             lp: handle.downgrade(),
             me: me.clone(),
@@ -114,6 +115,7 @@ impl StreamTransport {
             peer,
             local,
             release_hooks: RefCell::default(),
+            resource_key: handle.register(me.clone(), true),
         });
         #[cfg(feature = "broken-early-delivery")]
         {
@@ -142,7 +144,7 @@ impl StreamTransport {
         }
         let Some(h) = self.lp.upgrade() else { return };
         let me = self.rc();
-        h.call_soon(move || {
+        h.call_soon_internal(move || {
             me.scheduled.set(false);
             me.run();
         });
@@ -363,7 +365,7 @@ impl StreamTransport {
         drop(st);
         if let Some(h) = self.lp.upgrade() {
             h.with_driver(|d| d.close(self.socket));
-            h.transport_released();
+            h.unregister(self.resource_key, true);
         }
         let hooks = std::mem::take(&mut *self.release_hooks.borrow_mut());
         for f in hooks {
@@ -411,6 +413,12 @@ impl StreamTransport {
         st.flow.update(size);
         drop(st);
         self.schedule();
+    }
+}
+
+impl Resource for StreamTransport {
+    fn shut_down(self: Rc<Self>) {
+        TransportImpl::abort(&*self);
     }
 }
 
@@ -524,7 +532,7 @@ impl TransportImpl for StreamTransport {
         // Receive nothing more: held data is dropped (counted), and the
         // receive in flight is asked to stop; its completion still arrives
         // and its bytes are counted as discarded.
-        self.delivery.borrow_mut().discard_held();
+        self.delivery.borrow_mut().close_reading();
         if let (Some(k), Some(h)) = (recv, self.lp.upgrade()) {
             h.cancel(k);
         }
@@ -545,7 +553,8 @@ impl TransportImpl for StreamTransport {
     }
 
     fn set_protocol(&self, protocol: AnyProtocol) {
-        self.delivery.borrow_mut().set_protocol(protocol);
+        let displaced = self.delivery.borrow_mut().set_protocol(protocol);
+        drop(displaced);
         self.schedule();
     }
 

@@ -17,7 +17,10 @@ pub const SIM_SEEDS: u64 = 4;
 /// Builds a loop on `kind`, or says why it cannot.
 fn build(kind: DriverKind, seed: u64) -> Result<EventLoop, String> {
     let built = std::panic::catch_unwind(|| {
-        let b = EventLoop::builder().driver(kind);
+        // Crash-fast: a panic in a test's callback fails the test (L5).
+        let b = EventLoop::builder()
+            .driver(kind)
+            .exception_handler(|_, context| context.resume_unwind());
         let b = if kind == DriverKind::Sim {
             b.sim_seed(seed)
         } else {

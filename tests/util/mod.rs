@@ -2,6 +2,7 @@
 //! with an invariant checker (R1–R4, W2, L4), and small async helpers.
 #![allow(dead_code)]
 
+pub mod buffered;
 pub mod recorder;
 
 use std::cell::Cell;
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use proactor::{DriverKind, EventLoop, Handle};
 
+#[allow(unused_imports)]
+pub use buffered::{BufHook, BufRecorder};
 #[allow(unused_imports)]
 pub use recorder::{Hooks, Rec, Recorder};
 
@@ -56,10 +59,23 @@ fn seeds_from(var: &str, default: u64) -> Vec<u64> {
     (0..n).collect()
 }
 
+/// Makes a panic in any callback of the loop (an assertion in a test's
+/// protocol, timer or task) re-raise out of `run_*`, failing the test, as
+/// it would without the loop's exception handler (L5).
+pub fn crash_fast(b: proactor::Builder) -> proactor::Builder {
+    b.exception_handler(|_, context| context.resume_unwind())
+}
+
 /// Runs `scenario` on uring (if available), poll, and sim over several seeds.
+/// Every loop is [`crash_fast`].
 /// A failing sim seed is reported with the command that replays it.
 /// PROACTOR_TEST_DRIVERS (e.g. `poll,sim`) narrows the set for debugging.
 pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
+    on_every_driver_shared(test, |lp| scenario(&lp));
+}
+
+/// [`on_every_driver`] for scenarios whose callbacks need the loop itself.
+pub fn on_every_driver_shared(test: &str, scenario: impl Fn(Rc<EventLoop>)) {
     let wanted = |k: DriverKind| {
         std::env::var("PROACTOR_TEST_DRIVERS")
             .map(|v| v.split(',').any(|s| s.trim() == k.name()))
@@ -71,12 +87,11 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
     }
     kinds.retain(|k| wanted(*k));
     for kind in kinds {
-        let lp = EventLoop::builder()
-            .driver(kind)
+        let lp = crash_fast(EventLoop::builder().driver(kind))
             .build()
             .expect("build loop");
         eprintln!("{test}: driver {kind}");
-        scenario(&lp);
+        scenario(Rc::new(lp));
     }
     let seeds = if wanted(DriverKind::Sim) {
         contract_seeds()
@@ -84,12 +99,12 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
         Vec::new()
     };
     for seed in seeds {
-        let lp = EventLoop::builder()
-            .driver(DriverKind::Sim)
-            .sim_seed(seed)
+        let lp = crash_fast(EventLoop::builder().driver(DriverKind::Sim).sim_seed(seed))
             .build()
             .expect("build sim loop");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&lp)));
+        let lp = Rc::new(lp);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(lp.clone())));
         if let Err(panic) = result {
             eprintln!(
                 "{test} failed on sim seed {seed}; replay with:\n  PROACTOR_SIM_SEED={seed} cargo test --release {test}\nrecent sim trace:\n{}",
@@ -157,6 +172,13 @@ pub fn pattern(stream: u64, start: u64, len: usize) -> Vec<u8> {
             (x >> 56) as u8
         })
         .collect()
+}
+
+/// Serialises the tests of one binary that count descriptors: the count is
+/// process-wide and tests run on parallel threads. Hold it for the test.
+pub fn fd_count_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Open file descriptors of this process.
