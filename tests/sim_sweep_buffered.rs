@@ -190,7 +190,7 @@ fn run_workload(seed: u64) -> (u32, u32, u32) {
     let h = lp.handle();
     let rng: SharedRng = Rc::new(RefCell::new(SmallRng::seed_from_u64(seed ^ 0xb0ff)));
     lp.run_until_complete(async move {
-        let sides: Rc<RefCell<Vec<(SharedSide, Option<usize>)>>> = Rc::default();
+        let sides: Rc<RefCell<Vec<SharedSide>>> = Rc::default();
         let plan: Rc<RefCell<Vec<Option<usize>>>> = Rc::default();
         let (hs, rs, ss, ps) = (h.clone(), rng.clone(), sides.clone(), plan.clone());
         let server = h
@@ -198,7 +198,7 @@ fn run_workload(seed: u64) -> (u32, u32, u32) {
                 let i = ss.borrow().len();
                 let starttls_at = ps.borrow()[i];
                 let side: SharedSide = Rc::default();
-                ss.borrow_mut().push((side.clone(), starttls_at));
+                ss.borrow_mut().push(side.clone());
                 AnyProtocol::buffered(Sweeper {
                     h: hs.clone(),
                     rng: rs.clone(),
@@ -231,7 +231,7 @@ fn run_workload(seed: u64) -> (u32, u32, u32) {
                 sides.borrow().len() == i as usize + 1
             })
             .await;
-            let side = sides.borrow()[i as usize].0.clone();
+            let side = sides.borrow()[i as usize].clone();
             let plain_len = starttls_at.unwrap_or(len);
             let mut off = 0;
             while off < plain_len {
@@ -337,7 +337,7 @@ fn run_workload(seed: u64) -> (u32, u32, u32) {
         }
         server.close();
         wait_until(&h, Duration::from_secs(60), "server sides lost", || {
-            sides.borrow().iter().all(|(s, _)| s.borrow().lost >= 1)
+            sides.borrow().iter().all(|s| s.borrow().lost >= 1)
         })
         .await;
         totals
