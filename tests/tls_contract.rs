@@ -1095,3 +1095,93 @@ fn first_data_after_wakeup_client_side() {
         .unwrap();
     });
 }
+
+/// Issue 7 item 3 (T5, W2): the TLS write pump never stalls. The raw
+/// transport can go above its high-water mark and back to its low one
+/// between two of its dispatches: a 60 KiB write, then on the next turn
+/// 200 writes of 100 B from a timer, while the raw send of the 60 KiB
+/// completes. The pump stops feeding the engine when the raw transport is
+/// over its mark, so it must hear the `pause_writing`/`resume_writing` pair
+/// that goes with it, or its backlog sits for ever. Swept over 256 sim seeds
+/// (PROACTOR_SIM_SEEDS): every byte reaches the peer, in order, and the
+/// backlog drains to zero; the sweep must actually put the pump over the raw
+/// mark with backlog left (the precondition of the stall) on many seeds.
+#[test]
+fn tls_write_pump_hears_raw_pause_and_resume_in_one_turn() {
+    const BIG: usize = 60 * 1024;
+    const SMALL: usize = 100;
+    const SMALLS: usize = 200;
+    let over_mark = Cell::new(0u32);
+    let sim_runs = Cell::new(0u32);
+    drivers_sweep("tls_write_pump_raw_edges", 256, |lp| {
+        let h = lp.handle();
+        let is_sim = h.driver_kind() == proactor::DriverKind::Sim;
+        let hit = lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let server = h
+                .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
+                .unwrap();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&shared()), client_options())
+                .await
+                .unwrap();
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            let total = BIG + SMALL * SMALLS;
+            let data = pattern(21, total);
+            let raw = t.raw_transport();
+            let (_, raw_high) = raw.get_write_buffer_limits();
+            // After the pump that follows the small writes: was the raw
+            // transport over its mark with plaintext still in the backlog?
+            let hit = Rc::new(Cell::new(false));
+            t.write(&data[..BIG]);
+            {
+                let (h2, t2, d2, hit2) = (h.clone(), t.clone(), data.clone(), hit.clone());
+                h.call_later(Duration::ZERO, move || {
+                    for c in d2[BIG..].chunks(SMALL) {
+                        t2.write(c);
+                    }
+                    // Runs right after the TLS transport's pump (queued first).
+                    h2.call_soon(move || {
+                        hit2.set(
+                            raw.get_write_buffer_size() > raw_high && t2.get_write_buffer_size() > 0,
+                        );
+                    });
+                });
+            }
+            let deadline = h.now() + Duration::from_secs(5);
+            while srv.borrow().data.len() < total && h.now() < deadline {
+                sleep(&h, Duration::from_millis(1)).await;
+            }
+            assert_eq!(
+                srv.borrow().data.len(),
+                total,
+                "the peer got every byte (stalled with {} B in the TLS backlog, {} B in the raw buffer)",
+                t.get_write_buffer_size(),
+                t.raw_transport().get_write_buffer_size()
+            );
+            assert!(srv.borrow().data == data, "every byte, in order");
+            assert_eq!(t.get_write_buffer_size(), 0, "the backlog drained");
+            t.close();
+            until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
+            server.close();
+            hit.get()
+        });
+        let hit = hit.unwrap();
+        if is_sim {
+            sim_runs.set(sim_runs.get() + 1);
+            over_mark.set(over_mark.get() + u32::from(hit));
+        }
+    });
+    eprintln!(
+        "  the pump left the raw transport over its mark with backlog on {} of {} sim seeds",
+        over_mark.get(),
+        sim_runs.get()
+    );
+    if sim_runs.get() >= 64 {
+        assert!(
+            over_mark.get() * 4 >= sim_runs.get(),
+            "the sweep no longer forces the stall's precondition"
+        );
+    }
+}

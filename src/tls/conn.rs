@@ -38,7 +38,8 @@ use crate::address::Address;
 use crate::event_loop::{Handle, TimerHandle, WeakHandle};
 use crate::protocol::{AnyProtocol, BaseProtocol, Protocol};
 use crate::transport::{
-    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteFlow,
+    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteEdges,
+    WriteFlow,
 };
 
 pub(crate) type Receiver = oneshot::Receiver<io::Result<()>>;
@@ -435,6 +436,12 @@ impl TlsConn {
     /// Gives backlog plaintext to the engine while the raw transport has room
     /// (T5) — or all of it once closing (gh-115514) — then, once closing and
     /// drained, sends `close_notify`.
+    ///
+    /// It stops when the raw transport is over its high mark: told
+    /// `pause_writing`, or above the mark with that edge not delivered yet.
+    /// Either way the raw transport owes the matching `resume_writing` (it
+    /// delivers every edge, even a pause and resume within one turn), which
+    /// runs this again; nothing else has to restart it.
     fn pump(&self) {
         let Some(raw) = self.raw() else { return };
         let mut guard = self.st.borrow_mut();
@@ -516,7 +523,7 @@ impl TlsConn {
         st.pending_loss = None;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         let waiter = st.waiter.take();
         drop(st);
@@ -580,7 +587,7 @@ impl TlsConn {
         st.phase = Phase::Done;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         for t in timers.into_iter().flatten() {
             t.cancel();
@@ -642,8 +649,8 @@ impl DeliveryHost for TlsConn {
     fn delivery(&self) -> RefMut<'_, Delivery> {
         self.delivery.borrow_mut()
     }
-    fn write_paused(&self) -> bool {
-        self.st.borrow().flow.paused
+    fn write_edges(&self) -> WriteEdges {
+        self.st.borrow().flow.edges()
     }
     fn handle(&self) -> Transport {
         self.transport()
@@ -781,7 +788,7 @@ impl TransportImpl for TlsConn {
         st.phase = Phase::Done;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         drop(st);
         for t in timers.into_iter().flatten() {
