@@ -1185,3 +1185,68 @@ fn tls_write_pump_hears_raw_pause_and_resume_in_one_turn() {
         );
     }
 }
+
+/// Waits up to `limit` of loop time for `cond`, without failing: the caller
+/// asserts afterwards, with the state in the message.
+async fn wait_for(h: &Handle, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = h.now() + limit;
+    while !cond() && h.now() < deadline {
+        sleep(h, Duration::from_millis(1)).await;
+    }
+}
+
+/// Issue 7 item 4: `close()` after the raw connection is gone, while the
+/// application paused reading, ends the connection at once: the held
+/// plaintext is dropped (close means "receive nothing more") and
+/// `connection_lost` comes with what ended the connection (here: EOF
+/// without close_notify, so truncation), without waiting for a
+/// `resume_reading` that may never come.
+#[test]
+fn close_after_raw_lost_while_paused_delivers_connection_lost() {
+    drivers("close_after_raw_lost_while_paused", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let server = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            t.pause_reading();
+            until(&h, LIMIT, "peer handshake", || !pst.borrow().handshaking()).await;
+            pst.borrow_mut().write(b"held while paused");
+            let peer_raw = pst.borrow().transport.clone().unwrap();
+            peer_raw.close(); // FIN, no close_notify
+            until(&h, LIMIT, "our raw connection is gone", || {
+                t.raw_transport().is_released()
+            })
+            .await;
+            assert_eq!(cli.borrow().lost, 0, "paused: nothing delivered yet");
+            assert!(t.ledger().held > 0, "the plaintext is held");
+            t.close();
+            wait_for(&h, Duration::from_secs(2), || cli.borrow().lost == 1).await;
+            assert_eq!(
+                cli.borrow().lost,
+                1,
+                "connection_lost after close(), without resume_reading"
+            );
+            assert!(cli.borrow().data.is_empty(), "close drops held plaintext");
+            let e = cli.borrow_mut().error.take().expect("what ended it");
+            assert!(is(&e, |t| matches!(t, TlsError::Truncated)), "{e}");
+            let l = t.ledger();
+            assert!(l.balanced() && l.held == 0, "{l:?}");
+            t.resume_reading();
+            sleep(&h, Duration::from_millis(5)).await;
+            assert!(
+                cli.borrow().data.is_empty(),
+                "nothing after connection_lost"
+            );
+            server.close();
+        })
+        .unwrap();
+    });
+}

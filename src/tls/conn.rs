@@ -743,7 +743,7 @@ impl TransportImpl for TlsConn {
 
     fn close(&self) {
         let mut st = self.st.borrow_mut();
-        if st.closing || st.phase == Phase::Done {
+        if st.closing {
             return;
         }
         st.closing = true;
@@ -751,6 +751,13 @@ impl TransportImpl for TlsConn {
         drop(st);
         // Receive nothing more (like a plain transport's close).
         self.delivery.borrow_mut().discard_held();
+        if phase == Phase::Done {
+            // The connection already ended (raw transport gone, or failed):
+            // `connection_lost` only waited for held plaintext, now dropped,
+            // not for a `resume_reading` that may never come.
+            self.schedule();
+            return;
+        }
         if phase == Phase::Handshaking {
             // bpo-29743: no close_notify mid-handshake, just abort.
             let e = io::Error::new(
