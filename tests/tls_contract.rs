@@ -1250,3 +1250,37 @@ fn close_after_raw_lost_while_paused_delivers_connection_lost() {
         .unwrap();
     });
 }
+
+/// gh-118950: a TLS transport whose raw transport is closing is closing too.
+#[test]
+fn is_closing_follows_the_raw_transport() {
+    for abort in [false, true] {
+        drivers("is_closing_follows_raw", None, |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let server = h
+                    .create_tls_server(localhost(), || Sink::echo(&shared()), server_options())
+                    .unwrap();
+                let cli = shared();
+                let t = h
+                    .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                    .await
+                    .unwrap();
+                assert!(!t.is_closing());
+                let raw = t.raw_transport();
+                if abort {
+                    raw.abort();
+                } else {
+                    raw.close();
+                }
+                assert!(raw.is_closing());
+                assert!(t.is_closing(), "the raw transport is closing");
+                assert!(!t.is_reading());
+                until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+                assert!(t.is_closing());
+                server.close();
+            })
+            .unwrap();
+        });
+    }
+}

@@ -719,8 +719,7 @@ impl TransportImpl for TlsConn {
     }
 
     fn is_reading(&self) -> bool {
-        let st = self.st.borrow();
-        !self.delivery.borrow().read_paused && !st.closing && st.phase != Phase::Done
+        !self.delivery.borrow().read_paused && !TransportImpl::is_closing(self)
     }
 
     fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> io::Result<()> {
@@ -808,9 +807,14 @@ impl TransportImpl for TlsConn {
         self.schedule();
     }
 
+    /// Also true once the raw transport is closing, whoever closed it
+    /// (gh-118950): nothing written from then on can reach the peer.
     fn is_closing(&self) -> bool {
         let st = self.st.borrow();
-        st.closing || st.phase == Phase::Done || self.delivery.borrow().is_lost()
+        st.closing
+            || st.phase == Phase::Done
+            || self.delivery.borrow().is_lost()
+            || self.raw().is_some_and(Transport::is_closing)
     }
 
     fn set_protocol(&self, protocol: AnyProtocol) {
