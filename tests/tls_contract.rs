@@ -1251,6 +1251,82 @@ fn close_after_raw_lost_while_paused_delivers_connection_lost() {
     });
 }
 
+/// Issue 7 item 4: after a TLS engine error the raw connection is closed
+/// so the alert can go out, but a peer that stopped reading cannot keep the
+/// socket open for ever: it is aborted once the shutdown timeout passed.
+#[test]
+fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
+    drivers("engine_error_bounded", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let timeout = Duration::from_secs(1);
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || {
+                        on_made(&s2, |t| {
+                            for c in pattern(7, 4 * 1024 * 1024).chunks(64 * 1024) {
+                                t.write(c);
+                            }
+                        })
+                        .into()
+                    },
+                    server_options().shutdown_timeout(timeout),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
+            raw.pause_reading(); // the peer stops reading for good
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            sleep(&h, Duration::from_millis(20)).await;
+            // A record that cannot decrypt: our engine fails.
+            raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
+            until(&h, LIMIT, "engine error", || srv.borrow().lost == 1).await;
+            let failed_at = h.now();
+            let e = srv.borrow_mut().error.take().expect("an error");
+            assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+            wait_for(&h, timeout + Duration::from_secs(4), || {
+                server.active_connections() == 0
+            })
+            .await;
+            assert_eq!(
+                server.active_connections(),
+                0,
+                "the raw socket is released within the shutdown timeout"
+            );
+            // `failed_at` is read up to one poll (1 ms) after the failure.
+            let waited = h.now() - failed_at + Duration::from_millis(2);
+            assert!(
+                waited >= timeout,
+                "the close was given the shutdown timeout to flush the alert (released after {waited:?})"
+            );
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
 /// gh-118950: a TLS transport whose raw transport is closing is closing too.
 #[test]
 fn is_closing_follows_the_raw_transport() {

@@ -535,6 +535,7 @@ impl TlsConn {
                 raw.abort();
             } else {
                 raw.close();
+                self.bound_raw_close(raw);
             }
         }
         if was == Phase::Handshaking {
@@ -564,6 +565,26 @@ impl TlsConn {
         }
         // Otherwise `on_raw_lost` follows once the raw transport closed, and
         // decides between a clean end and truncation.
+    }
+
+    /// Aborts `raw` if its graceful close has not released the socket
+    /// within the shutdown timeout: a peer that stopped reading would
+    /// otherwise keep it open for ever. The timer goes away with the socket.
+    fn bound_raw_close(&self, raw: &Transport) {
+        let Some(h) = self.lp.upgrade() else { return };
+        let target = raw.clone();
+        let timer = h.call_later(self.shutdown_timeout, move || {
+            if !target.is_released() {
+                tracing::debug!(
+                    peer = ?target.peer_addr(),
+                    "raw close did not finish within the TLS shutdown timeout: aborting"
+                );
+                target.abort();
+            }
+        });
+        raw.on_release(Box::new(move || {
+            timer.cancel();
+        }));
     }
 
     /// The raw transport is gone.
