@@ -1327,6 +1327,182 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
     });
 }
 
+/// Issue 7 item 4: the peer sends close_notify, then FIN (a TLS half-close)
+/// while our backlog still holds application data and our application has
+/// paused reading. The data must not vanish behind a clean
+/// `connection_lost(None)`: the peer still reads, so it receives every byte,
+/// then our close_notify, and only then do we report a clean close.
+#[test]
+fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
+    drivers("close_notify_then_fin_with_backlog", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let data = pattern(8, 4 * 1024 * 1024);
+            let srv = shared();
+            let (s2, d2) = (srv.clone(), data.clone());
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || {
+                        let d2 = d2.clone();
+                        on_made(&s2, move |t| {
+                            for c in d2.chunks(64 * 1024) {
+                                t.write(c);
+                            }
+                            t.pause_reading();
+                        })
+                        .into()
+                    },
+                    server_options(),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "first data", || {
+                !pst.borrow().plaintext.is_empty()
+            })
+            .await;
+            let st = srv.borrow().transport.clone().unwrap();
+            assert!(st.get_write_buffer_size() > 0, "our backlog holds data");
+            pst.borrow_mut().close_notify();
+            raw.write_eof().unwrap(); // FIN: the peer keeps reading
+            wait_for(&h, Duration::from_secs(5), || {
+                pst.borrow().plaintext.len() == data.len() || srv.borrow().lost == 1
+            })
+            .await;
+            st.resume_reading(); // eof_received, then our close()
+            until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
+            let got = pst.borrow().plaintext.len();
+            let error = srv.borrow_mut().error.take();
+            assert!(
+                error.is_some() || got == data.len(),
+                "connection_lost(None) although the peer got only {got} of {} bytes",
+                data.len()
+            );
+            assert!(error.is_none(), "the peer still reads: {error:?}");
+            assert!(pst.borrow().plaintext == data, "every byte, in order");
+            until(&h, LIMIT, "our close_notify", || pst.borrow().close_notify).await;
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// A protocol that keeps the TLS transport open after the peer's
+/// close_notify (eof_received returns true) and records everything.
+struct KeepOpen(Shared);
+
+impl BaseProtocol for KeepOpen {
+    fn connection_made(&mut self, t: Transport) {
+        self.0.borrow_mut().made += 1;
+        self.0.borrow_mut().transport = Some(t);
+    }
+    fn connection_lost(&mut self, e: Option<io::Error>) {
+        self.0.borrow_mut().lost += 1;
+        self.0.borrow_mut().error = e;
+    }
+    fn eof_received(&mut self) -> bool {
+        self.0.borrow_mut().eof += 1;
+        true
+    }
+}
+
+impl Protocol for KeepOpen {
+    fn data_received(&mut self, d: &[u8]) {
+        self.0.borrow_mut().data.extend_from_slice(d);
+    }
+}
+
+/// Issue 7 item 4: application data we could not send ends in an error,
+/// never in a clean `connection_lost(None)` — even when the peer's
+/// close_notify came first. Here the raw transport is closed under the TLS
+/// transport while its backlog is full.
+#[test]
+fn unsent_backlog_at_raw_loss_is_an_error() {
+    drivers("unsent_backlog_is_an_error", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || KeepOpen(s2.clone()).into(),
+                    server_options(),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let peer_raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            peer_raw.pause_reading();
+            pst.borrow_mut().close_notify();
+            until(&h, LIMIT, "close_notify is eof", || srv.borrow().eof == 1).await;
+            let t = srv.borrow().transport.clone().unwrap();
+            let data = pattern(9, 2 * 1024 * 1024);
+            t.write(&data);
+            sleep(&h, Duration::from_millis(20)).await;
+            assert!(t.get_write_buffer_size() > 0, "backlog held back");
+            t.raw_transport().close();
+            peer_raw.resume_reading();
+            until(&h, LIMIT, "lost", || srv.borrow().lost == 1).await;
+            let got = pst.borrow().plaintext.len();
+            assert!(
+                got < data.len(),
+                "the peer got {got}: nothing was left unsent"
+            );
+            let e = srv.borrow_mut().error.take();
+            let e = e.unwrap_or_else(|| {
+                panic!(
+                    "connection_lost(None) with {} of {} bytes unsent",
+                    data.len() - got,
+                    data.len()
+                )
+            });
+            assert!(is(&e, |t| matches!(t, TlsError::Unsent { .. })), "{e}");
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
 /// gh-118950: a TLS transport whose raw transport is closing is closing too.
 #[test]
 fn is_closing_follows_the_raw_transport() {

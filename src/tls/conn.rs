@@ -452,6 +452,11 @@ impl TlsConn {
         let (_, raw_high) = raw.get_write_buffer_limits();
         let mut failure = None;
         while !st.backlog.is_empty() {
+            if raw.is_closing() {
+                // It would drop what we write: keep it counted in the backlog,
+                // so that it ends in an error, not in silence.
+                break;
+            }
             if !st.closing && (st.raw_write_paused || raw.get_write_buffer_size() > raw_high) {
                 break;
             }
@@ -556,15 +561,38 @@ impl TlsConn {
         self.schedule();
     }
 
-    /// The raw transport's EOF (its protocol returns `false`: it closes).
-    fn on_raw_eof(&self) {
-        let phase = self.st.borrow().phase;
-        if phase == Phase::Handshaking {
-            let e = io::Error::new(io::ErrorKind::ConnectionReset, TlsError::Truncated);
-            self.fail(e, false);
+    /// The raw transport's EOF. Returns whether the raw transport keeps its
+    /// write side open (else it closes itself, flushing what it holds).
+    fn on_raw_eof(&self) -> bool {
+        let (phase, peer_closed) = {
+            let st = self.st.borrow();
+            (st.phase, st.peer_closed)
+        };
+        match phase {
+            Phase::Handshaking => {
+                let e = io::Error::new(io::ErrorKind::ConnectionReset, TlsError::Truncated);
+                self.fail(e, false);
+                false
+            }
+            // The peer's close_notify came first: a clean TLS EOF, already
+            // on its way to the application. The peer may only have
+            // half-closed, so our backlog and our close_notify still go out;
+            // the application's close() (or its eof_received returning
+            // false) ends the connection, bounded by the shutdown timeout.
+            Phase::Wrapped if peer_closed => true,
+            Phase::Wrapped => {
+                // Truncation: the raw transport closes itself and
+                // `on_raw_lost` reports it; a peer that stopped reading must
+                // not hold that close open for ever.
+                if let Some(raw) = self.raw() {
+                    self.bound_raw_close(raw);
+                }
+                false
+            }
+            // Shutting down: the raw transport closes itself, under the
+            // shutdown timer armed by close().
+            Phase::ShuttingDown | Phase::Done => false,
         }
-        // Otherwise `on_raw_lost` follows once the raw transport closed, and
-        // decides between a clean end and truncation.
     }
 
     /// Aborts `raw` if its graceful close has not released the socket
@@ -606,6 +634,7 @@ impl TlsConn {
             return;
         }
         st.phase = Phase::Done;
+        let unsent = st.backlog_size;
         st.backlog.clear();
         st.backlog_size = 0;
         st.flow.update(0);
@@ -619,9 +648,18 @@ impl TlsConn {
                 self.delivery.borrow_mut().lose(Some(e));
             }
             None => {
-                // Plaintext received before the end is delivered first.
-                let clean = st.closing || st.peer_closed;
-                st.pending_loss = Some((!clean).then(|| TlsError::Truncated.into_io()));
+                // Plaintext received before the end is delivered first. The
+                // end is clean only if TLS closed cleanly (our close or the
+                // peer's close_notify) and everything written went out.
+                let outcome = if !(st.closing || st.peer_closed) {
+                    Some(TlsError::Truncated.into_io())
+                } else if unsent > 0 {
+                    tracing::debug!(unsent, "TLS connection ended with unsent data");
+                    Some(TlsError::Unsent { bytes: unsent }.into_io())
+                } else {
+                    None
+                };
+                st.pending_loss = Some(outcome);
             }
         }
         self.schedule();
@@ -895,8 +933,7 @@ impl BaseProtocol for TlsProtocol {
     }
 
     fn eof_received(&mut self) -> bool {
-        self.0.on_raw_eof();
-        false
+        self.0.on_raw_eof()
     }
 
     fn pause_writing(&mut self) {
