@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_channel::oneshot;
 
 use crate::address::Address;
-use crate::driver::{Op, SockOpt};
-use crate::event_loop::Handle;
+use crate::driver::{Op, SockOpt, SocketId};
+use crate::event_loop::{Handle, WeakHandle};
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
@@ -77,19 +77,22 @@ impl Handle {
         async move {
             let socket = started?
                 .await
-                .map_err(|_| io::Error::other("event loop closed"))??;
+                .map_err(|_| io::Error::other("event loop closed"))??
+                .claim();
             let _ = &addr;
             Ok(StreamTransport::start(&h, socket, protocol))
         }
     }
 
     /// Opens a socket and submits the connect; the receiver yields the
-    /// connected socket or the error (the socket is closed on error).
+    /// connected socket or the error (the socket is closed on error). The
+    /// socket is closed too if nobody claims it: the receiver dropped
+    /// before or after the connect completed.
     pub(crate) fn connect_socket(
         &self,
         addr: Address,
         options: ConnectOptions,
-    ) -> io::Result<oneshot::Receiver<io::Result<crate::driver::SocketId>>> {
+    ) -> io::Result<oneshot::Receiver<io::Result<ConnectedSocket>>> {
         let socket = self.with_driver(|d| d.open_stream(&addr))?;
         if let Err(e) = options.apply(self, socket) {
             self.with_driver(|d| d.close(socket));
@@ -104,18 +107,46 @@ impl Handle {
             },
             Box::new(move |c| {
                 let result = match c.result {
-                    Ok(_) => Ok(socket),
+                    Ok(_) => Ok(ConnectedSocket {
+                        socket: Some(socket),
+                        lp: h.downgrade(),
+                    }),
                     Err(e) => {
                         h.with_driver(|d| d.close(socket));
                         Err(io::Error::new(e.kind(), format!("connect to {addr}: {e}")))
                     }
                 };
-                if let Err(Ok(socket)) = tx.send(result) {
-                    // Nobody waits any more: do not leak the socket.
-                    h.with_driver(|d| d.close(socket));
-                }
+                // If nobody waits any more, the socket comes back and is
+                // dropped here, which closes it.
+                let _ = tx.send(result);
             }),
         );
         Ok(rx)
+    }
+}
+
+/// A connected socket on its way to its owner. Dropped unclaimed — the
+/// connect future was dropped after the connect completed, before it was
+/// polled again — it closes the socket, so no descriptor leaks.
+#[derive(Debug)]
+pub(crate) struct ConnectedSocket {
+    socket: Option<SocketId>,
+    lp: WeakHandle,
+}
+
+impl ConnectedSocket {
+    /// Takes the socket: its owner closes it from now on.
+    pub(crate) fn claim(mut self) -> SocketId {
+        self.socket
+            .take()
+            .expect("a ConnectedSocket is claimed once")
+    }
+}
+
+impl Drop for ConnectedSocket {
+    fn drop(&mut self) {
+        if let (Some(socket), Some(h)) = (self.socket.take(), self.lp.upgrade()) {
+            h.with_driver(|d| d.close(socket));
+        }
     }
 }

@@ -322,7 +322,9 @@ impl Handle {
     /// Connects to `addr` and runs `protocol` over TLS. Resolves with the TLS
     /// transport once the handshake completed; `protocol` is then told
     /// `connection_made` (after the caller holds the transport). On failure
-    /// `protocol` hears nothing.
+    /// `protocol` hears nothing and the socket is closed (after the alert,
+    /// if any, went out or the shutdown timeout passed); dropping the future
+    /// before it resolves closes it too.
     pub fn create_tls_connection(
         &self,
         addr: impl Into<Address>,
@@ -332,6 +334,8 @@ impl Handle {
         let addr = addr.into();
         let protocol = protocol.into();
         let h = self.clone();
+        // The engine exists before any socket does, so that an error in
+        // setting it up cannot leave a connected socket behind.
         let started = options.validate().and_then(|()| {
             if options.is_server() {
                 return Err(io::Error::new(
@@ -339,13 +343,20 @@ impl Handle {
                     "create_tls_connection needs client options",
                 ));
             }
-            self.connect_socket(addr, ConnectOptions::default())
+            let engine = TlsConn::new(self, options, protocol, false, true)?;
+            Ok((
+                engine,
+                self.connect_socket(addr, ConnectOptions::default())?,
+            ))
         });
         async move {
-            let socket = started?
+            let ((tls, rx), connecting) = started?;
+            // Dropping this future closes the socket: unclaimed, it closes
+            // itself; claimed, the Waiter's drop aborts the connection.
+            let socket = connecting
                 .await
-                .map_err(|_| io::Error::other("event loop closed"))??;
-            let (tls, rx) = TlsConn::new(&h, options, protocol, false, true)?;
+                .map_err(|_| io::Error::other("event loop closed"))??
+                .claim();
             let raw = StreamTransport::start(&h, socket, tls.protocol());
             tls.set_raw(raw);
             Waiter::new(tls, rx).await
