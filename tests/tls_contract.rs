@@ -1536,3 +1536,105 @@ fn is_closing_follows_the_raw_transport() {
         });
     }
 }
+
+/// Issue 7 item 7: "infinite" TLS timeouts (`Duration::MAX` handshake and
+/// shutdown timeouts) never panic, on any path that arms a TLS timer:
+/// handshakes (create_tls_connection, create_tls_server, start_tls), close()
+/// waiting for a close_notify that never comes, and the bounded raw close
+/// after an engine error. None of them fires.
+#[test]
+fn infinite_tls_timeouts_never_panic() {
+    drivers("infinite_tls_timeouts", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let forever = |o: TlsOptions| {
+                o.handshake_timeout(Duration::MAX)
+                    .shutdown_timeout(Duration::MAX)
+            };
+            // Handshakes on both sides, data, and a clean close.
+            let server = h
+                .create_tls_server(
+                    localhost(),
+                    || Sink::echo(&shared()),
+                    forever(server_options()),
+                )
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(
+                    server.local_addr(),
+                    Sink::new(&cli),
+                    forever(client_options()),
+                )
+                .await
+                .unwrap();
+            t.write(b"ping");
+            until(&h, LIMIT, "echo", || cli.borrow().data == b"ping").await;
+            t.close();
+            until(&h, LIMIT, "closed", || cli.borrow().lost == 1).await;
+            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+
+            // start_tls with infinite timeouts.
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&shared()))
+                .await
+                .unwrap();
+            let cli2 = shared();
+            let t2 = h
+                .start_tls(&raw, Sink::new(&cli2), forever(client_options()))
+                .await
+                .unwrap();
+            t2.write(b"pong");
+            until(&h, LIMIT, "echo 2", || cli2.borrow().data == b"pong").await;
+
+            // close() to a peer that never answers close_notify: the
+            // shutdown timer is armed "for ever" and does not fire.
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let mute = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli3 = shared();
+            let t3 = h
+                .create_tls_connection(
+                    mute.local_addr(),
+                    Sink::new(&cli3),
+                    forever(client_options()),
+                )
+                .await
+                .unwrap();
+            t3.close();
+            until(&h, LIMIT, "our close_notify", || pst.borrow().close_notify).await;
+            sleep(&h, Duration::from_millis(50)).await;
+            assert_eq!(
+                cli3.borrow().lost,
+                0,
+                "the infinite shutdown timer did not fire"
+            );
+            t3.abort();
+            until(&h, LIMIT, "aborted", || cli3.borrow().lost == 1).await;
+
+            // An engine error: the raw close is bounded by an infinite timer.
+            let untrusted =
+                TlsOptions::client(tls::client_config_webpki().unwrap(), "localhost").unwrap();
+            let e = h
+                .create_tls_connection(
+                    server.local_addr(),
+                    Sink::new(&shared()),
+                    forever(untrusted),
+                )
+                .await
+                .unwrap_err();
+            assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+            until(&h, LIMIT, "server connections released", || {
+                server.active_connections() == 1 // t2 is still open
+            })
+            .await;
+            t2.close();
+            until(&h, LIMIT, "closed 2", || cli2.borrow().lost == 1).await;
+            server.close();
+            mute.close();
+        })
+        .unwrap();
+    });
+}
