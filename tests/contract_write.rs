@@ -340,3 +340,66 @@ fn peer_reset_mid_transfer_reports_error_once() {
         .unwrap();
     });
 }
+
+/// W2 (issue 7 item 3): the buffered size crosses the high mark and falls
+/// back to the low one between two dispatches of the transport: 60 KiB are
+/// written, their send is submitted, then a timer writes 10 KiB (70 KiB >
+/// 64 KiB: over the mark) and the 60 KiB send completes before the
+/// transport delivers anything. The protocol must hear both edges, in order:
+/// `pause_writing` then `resume_writing`, each exactly once; a lost pair is
+/// what stalls a producer that stops at the mark (the TLS write pump).
+#[test]
+fn w2_pause_and_resume_in_one_turn_are_both_delivered() {
+    on_every_driver("w2_pause_and_resume_in_one_turn", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            const BIG: usize = 60 * 1024;
+            const SMALL: usize = 10 * 1024;
+            let (server, recs) = server_with(&h, ServerOptions::default(), Hooks::default);
+            let (cp, crec) = Recorder::new();
+            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+            wait_until(&h, Duration::from_secs(10), "accepted", || {
+                recs.borrow().len() == 1
+            })
+            .await;
+            let data = pattern(12, 0, BIG + SMALL);
+            let over_high = Rc::new(Cell::new(false));
+            client.write(&data[..BIG]);
+            {
+                let (c2, d2, o2) = (client.clone(), data.clone(), over_high.clone());
+                // Runs on the next turn, after the transport submitted the
+                // 60 KiB send and before that send's completion is reaped.
+                h.call_later(Duration::ZERO, move || {
+                    c2.write(&d2[BIG..]);
+                    o2.set(c2.get_write_buffer_size() > c2.get_write_buffer_limits().1);
+                });
+            }
+            let srec = recs.borrow()[0].clone();
+            wait_until(&h, Duration::from_secs(10), "server got everything", || {
+                srec.borrow().data.len() >= BIG + SMALL
+            })
+            .await;
+            assert!(srec.borrow().data == data, "W1: every byte, in order");
+            assert!(over_high.get(), "the buffer rose above the high mark");
+            // The sends completed; resume_writing is due (bounded wait, so a
+            // lost pair fails with the trace below, not a timeout).
+            let deadline = h.now() + Duration::from_secs(2);
+            while crec.borrow().resumes == 0 && h.now() < deadline {
+                sleep(&h, Duration::from_millis(1)).await;
+            }
+            let c = crec.borrow();
+            c.assert_ok();
+            assert_eq!(
+                (c.pauses, c.resumes),
+                (1, 1),
+                "W2: one pause, then one resume: {:?}",
+                c.trace
+            );
+            assert_eq!(client.get_write_buffer_size(), 0);
+            drop(c);
+            client.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}

@@ -1095,3 +1095,546 @@ fn first_data_after_wakeup_client_side() {
         .unwrap();
     });
 }
+
+/// Issue 7 item 3 (T5, W2): the TLS write pump never stalls. The raw
+/// transport can go above its high-water mark and back to its low one
+/// between two of its dispatches: a 60 KiB write, then on the next turn
+/// 200 writes of 100 B from a timer, while the raw send of the 60 KiB
+/// completes. The pump stops feeding the engine when the raw transport is
+/// over its mark, so it must hear the `pause_writing`/`resume_writing` pair
+/// that goes with it, or its backlog sits for ever. Swept over 256 sim seeds
+/// (PROACTOR_SIM_SEEDS): every byte reaches the peer, in order, and the
+/// backlog drains to zero; the sweep must actually put the pump over the raw
+/// mark with backlog left (the precondition of the stall) on many seeds.
+#[test]
+fn tls_write_pump_hears_raw_pause_and_resume_in_one_turn() {
+    const BIG: usize = 60 * 1024;
+    const SMALL: usize = 100;
+    const SMALLS: usize = 200;
+    let over_mark = Cell::new(0u32);
+    let sim_runs = Cell::new(0u32);
+    drivers_sweep("tls_write_pump_raw_edges", 256, |lp| {
+        let h = lp.handle();
+        let is_sim = h.driver_kind() == proactor::DriverKind::Sim;
+        let hit = lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let server = h
+                .create_tls_server(localhost(), move || Sink::new(&s2), server_options())
+                .unwrap();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&shared()), client_options())
+                .await
+                .unwrap();
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            let total = BIG + SMALL * SMALLS;
+            let data = pattern(21, total);
+            let raw = t.raw_transport();
+            let (_, raw_high) = raw.get_write_buffer_limits();
+            // After the pump that follows the small writes: was the raw
+            // transport over its mark with plaintext still in the backlog?
+            let hit = Rc::new(Cell::new(false));
+            t.write(&data[..BIG]);
+            {
+                let (h2, t2, d2, hit2) = (h.clone(), t.clone(), data.clone(), hit.clone());
+                h.call_later(Duration::ZERO, move || {
+                    for c in d2[BIG..].chunks(SMALL) {
+                        t2.write(c);
+                    }
+                    // Runs right after the TLS transport's pump (queued first).
+                    h2.call_soon(move || {
+                        hit2.set(
+                            raw.get_write_buffer_size() > raw_high && t2.get_write_buffer_size() > 0,
+                        );
+                    });
+                });
+            }
+            let deadline = h.now() + Duration::from_secs(5);
+            while srv.borrow().data.len() < total && h.now() < deadline {
+                sleep(&h, Duration::from_millis(1)).await;
+            }
+            assert_eq!(
+                srv.borrow().data.len(),
+                total,
+                "the peer got every byte (stalled with {} B in the TLS backlog, {} B in the raw buffer)",
+                t.get_write_buffer_size(),
+                t.raw_transport().get_write_buffer_size()
+            );
+            assert!(srv.borrow().data == data, "every byte, in order");
+            assert_eq!(t.get_write_buffer_size(), 0, "the backlog drained");
+            t.close();
+            until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
+            server.close();
+            hit.get()
+        });
+        let hit = hit.unwrap();
+        if is_sim {
+            sim_runs.set(sim_runs.get() + 1);
+            over_mark.set(over_mark.get() + u32::from(hit));
+        }
+    });
+    eprintln!(
+        "  the pump left the raw transport over its mark with backlog on {} of {} sim seeds",
+        over_mark.get(),
+        sim_runs.get()
+    );
+    if sim_runs.get() >= 64 {
+        assert!(
+            over_mark.get() * 4 >= sim_runs.get(),
+            "the sweep no longer forces the stall's precondition"
+        );
+    }
+}
+
+/// Waits up to `limit` of loop time for `cond`, without failing: the caller
+/// asserts afterwards, with the state in the message.
+async fn wait_for(h: &Handle, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = h.now() + limit;
+    while !cond() && h.now() < deadline {
+        sleep(h, Duration::from_millis(1)).await;
+    }
+}
+
+/// Issue 7 item 4: `close()` after the raw connection is gone, while the
+/// application paused reading, ends the connection at once: the held
+/// plaintext is dropped (close means "receive nothing more") and
+/// `connection_lost` comes with what ended the connection (here: EOF
+/// without close_notify, so truncation), without waiting for a
+/// `resume_reading` that may never come.
+#[test]
+fn close_after_raw_lost_while_paused_delivers_connection_lost() {
+    drivers("close_after_raw_lost_while_paused", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let server = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                .await
+                .unwrap();
+            t.pause_reading();
+            until(&h, LIMIT, "peer handshake", || !pst.borrow().handshaking()).await;
+            pst.borrow_mut().write(b"held while paused");
+            let peer_raw = pst.borrow().transport.clone().unwrap();
+            peer_raw.close(); // FIN, no close_notify
+            until(&h, LIMIT, "our raw connection is gone", || {
+                t.raw_transport().is_released()
+            })
+            .await;
+            assert_eq!(cli.borrow().lost, 0, "paused: nothing delivered yet");
+            assert!(t.ledger().held > 0, "the plaintext is held");
+            t.close();
+            wait_for(&h, Duration::from_secs(2), || cli.borrow().lost == 1).await;
+            assert_eq!(
+                cli.borrow().lost,
+                1,
+                "connection_lost after close(), without resume_reading"
+            );
+            assert!(cli.borrow().data.is_empty(), "close drops held plaintext");
+            let e = cli.borrow_mut().error.take().expect("what ended it");
+            assert!(is(&e, |t| matches!(t, TlsError::Truncated)), "{e}");
+            let l = t.ledger();
+            assert!(l.balanced() && l.held == 0, "{l:?}");
+            t.resume_reading();
+            sleep(&h, Duration::from_millis(5)).await;
+            assert!(
+                cli.borrow().data.is_empty(),
+                "nothing after connection_lost"
+            );
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// Issue 7 item 4: after a TLS engine error the raw connection is closed
+/// so the alert can go out, but a peer that stopped reading cannot keep the
+/// socket open for ever: it is aborted once the shutdown timeout passed.
+#[test]
+fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
+    drivers("engine_error_bounded", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let timeout = Duration::from_secs(1);
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || {
+                        on_made(&s2, |t| {
+                            for c in pattern(7, 4 * 1024 * 1024).chunks(64 * 1024) {
+                                t.write(c);
+                            }
+                        })
+                        .into()
+                    },
+                    server_options().shutdown_timeout(timeout),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
+            raw.pause_reading(); // the peer stops reading for good
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            sleep(&h, Duration::from_millis(20)).await;
+            // A record that cannot decrypt: our engine fails.
+            raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
+            until(&h, LIMIT, "engine error", || srv.borrow().lost == 1).await;
+            let failed_at = h.now();
+            let e = srv.borrow_mut().error.take().expect("an error");
+            assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+            wait_for(&h, timeout + Duration::from_secs(4), || {
+                server.active_connections() == 0
+            })
+            .await;
+            assert_eq!(
+                server.active_connections(),
+                0,
+                "the raw socket is released within the shutdown timeout"
+            );
+            // `failed_at` is read up to one poll (1 ms) after the failure.
+            let waited = h.now() - failed_at + Duration::from_millis(2);
+            assert!(
+                waited >= timeout,
+                "the close was given the shutdown timeout to flush the alert (released after {waited:?})"
+            );
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// Issue 7 item 4: the peer sends close_notify, then FIN (a TLS half-close)
+/// while our backlog still holds application data and our application has
+/// paused reading. The data must not vanish behind a clean
+/// `connection_lost(None)`: the peer still reads, so it receives every byte,
+/// then our close_notify, and only then do we report a clean close.
+#[test]
+fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
+    drivers("close_notify_then_fin_with_backlog", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let data = pattern(8, 4 * 1024 * 1024);
+            let srv = shared();
+            let (s2, d2) = (srv.clone(), data.clone());
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || {
+                        let d2 = d2.clone();
+                        on_made(&s2, move |t| {
+                            for c in d2.chunks(64 * 1024) {
+                                t.write(c);
+                            }
+                            t.pause_reading();
+                        })
+                        .into()
+                    },
+                    server_options(),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "first data", || {
+                !pst.borrow().plaintext.is_empty()
+            })
+            .await;
+            let st = srv.borrow().transport.clone().unwrap();
+            assert!(st.get_write_buffer_size() > 0, "our backlog holds data");
+            pst.borrow_mut().close_notify();
+            raw.write_eof().unwrap(); // FIN: the peer keeps reading
+            wait_for(&h, Duration::from_secs(5), || {
+                pst.borrow().plaintext.len() == data.len() || srv.borrow().lost == 1
+            })
+            .await;
+            st.resume_reading(); // eof_received, then our close()
+            until(&h, LIMIT, "server lost", || srv.borrow().lost == 1).await;
+            let got = pst.borrow().plaintext.len();
+            let error = srv.borrow_mut().error.take();
+            assert!(
+                error.is_some() || got == data.len(),
+                "connection_lost(None) although the peer got only {got} of {} bytes",
+                data.len()
+            );
+            assert!(error.is_none(), "the peer still reads: {error:?}");
+            assert!(pst.borrow().plaintext == data, "every byte, in order");
+            until(&h, LIMIT, "our close_notify", || pst.borrow().close_notify).await;
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// A protocol that keeps the TLS transport open after the peer's
+/// close_notify (eof_received returns true) and records everything.
+struct KeepOpen(Shared);
+
+impl BaseProtocol for KeepOpen {
+    fn connection_made(&mut self, t: Transport) {
+        self.0.borrow_mut().made += 1;
+        self.0.borrow_mut().transport = Some(t);
+    }
+    fn connection_lost(&mut self, e: Option<io::Error>) {
+        self.0.borrow_mut().lost += 1;
+        self.0.borrow_mut().error = e;
+    }
+    fn eof_received(&mut self) -> bool {
+        self.0.borrow_mut().eof += 1;
+        true
+    }
+}
+
+impl Protocol for KeepOpen {
+    fn data_received(&mut self, d: &[u8]) {
+        self.0.borrow_mut().data.extend_from_slice(d);
+    }
+}
+
+/// Issue 7 item 4: application data we could not send ends in an error,
+/// never in a clean `connection_lost(None)` — even when the peer's
+/// close_notify came first. Here the raw transport is closed under the TLS
+/// transport while its backlog is full.
+#[test]
+fn unsent_backlog_at_raw_loss_is_an_error() {
+    drivers("unsent_backlog_is_an_error", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let srv = shared();
+            let s2 = srv.clone();
+            let small = proactor::ServerOptions {
+                socket: proactor::ConnectOptions {
+                    send_buffer: Some(64 * 1024),
+                    ..proactor::ConnectOptions::default()
+                },
+                ..proactor::ServerOptions::default()
+            };
+            let server = h
+                .create_tls_server_with(
+                    localhost(),
+                    move || KeepOpen(s2.clone()).into(),
+                    server_options(),
+                    small,
+                )
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            let peer_raw = h
+                .create_connection_with(
+                    server.local_addr(),
+                    peer.into(),
+                    proactor::ConnectOptions {
+                        recv_buffer: Some(64 * 1024),
+                        ..proactor::ConnectOptions::default()
+                    },
+                )
+                .await
+                .unwrap();
+            until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
+            until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            peer_raw.pause_reading();
+            pst.borrow_mut().close_notify();
+            until(&h, LIMIT, "close_notify is eof", || srv.borrow().eof == 1).await;
+            let t = srv.borrow().transport.clone().unwrap();
+            let data = pattern(9, 2 * 1024 * 1024);
+            t.write(&data);
+            sleep(&h, Duration::from_millis(20)).await;
+            assert!(t.get_write_buffer_size() > 0, "backlog held back");
+            t.raw_transport().close();
+            peer_raw.resume_reading();
+            until(&h, LIMIT, "lost", || srv.borrow().lost == 1).await;
+            let got = pst.borrow().plaintext.len();
+            assert!(
+                got < data.len(),
+                "the peer got {got}: nothing was left unsent"
+            );
+            let e = srv.borrow_mut().error.take();
+            let e = e.unwrap_or_else(|| {
+                panic!(
+                    "connection_lost(None) with {} of {} bytes unsent",
+                    data.len() - got,
+                    data.len()
+                )
+            });
+            assert!(is(&e, |t| matches!(t, TlsError::Unsent { .. })), "{e}");
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+            server.close();
+        })
+        .unwrap();
+    });
+}
+
+/// gh-118950: a TLS transport whose raw transport is closing is closing too.
+#[test]
+fn is_closing_follows_the_raw_transport() {
+    for abort in [false, true] {
+        drivers("is_closing_follows_raw", None, |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let server = h
+                    .create_tls_server(localhost(), || Sink::echo(&shared()), server_options())
+                    .unwrap();
+                let cli = shared();
+                let t = h
+                    .create_tls_connection(server.local_addr(), Sink::new(&cli), client_options())
+                    .await
+                    .unwrap();
+                assert!(!t.is_closing());
+                let raw = t.raw_transport();
+                if abort {
+                    raw.abort();
+                } else {
+                    raw.close();
+                }
+                assert!(raw.is_closing());
+                assert!(t.is_closing(), "the raw transport is closing");
+                assert!(!t.is_reading());
+                until(&h, LIMIT, "lost", || cli.borrow().lost == 1).await;
+                assert!(t.is_closing());
+                server.close();
+            })
+            .unwrap();
+        });
+    }
+}
+
+/// Issue 7 item 7: "infinite" TLS timeouts (`Duration::MAX` handshake and
+/// shutdown timeouts) never panic, on any path that arms a TLS timer:
+/// handshakes (create_tls_connection, create_tls_server, start_tls), close()
+/// waiting for a close_notify that never comes, and the bounded raw close
+/// after an engine error. None of them fires.
+#[test]
+fn infinite_tls_timeouts_never_panic() {
+    drivers("infinite_tls_timeouts", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let forever = |o: TlsOptions| {
+                o.handshake_timeout(Duration::MAX)
+                    .shutdown_timeout(Duration::MAX)
+            };
+            // Handshakes on both sides, data, and a clean close.
+            let server = h
+                .create_tls_server(
+                    localhost(),
+                    || Sink::echo(&shared()),
+                    forever(server_options()),
+                )
+                .unwrap();
+            let cli = shared();
+            let t = h
+                .create_tls_connection(
+                    server.local_addr(),
+                    Sink::new(&cli),
+                    forever(client_options()),
+                )
+                .await
+                .unwrap();
+            t.write(b"ping");
+            until(&h, LIMIT, "echo", || cli.borrow().data == b"ping").await;
+            t.close();
+            until(&h, LIMIT, "closed", || cli.borrow().lost == 1).await;
+            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+
+            // start_tls with infinite timeouts.
+            let raw = h
+                .create_connection(server.local_addr(), Sink::new(&shared()))
+                .await
+                .unwrap();
+            let cli2 = shared();
+            let t2 = h
+                .start_tls(&raw, Sink::new(&cli2), forever(client_options()))
+                .await
+                .unwrap();
+            t2.write(b"pong");
+            until(&h, LIMIT, "echo 2", || cli2.borrow().data == b"pong").await;
+
+            // close() to a peer that never answers close_notify: the
+            // shutdown timer is armed "for ever" and does not fire.
+            let (peer, pst) = ManualPeer::server();
+            let slot = Rc::new(RefCell::new(Some(peer)));
+            let mute = h
+                .create_server(localhost(), move || slot.borrow_mut().take().unwrap())
+                .unwrap();
+            let cli3 = shared();
+            let t3 = h
+                .create_tls_connection(
+                    mute.local_addr(),
+                    Sink::new(&cli3),
+                    forever(client_options()),
+                )
+                .await
+                .unwrap();
+            t3.close();
+            until(&h, LIMIT, "our close_notify", || pst.borrow().close_notify).await;
+            sleep(&h, Duration::from_millis(50)).await;
+            assert_eq!(
+                cli3.borrow().lost,
+                0,
+                "the infinite shutdown timer did not fire"
+            );
+            t3.abort();
+            until(&h, LIMIT, "aborted", || cli3.borrow().lost == 1).await;
+
+            // An engine error: the raw close is bounded by an infinite timer.
+            let untrusted =
+                TlsOptions::client(tls::client_config_webpki().unwrap(), "localhost").unwrap();
+            let e = h
+                .create_tls_connection(
+                    server.local_addr(),
+                    Sink::new(&shared()),
+                    forever(untrusted),
+                )
+                .await
+                .unwrap_err();
+            assert!(is(&e, |t| matches!(t, TlsError::Engine(_))), "{e}");
+            until(&h, LIMIT, "server connections released", || {
+                server.active_connections() == 1 // t2 is still open
+            })
+            .await;
+            t2.close();
+            until(&h, LIMIT, "closed 2", || cli2.borrow().lost == 1).await;
+            server.close();
+            mute.close();
+        })
+        .unwrap();
+    });
+}

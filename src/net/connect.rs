@@ -93,7 +93,8 @@ impl Handle {
 
     /// Opens a socket and submits the connect at once; the returned future
     /// yields the connected socket. On error, or if the future is dropped
-    /// first (the connect is then cancelled), the socket is closed.
+    /// first (the connect is then cancelled), or if nobody claims the
+    /// connected socket, the socket is closed.
     pub(crate) fn connect_socket(
         &self,
         addr: Address,
@@ -113,16 +114,18 @@ impl Handle {
             },
             Box::new(move |c| {
                 let result = match c.result {
-                    Ok(_) => Ok(socket),
+                    Ok(_) => Ok(ConnectedSocket {
+                        socket: Some(socket),
+                        lp: h.downgrade(),
+                    }),
                     Err(e) => {
                         h.with_driver(|d| d.close(socket));
                         Err(io::Error::new(e.kind(), format!("connect to {addr}: {e}")))
                     }
                 };
-                if let Err(Ok(socket)) = tx.send(result) {
-                    // Nobody waits any more: do not leak the socket.
-                    h.with_driver(|d| d.close(socket));
-                }
+                // If nobody waits any more, the socket comes back and is
+                // dropped here, which closes it.
+                let _ = tx.send(result);
             }),
         );
         Ok(Connecting {
@@ -137,7 +140,7 @@ impl Handle {
 /// A connect in flight. Dropping it before it resolves cancels the connect
 /// (the completion handler then closes the socket).
 pub(crate) struct Connecting {
-    rx: oneshot::Receiver<io::Result<SocketId>>,
+    rx: oneshot::Receiver<io::Result<ConnectedSocket>>,
     key: OpKey,
     lp: WeakHandle,
     finished: bool,
@@ -149,10 +152,10 @@ impl Future for Connecting {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
         self.finished = true;
-        Poll::Ready(
-            result
-                .unwrap_or_else(|oneshot::Canceled| Err(io::Error::other(crate::RunError::Closed))),
-        )
+        Poll::Ready(match result {
+            Ok(connected) => connected.map(ConnectedSocket::claim),
+            Err(oneshot::Canceled) => Err(io::Error::other(crate::RunError::Closed)),
+        })
     }
 }
 
@@ -162,6 +165,32 @@ impl Drop for Connecting {
             if let Some(h) = self.lp.upgrade() {
                 h.cancel(self.key);
             }
+        }
+    }
+}
+
+/// A connected socket on its way to its owner. Dropped unclaimed — the
+/// connect future was dropped after the connect completed, before it was
+/// polled again — it closes the socket, so no descriptor leaks.
+#[derive(Debug)]
+pub(crate) struct ConnectedSocket {
+    socket: Option<SocketId>,
+    lp: WeakHandle,
+}
+
+impl ConnectedSocket {
+    /// Takes the socket: its owner closes it from now on.
+    pub(crate) fn claim(mut self) -> SocketId {
+        self.socket
+            .take()
+            .expect("a ConnectedSocket is claimed once")
+    }
+}
+
+impl Drop for ConnectedSocket {
+    fn drop(&mut self) {
+        if let (Some(socket), Some(h)) = (self.socket.take(), self.lp.upgrade()) {
+            h.with_driver(|d| d.close(socket));
         }
     }
 }

@@ -38,7 +38,8 @@ use crate::address::Address;
 use crate::event_loop::{Handle, TimerHandle, WeakHandle};
 use crate::protocol::{AnyProtocol, BaseProtocol, Protocol};
 use crate::transport::{
-    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteFlow,
+    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteEdges,
+    WriteFlow,
 };
 
 pub(crate) type Receiver = oneshot::Receiver<io::Result<()>>;
@@ -435,6 +436,12 @@ impl TlsConn {
     /// Gives backlog plaintext to the engine while the raw transport has room
     /// (T5) — or all of it once closing (gh-115514) — then, once closing and
     /// drained, sends `close_notify`.
+    ///
+    /// It stops when the raw transport is over its high mark: told
+    /// `pause_writing`, or above the mark with that edge not delivered yet.
+    /// Either way the raw transport owes the matching `resume_writing` (it
+    /// delivers every edge, even a pause and resume within one turn), which
+    /// runs this again; nothing else has to restart it.
     fn pump(&self) {
         let Some(raw) = self.raw() else { return };
         let mut guard = self.st.borrow_mut();
@@ -445,6 +452,11 @@ impl TlsConn {
         let (_, raw_high) = raw.get_write_buffer_limits();
         let mut failure = None;
         while !st.backlog.is_empty() {
+            if raw.is_closing() {
+                // It would drop what we write: keep it counted in the backlog,
+                // so that it ends in an error, not in silence.
+                break;
+            }
             if !st.closing && (st.raw_write_paused || raw.get_write_buffer_size() > raw_high) {
                 break;
             }
@@ -516,7 +528,7 @@ impl TlsConn {
         st.pending_loss = None;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         let waiter = st.waiter.take();
         drop(st);
@@ -528,6 +540,7 @@ impl TlsConn {
                 raw.abort();
             } else {
                 raw.close();
+                self.bound_raw_close(raw);
             }
         }
         if was == Phase::Handshaking {
@@ -548,15 +561,58 @@ impl TlsConn {
         self.schedule();
     }
 
-    /// The raw transport's EOF (its protocol returns `false`: it closes).
-    fn on_raw_eof(&self) {
-        let phase = self.st.borrow().phase;
-        if phase == Phase::Handshaking {
-            let e = io::Error::new(io::ErrorKind::ConnectionReset, TlsError::Truncated);
-            self.fail(e, false);
+    /// The raw transport's EOF. Returns whether the raw transport keeps its
+    /// write side open (else it closes itself, flushing what it holds).
+    fn on_raw_eof(&self) -> bool {
+        let (phase, peer_closed) = {
+            let st = self.st.borrow();
+            (st.phase, st.peer_closed)
+        };
+        match phase {
+            Phase::Handshaking => {
+                let e = io::Error::new(io::ErrorKind::ConnectionReset, TlsError::Truncated);
+                self.fail(e, false);
+                false
+            }
+            // The peer's close_notify came first: a clean TLS EOF, already
+            // on its way to the application. The peer may only have
+            // half-closed, so our backlog and our close_notify still go out;
+            // the application's close() (or its eof_received returning
+            // false) ends the connection, bounded by the shutdown timeout.
+            Phase::Wrapped if peer_closed => true,
+            Phase::Wrapped => {
+                // Truncation: the raw transport closes itself and
+                // `on_raw_lost` reports it; a peer that stopped reading must
+                // not hold that close open for ever.
+                if let Some(raw) = self.raw() {
+                    self.bound_raw_close(raw);
+                }
+                false
+            }
+            // Shutting down: the raw transport closes itself, under the
+            // shutdown timer armed by close().
+            Phase::ShuttingDown | Phase::Done => false,
         }
-        // Otherwise `on_raw_lost` follows once the raw transport closed, and
-        // decides between a clean end and truncation.
+    }
+
+    /// Aborts `raw` if its graceful close has not released the socket
+    /// within the shutdown timeout: a peer that stopped reading would
+    /// otherwise keep it open for ever. The timer goes away with the socket.
+    fn bound_raw_close(&self, raw: &Transport) {
+        let Some(h) = self.lp.upgrade() else { return };
+        let target = raw.clone();
+        let timer = h.call_later(self.shutdown_timeout, move || {
+            if !target.is_released() {
+                tracing::debug!(
+                    peer = ?target.peer_addr(),
+                    "raw close did not finish within the TLS shutdown timeout: aborting"
+                );
+                target.abort();
+            }
+        });
+        raw.on_release(Box::new(move || {
+            timer.cancel();
+        }));
     }
 
     /// The raw transport is gone.
@@ -578,9 +634,10 @@ impl TlsConn {
             return;
         }
         st.phase = Phase::Done;
+        let unsent = st.backlog_size;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         for t in timers.into_iter().flatten() {
             t.cancel();
@@ -591,9 +648,18 @@ impl TlsConn {
                 self.delivery.borrow_mut().lose(Some(e));
             }
             None => {
-                // Plaintext received before the end is delivered first.
-                let clean = st.closing || st.peer_closed;
-                st.pending_loss = Some((!clean).then(|| TlsError::Truncated.into_io()));
+                // Plaintext received before the end is delivered first. The
+                // end is clean only if TLS closed cleanly (our close or the
+                // peer's close_notify) and everything written went out.
+                let outcome = if !(st.closing || st.peer_closed) {
+                    Some(TlsError::Truncated.into_io())
+                } else if unsent > 0 {
+                    tracing::debug!(unsent, "TLS connection ended with unsent data");
+                    Some(TlsError::Unsent { bytes: unsent }.into_io())
+                } else {
+                    None
+                };
+                st.pending_loss = Some(outcome);
             }
         }
         self.schedule();
@@ -642,8 +708,8 @@ impl DeliveryHost for TlsConn {
     fn delivery(&self) -> RefMut<'_, Delivery> {
         self.delivery.borrow_mut()
     }
-    fn write_paused(&self) -> bool {
-        self.st.borrow().flow.paused
+    fn write_edges(&self) -> WriteEdges {
+        self.st.borrow().flow.edges()
     }
     fn handle(&self) -> Transport {
         self.transport()
@@ -712,8 +778,7 @@ impl TransportImpl for TlsConn {
     }
 
     fn is_reading(&self) -> bool {
-        let st = self.st.borrow();
-        !self.delivery.borrow().read_paused && !st.closing && st.phase != Phase::Done
+        !self.delivery.borrow().read_paused && !TransportImpl::is_closing(self)
     }
 
     fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> io::Result<()> {
@@ -736,7 +801,7 @@ impl TransportImpl for TlsConn {
 
     fn close(&self) {
         let mut st = self.st.borrow_mut();
-        if st.closing || st.phase == Phase::Done {
+        if st.closing {
             return;
         }
         st.closing = true;
@@ -744,6 +809,13 @@ impl TransportImpl for TlsConn {
         drop(st);
         // Receive nothing more (like a plain transport's close).
         self.delivery.borrow_mut().close_reading();
+        if phase == Phase::Done {
+            // The connection already ended (raw transport gone, or failed):
+            // `connection_lost` only waited for held plaintext, now dropped,
+            // not for a `resume_reading` that may never come.
+            self.schedule();
+            return;
+        }
         if phase == Phase::Handshaking {
             // bpo-29743: no close_notify mid-handshake, just abort.
             let e = io::Error::new(
@@ -781,7 +853,7 @@ impl TransportImpl for TlsConn {
         st.phase = Phase::Done;
         st.backlog.clear();
         st.backlog_size = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         drop(st);
         for t in timers.into_iter().flatten() {
@@ -794,9 +866,14 @@ impl TransportImpl for TlsConn {
         self.schedule();
     }
 
+    /// Also true once the raw transport is closing, whoever closed it
+    /// (gh-118950): nothing written from then on can reach the peer.
     fn is_closing(&self) -> bool {
         let st = self.st.borrow();
-        st.closing || st.phase == Phase::Done || self.delivery.borrow().is_lost()
+        st.closing
+            || st.phase == Phase::Done
+            || self.delivery.borrow().is_lost()
+            || self.raw().is_some_and(Transport::is_closing)
     }
 
     fn set_protocol(&self, protocol: AnyProtocol) {
@@ -857,8 +934,7 @@ impl BaseProtocol for TlsProtocol {
     }
 
     fn eof_received(&mut self) -> bool {
-        self.0.on_raw_eof();
-        false
+        self.0.on_raw_eof()
     }
 
     fn pause_writing(&mut self) {

@@ -21,10 +21,20 @@
 //! - `close` flushes the backlog even if the raw transport is paused for
 //!   writing (gh-115514), sends `close_notify`, waits for the peer's for at
 //!   most the shutdown timeout, then closes the raw transport; `abort` aborts
-//!   the raw transport at once; `write_eof` is not supported;
+//!   the raw transport at once; `write_eof` is not supported; `close` after
+//!   the connection already ended drops held plaintext and delivers
+//!   `connection_lost` at once;
 //! - an EOF without `close_notify` ends the connection with
 //!   [`TlsError::Truncated`] (after the plaintext received before it), never
-//!   as a silent EOF (T4).
+//!   as a silent EOF (T4);
+//! - the peer's `close_notify` followed by its FIN is a half-close: our write
+//!   side stays open, so the backlog and our `close_notify` still go out
+//!   when the application closes; application data that could not be sent
+//!   when the connection ended is [`TlsError::Unsent`], never a clean close;
+//! - after an engine error the raw transport is closed so the alert goes
+//!   out, and aborted if that close has not finished within the shutdown
+//!   timeout;
+//! - `is_closing` is also true once the raw transport is closing (gh-118950).
 //!
 //! The handshake starts synchronously, in `connection_made` of the raw
 //! protocol ([`Handle::create_tls_connection`], [`Handle::create_tls_server`])
@@ -92,6 +102,13 @@ pub enum TlsError {
     /// The TLS engine failed: bad certificate, alert from the peer, malformed
     /// or unexpected record (including plaintext injected after STARTTLS).
     Engine(rustls::Error),
+    /// The connection ended (cleanly as far as TLS goes) while this many
+    /// bytes the application wrote were still waiting to be sent: they were
+    /// never sent. Never reported as a clean close.
+    Unsent {
+        /// Application bytes written and never sent.
+        bytes: usize,
+    },
 }
 
 impl TlsError {
@@ -106,6 +123,7 @@ impl TlsError {
             TlsError::HandshakeTimeout | TlsError::ShutdownTimeout => io::ErrorKind::TimedOut,
             TlsError::Truncated => io::ErrorKind::UnexpectedEof,
             TlsError::Engine(_) => io::ErrorKind::InvalidData,
+            TlsError::Unsent { .. } => io::ErrorKind::BrokenPipe,
         };
         io::Error::new(kind, self)
     }
@@ -120,6 +138,10 @@ impl fmt::Display for TlsError {
                 f.write_str("TLS connection truncated: EOF without close_notify")
             }
             TlsError::Engine(e) => write!(f, "TLS error: {e}"),
+            TlsError::Unsent { bytes } => write!(
+                f,
+                "TLS connection ended with {bytes} bytes of application data not sent"
+            ),
         }
     }
 }
@@ -300,7 +322,9 @@ impl Handle {
     /// Connects to `addr` and runs `protocol` over TLS. Resolves with the TLS
     /// transport once the handshake completed; `protocol` is then told
     /// `connection_made` (after the caller holds the transport). On failure
-    /// `protocol` hears nothing.
+    /// `protocol` hears nothing and the socket is closed (after the alert,
+    /// if any, went out or the shutdown timeout passed); dropping the future
+    /// before it resolves closes it too.
     pub fn create_tls_connection(
         &self,
         addr: impl Into<Address>,
@@ -310,6 +334,8 @@ impl Handle {
         let addr = addr.into();
         let protocol = protocol.into();
         let h = self.clone();
+        // The engine exists before any socket does, so that an error in
+        // setting it up cannot leave a connected socket behind.
         let started = options.validate().and_then(|()| {
             if options.is_server() {
                 return Err(io::Error::new(
@@ -317,11 +343,17 @@ impl Handle {
                     "create_tls_connection needs client options",
                 ));
             }
-            self.connect_socket(addr, ConnectOptions::default())
+            let engine = TlsConn::new(self, options, protocol, false, true)?;
+            Ok((
+                engine,
+                self.connect_socket(addr, ConnectOptions::default())?,
+            ))
         });
         async move {
-            let socket = started?.await?;
-            let (tls, rx) = TlsConn::new(&h, options, protocol, false, true)?;
+            let ((tls, rx), connecting) = started?;
+            // Dropping this future closes the socket: before the connect
+            // completes it is cancelled; after, the Waiter's drop aborts.
+            let socket = connecting.await?;
             let raw = StreamTransport::start(&h, socket, tls.protocol());
             tls.set_raw(raw);
             Waiter::new(tls, rx).await

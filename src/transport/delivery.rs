@@ -13,6 +13,7 @@ use std::cell::RefMut;
 use std::collections::VecDeque;
 use std::io;
 
+use super::flow::{is_pause_edge, WriteEdges};
 use super::Transport;
 use crate::event_loop::{guarded, CallbackPanicked, ExceptionContext, ExceptionSource};
 use crate::protocol::AnyProtocol;
@@ -54,8 +55,10 @@ pub(crate) struct Delivery {
     replacement: Option<AnyProtocol>,
     /// `connection_made` not yet delivered.
     made_pending: bool,
-    /// Whether the current protocol was told `pause_writing` (W2 alternation).
-    told_write_paused: bool,
+    /// How many of the write side's edges ([`WriteEdges`]) the current
+    /// protocol was told; `None`: a protocol installed by `set_protocol` that
+    /// was told nothing yet, and starts from the current level (W2).
+    told_write: Option<WriteEdges>,
     held: VecDeque<Held>,
     /// `pause_reading()` is in effect (R2, R3).
     pub(crate) read_paused: bool,
@@ -87,7 +90,7 @@ impl Delivery {
             protocol: Some(protocol),
             replacement: None,
             made_pending: true,
-            told_write_paused: false,
+            told_write: Some(0),
             held: VecDeque::new(),
             read_paused: false,
             reading_closed: false,
@@ -222,7 +225,8 @@ impl Delivery {
 
     /// Installs a new protocol, now or as soon as the running callback returns.
     /// The new protocol starts out told nothing about writing, so a paused
-    /// write side is announced to it with `pause_writing` first.
+    /// write side is announced to it with `pause_writing` first; edges the old
+    /// protocol was not told yet are not replayed to it.
     ///
     /// Returns the protocol it displaces, for the caller to drop once this
     /// state is no longer borrowed (its `Drop` may call transport methods).
@@ -231,7 +235,7 @@ impl Delivery {
         if self.finished {
             return Some(protocol);
         }
-        self.told_write_paused = false;
+        self.told_write = None;
         if self.busy {
             self.replacement.replace(protocol)
         } else {
@@ -239,7 +243,18 @@ impl Delivery {
         }
     }
 
-    fn next(&mut self, write_paused: bool) -> Option<Next> {
+    /// The next event for the protocol, given the write side's `edges`.
+    ///
+    /// W2, what a protocol sees: every edge the write side recorded, one
+    /// callback each, in order — pauses and resumes alternate, starting with
+    /// a pause. When the buffered size rises above the high mark and falls
+    /// back to the low one before the transport dispatches (a write, then an
+    /// earlier send completing, in one loop turn), the protocol is told
+    /// `pause_writing()` and then `resume_writing()`, back to back, ahead of
+    /// any held data, EOF or `connection_lost`; n such round trips give n
+    /// pairs. Edges are never merged or dropped, except that none is
+    /// delivered once `connection_lost` is due.
+    fn next(&mut self, edges: WriteEdges) -> Option<Next> {
         if self.finished || self.busy {
             return None;
         }
@@ -256,13 +271,19 @@ impl Delivery {
             self.made_pending = false;
             return Some(Next::Made);
         }
-        if self.lost.is_none() && write_paused != self.told_write_paused {
-            self.told_write_paused = write_paused;
-            return Some(if write_paused {
-                Next::PauseWriting
-            } else {
-                Next::ResumeWriting
-            });
+        if self.lost.is_none() {
+            // A protocol told nothing yet starts from the current level: the
+            // last resume (an even count), then the pause if one is in effect.
+            let told = *self.told_write.get_or_insert(edges & !1);
+            if told != edges {
+                let n = told.wrapping_add(1);
+                self.told_write = Some(n);
+                return Some(if is_pause_edge(n) {
+                    Next::PauseWriting
+                } else {
+                    Next::ResumeWriting
+                });
+            }
         }
         if !self.read_paused {
             match self.held.pop_front() {
@@ -287,8 +308,9 @@ impl Delivery {
 pub(crate) trait DeliveryHost {
     /// Borrows the delivery state (briefly: never across a callback).
     fn delivery(&self) -> RefMut<'_, Delivery>;
-    /// Whether the write side wants the protocol paused right now (W2).
-    fn write_paused(&self) -> bool;
+    /// The pause/resume edges the write side recorded so far (W2; see
+    /// [`WriteFlow`](super::WriteFlow)).
+    fn write_edges(&self) -> WriteEdges;
     /// The handle given to `connection_made`.
     fn handle(&self) -> Transport;
     /// `eof_received` returned false: close the transport.
@@ -309,10 +331,10 @@ pub(crate) trait DeliveryHost {
 /// [`CallbackPanicked`] error) and goes to the loop's exception handler.
 pub(crate) fn dispatch(host: &dyn DeliveryHost) {
     loop {
-        let write_paused = host.write_paused();
+        let write_edges = host.write_edges();
         let (next, mut protocol) = {
             let mut d = host.delivery();
-            let Some(next) = d.next(write_paused) else {
+            let Some(next) = d.next(write_edges) else {
                 return;
             };
             let Some(p) = d.protocol.take() else {

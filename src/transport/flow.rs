@@ -7,16 +7,35 @@ pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// Default low-water mark: a quarter of the high one.
 pub const DEFAULT_LOW_WATER: usize = DEFAULT_HIGH_WATER / 4;
 
-/// The water marks and whether the protocol should currently be paused.
+/// The water marks, and every pause/resume edge the buffered size made.
 ///
 /// Invariant: `low <= high`. Pause is wanted when the buffered size rises
 /// strictly above `high`; resume when it falls to `low` or below.
+///
+/// Flow control is recorded as *edges*, not as a level: the buffered size
+/// can rise above `high` and fall back to `low` between two dispatches of
+/// the transport (a write, then the completion of an earlier send, in one
+/// loop turn). A level would read "not paused" at both dispatches and the
+/// protocol would hear nothing, although the transport went over its mark
+/// — a producer that stops at the mark (the TLS write pump) then waits for
+/// a `resume_writing` that never comes. So every crossing is counted, and
+/// [`Delivery`](super::Delivery) tells the protocol each one, in order.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteFlow {
     pub(crate) high: usize,
     pub(crate) low: usize,
-    /// Whether the protocol should be paused (delivery tells it, in order).
-    pub(crate) paused: bool,
+    /// Edges so far. They alternate, starting with a pause, so an odd count
+    /// means "paused": edge `n` (1-based) is a pause when `n` is odd.
+    edges: WriteEdges,
+}
+
+/// How many pause/resume edges a write side has made since it was created
+/// (see [`WriteFlow`]): odd means paused.
+pub(crate) type WriteEdges = u64;
+
+/// Whether edge number `n` (1-based) is a pause (else a resume).
+pub(crate) fn is_pause_edge(n: WriteEdges) -> bool {
+    n % 2 == 1
 }
 
 impl WriteFlow {
@@ -24,16 +43,30 @@ impl WriteFlow {
         WriteFlow {
             high,
             low,
-            paused: false,
+            edges: 0,
         }
     }
 
-    /// Recomputes `paused` after the buffered size changed to `size`.
+    /// Whether the buffered size is over the mark and not yet back to low.
+    pub(crate) fn paused(&self) -> bool {
+        is_pause_edge(self.edges)
+    }
+
+    /// Edges recorded so far.
+    pub(crate) fn edges(&self) -> WriteEdges {
+        self.edges
+    }
+
+    /// Records the edge, if any, made by the buffered size changing to `size`.
+    /// Call it after every change of the size, so no crossing goes unseen.
     pub(crate) fn update(&mut self, size: usize) {
-        if !self.paused && size > self.high {
-            self.paused = true;
-        } else if self.paused && size <= self.low {
-            self.paused = false;
+        let crossed = if self.paused() {
+            size <= self.low
+        } else {
+            size > self.high
+        };
+        if crossed {
+            self.edges = self.edges.wrapping_add(1);
         }
     }
 
@@ -72,13 +105,30 @@ mod tests {
     fn w2_pause_above_high_resume_at_low() {
         let mut f = WriteFlow::new(100, 25);
         f.update(100);
-        assert!(!f.paused, "exactly high does not pause");
+        assert!(!f.paused(), "exactly high does not pause");
         f.update(101);
-        assert!(f.paused);
+        assert!(f.paused());
         f.update(26);
-        assert!(f.paused, "above low stays paused");
+        assert!(f.paused(), "above low stays paused");
         f.update(25);
-        assert!(!f.paused);
+        assert!(!f.paused());
+        assert_eq!(f.edges(), 2);
+    }
+
+    #[test]
+    fn w2_every_crossing_is_an_edge() {
+        let mut f = WriteFlow::new(100, 25);
+        // Up and down twice without anyone looking at the level in between.
+        for size in [101, 0, 200, 10] {
+            f.update(size);
+        }
+        assert_eq!(f.edges(), 4, "pause, resume, pause, resume");
+        assert!(!f.paused());
+        assert!(is_pause_edge(1) && !is_pause_edge(2) && is_pause_edge(3));
+        // Staying on one side of a mark records nothing.
+        f.update(20);
+        f.update(100);
+        assert_eq!(f.edges(), 4);
     }
 
     #[test]
@@ -93,6 +143,6 @@ mod tests {
             .is_err());
         f.set_limits(Some(4), Some(0), DEFAULT_HIGH_WATER, 5)
             .unwrap();
-        assert!(f.paused, "setting limits re-checks at once");
+        assert!(f.paused(), "setting limits re-checks at once");
     }
 }

@@ -4,6 +4,25 @@
 //! A [`Transport`] is a cheap clonable handle. Its methods only change state
 //! and queue work (an op to submit, an event to deliver); they never call the
 //! protocol themselves, so any of them may be called from any callback (L4).
+//!
+//! # Write flow control (W2)
+//! `pause_writing()` is due when the buffered size rises strictly above the
+//! high mark, `resume_writing()` when it falls to the low mark or below. Like
+//! every event they are delivered after the running callback returns, not
+//! inside `write()` as in asyncio, and every crossing is delivered: when the
+//! size goes above the high mark and back to the low one before the
+//! transport dispatches (a write, then the completion of an earlier send, in
+//! one loop turn), the protocol is told `pause_writing()` and then
+//! `resume_writing()`, back to back, in that order. Calls alternate, start
+//! with a pause, and stop once `connection_lost` is due; a protocol installed
+//! with `set_protocol` starts from the current state (told `pause_writing`
+//! first if writing is paused). So a producer may stop at the mark and rely
+//! on the matching `resume_writing`.
+//!
+//! asyncio's `while not self.paused: transport.write(chunk)` relies on
+//! `pause_writing()` running inside `write()`; port it with the exact size:
+//! `while t.get_write_buffer_size() <= high { t.write(chunk) }`, continued
+//! from `resume_writing()`.
 
 mod delivery;
 mod flow;
@@ -21,7 +40,7 @@ use crate::protocol::AnyProtocol;
 
 pub use delivery::Ledger;
 pub(crate) use delivery::{dispatch, Delivery, DeliveryHost};
-pub(crate) use flow::WriteFlow;
+pub(crate) use flow::{WriteEdges, WriteFlow};
 pub use flow::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 pub(crate) use stream::StreamTransport;
 
@@ -145,7 +164,13 @@ impl Transport {
         self.0.write_buffer_limits()
     }
 
-    /// Bytes written but not yet acknowledged by the kernel.
+    /// Bytes written but not yet sent on. Exact at every moment: `write()`
+    /// adds its length before it returns, each completed send (for TLS: each
+    /// step that hands plaintext to the engine) takes off what it moved,
+    /// `abort()` and loss make it 0. The water marks compare this very number.
+    /// For a plain transport it counts bytes not yet accepted by the kernel;
+    /// for TLS, plaintext not yet given to the engine (the ciphertext then
+    /// counts on the raw transport).
     pub fn get_write_buffer_size(&self) -> usize {
         self.0.write_buffer_size()
     }

@@ -26,7 +26,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 
 use super::delivery::{dispatch, Delivery, DeliveryHost, Ledger};
-use super::flow::{WriteFlow, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
+use super::flow::{WriteEdges, WriteFlow, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
 use super::{TlsInfo, Transport, TransportImpl};
 use crate::address::Address;
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
@@ -338,7 +338,7 @@ impl StreamTransport {
         st.pending.clear();
         st.front_sent = 0;
         st.buffered = 0;
-        st.flow.paused = false;
+        st.flow.update(0);
         let keys: Vec<OpKey> = [st.recv, st.send, st.shutdown]
             .into_iter()
             .flatten()
@@ -426,8 +426,8 @@ impl DeliveryHost for StreamTransport {
     fn delivery(&self) -> RefMut<'_, Delivery> {
         self.delivery.borrow_mut()
     }
-    fn write_paused(&self) -> bool {
-        self.st.borrow().flow.paused
+    fn write_edges(&self) -> WriteEdges {
+        self.st.borrow().flow.edges()
     }
     fn handle(&self) -> Transport {
         Transport(self.rc())

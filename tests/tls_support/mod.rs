@@ -42,7 +42,44 @@ fn build(kind: DriverKind, seed: u64) -> Result<EventLoop, String> {
 /// cannot run here is skipped with the reason printed. `sim_skip` names why
 /// a test cannot run on sim (external processes), if it cannot.
 pub fn drivers(test: &str, sim_skip: Option<&str>, scenario: impl Fn(&EventLoop)) {
+    drivers_with_seeds(test, sim_skip, sim_seeds(), scenario)
+}
+
+/// [`drivers`] with a sim sweep of `default` seeds (0..default) instead of
+/// the contract's few: for tests that force a race the simulator explores.
+/// PROACTOR_SIM_SEED replays one seed; PROACTOR_SIM_SEEDS resizes the sweep.
+pub fn drivers_sweep(test: &str, default: u64, scenario: impl Fn(&EventLoop)) {
+    let seeds = match std::env::var("PROACTOR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(s) => vec![s],
+        None => {
+            let n = std::env::var("PROACTOR_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default);
+            (0..n).collect()
+        }
+    };
+    drivers_with_seeds(test, None, seeds, scenario)
+}
+
+fn drivers_with_seeds(
+    test: &str,
+    sim_skip: Option<&str>,
+    sim_seeds: Vec<u64>,
+    scenario: impl Fn(&EventLoop),
+) {
+    let wanted = |k: DriverKind| {
+        std::env::var("PROACTOR_TEST_DRIVERS")
+            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
+            .unwrap_or(true)
+    };
     for kind in [DriverKind::Uring, DriverKind::Poll, DriverKind::Sim] {
+        if !wanted(kind) {
+            continue;
+        }
         if kind == DriverKind::Sim {
             if let Some(why) = sim_skip {
                 eprintln!("{test}: skipping sim: {why}");
@@ -50,7 +87,7 @@ pub fn drivers(test: &str, sim_skip: Option<&str>, scenario: impl Fn(&EventLoop)
             }
         }
         let seeds: Vec<u64> = if kind == DriverKind::Sim {
-            sim_seeds()
+            sim_seeds.clone()
         } else {
             vec![0]
         };
