@@ -1638,3 +1638,99 @@ fn infinite_tls_timeouts_never_panic() {
         .unwrap();
     });
 }
+
+/// T3 + R5: a `BufferedProtocol` line server with 1-byte buffers calls
+/// `start_tls` inside `buffer_updated` on the `\n` of `STARTTLS`, with no
+/// `unconsumed`: the ClientHello that came in the same read must reach the
+/// TLS engine (before R5 it went to the old protocol and the handshake hung
+/// until its timeout).
+#[test]
+fn buffered_starttls_with_client_hello_in_the_same_read() {
+    struct Line {
+        h: Handle,
+        t: Option<Transport>,
+        line: Vec<u8>,
+        buf: [u8; 1],
+        up: UpgradeRef,
+        upgraded: bool,
+    }
+    impl BaseProtocol for Line {
+        fn connection_made(&mut self, t: Transport) {
+            self.t = Some(t);
+        }
+    }
+    impl BufferedProtocol for Line {
+        fn get_buffer(&mut self, _hint: usize) -> &mut [u8] {
+            &mut self.buf
+        }
+        fn buffer_updated(&mut self, n: usize) {
+            assert_eq!(n, 1);
+            assert!(!self.upgraded, "old protocol fed after start_tls");
+            self.line.push(self.buf[0]);
+            if self.buf[0] != b'\n' {
+                return;
+            }
+            let line = std::mem::take(&mut self.line);
+            let t = self.t.clone().unwrap();
+            if line.trim_ascii() != b"STARTTLS" {
+                self.up.borrow_mut().plain_lines.push(line.clone());
+                t.write(&line);
+                return;
+            }
+            t.write(b"READY\r\n");
+            self.upgraded = true;
+            let secured = self.up.borrow().secured.clone();
+            let opts = server_options().handshake_timeout(Duration::from_secs(3));
+            let fut = self.h.start_tls(&t, Sink::echo(&secured), opts);
+            let up = self.up.clone();
+            self.h.spawn(async move {
+                let r = fut.await;
+                if let Ok(tls) = &r {
+                    secured.borrow_mut().transport = Some(tls.clone());
+                }
+                up.borrow_mut().result = Some(r);
+            });
+        }
+    }
+    drivers("buffered_starttls_client_hello_same_read", None, |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let up: UpgradeRef = Rc::default();
+            let (hh, u2) = (h.clone(), up.clone());
+            let server = h
+                .create_server(localhost(), move || {
+                    AnyProtocol::buffered(Line {
+                        h: hh.clone(),
+                        t: None,
+                        line: Vec::new(),
+                        buf: [0],
+                        up: u2.clone(),
+                        upgraded: false,
+                    })
+                })
+                .unwrap();
+            let (peer, pst) = ManualPeer::client();
+            pst.borrow_mut().hold_hello = true;
+            pst.borrow_mut().skip_plain = b"hello\nREADY\r\n".len();
+            let raw = h
+                .create_connection(server.local_addr(), peer)
+                .await
+                .unwrap();
+            let mut first = b"hello\nSTARTTLS\r\n".to_vec();
+            first.extend(pst.borrow_mut().take_output()); // ClientHello
+            raw.write(&first);
+            until(&h, LIMIT, "upgrade result", || up.borrow().result.is_some()).await;
+            let r = up.borrow_mut().result.take().unwrap();
+            assert!(r.is_ok(), "handshake: {:?}", r.err());
+            assert_eq!(up.borrow().plain_lines, vec![b"hello\n".to_vec()]);
+            pst.borrow_mut().write(b"secret\n");
+            until(&h, LIMIT, "echo over TLS", || {
+                pst.borrow().plaintext == b"secret\n"
+            })
+            .await;
+            raw.close();
+            server.close();
+        })
+        .unwrap();
+    });
+}

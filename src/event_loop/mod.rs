@@ -404,9 +404,14 @@ impl Handle {
     /// [`FAR_FUTURE`] from now: the timer stays pending and cancellable.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
         let now = self.now();
-        let when = now
-            .checked_add(delay.min(FAR_FUTURE))
-            .unwrap_or(now + Duration::from_secs(1));
+        let mut delay = delay.min(FAR_FUTURE);
+        let when = loop {
+            match now.checked_add(delay) {
+                Some(when) => break when,
+                // Cannot happen on Linux (FAR_FUTURE fits); stay far anyway.
+                None => delay /= 2,
+            }
+        };
         self.call_at(when, f)
     }
 
