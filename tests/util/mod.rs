@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use proactor::driver::sim::SimConfig;
 use proactor::{DriverKind, EventLoop, Handle};
 
 #[allow(unused_imports)]
@@ -60,6 +61,16 @@ fn seeds_from(var: &str, default: u64) -> Vec<u64> {
 /// A failing sim seed is reported with the command that replays it.
 /// PROACTOR_TEST_DRIVERS (e.g. `poll,sim`) narrows the set for debugging.
 pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
+    on_every_driver_with(test, SimConfig::with_seed, scenario)
+}
+
+/// [`on_every_driver`] with the sim settings of each seed chosen by the test
+/// (for example a reset model or fault probabilities it needs).
+pub fn on_every_driver_with(
+    test: &str,
+    sim_config: impl Fn(u64) -> SimConfig,
+    scenario: impl Fn(&EventLoop),
+) {
     let wanted = |k: DriverKind| {
         std::env::var("PROACTOR_TEST_DRIVERS")
             .map(|v| v.split(',').any(|s| s.trim() == k.name()))
@@ -86,7 +97,7 @@ pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
     for seed in seeds {
         let lp = EventLoop::builder()
             .driver(DriverKind::Sim)
-            .sim_seed(seed)
+            .sim_config(sim_config(seed))
             .build()
             .expect("build sim loop");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&lp)));
