@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::Shutdown as How;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,8 @@ const DROP_DEADLINE: Duration = Duration::from_secs(1);
 /// Kernel-visible side data of an op, kept at a stable heap address until its CQE.
 enum Side {
     None,
+    /// The peer address an accept writes.
+    Accept(Box<AcceptAddr>),
     /// The address a connect reads.
     Connect(Box<socket2::SockAddr>),
     /// The iovec array and message header a `sendmsg` reads. `msg` points into
@@ -70,9 +72,36 @@ impl fmt::Debug for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Side::None => f.write_str("None"),
+            Side::Accept(_) => f.write_str("Accept"),
             Side::Connect(a) => f.debug_tuple("Connect").field(a).finish(),
             Side::Send { iov, .. } => write!(f, "Send({} iovecs)", iov.len()),
         }
+    }
+}
+
+/// Where an accept writes the peer's address: taken from the completion
+/// itself, so a peer that reset right after the accept still has one
+/// (`getpeername` would fail with `ENOTCONN`).
+struct AcceptAddr {
+    storage: socket2::SockAddrStorage,
+    len: libc::socklen_t,
+}
+
+impl AcceptAddr {
+    fn new() -> Box<AcceptAddr> {
+        let storage = socket2::SockAddrStorage::zeroed();
+        let len = storage.size_of();
+        Box::new(AcceptAddr { storage, len })
+    }
+
+    /// The address the kernel wrote.
+    fn take(self) -> Address {
+        let len = self.len.min(self.storage.size_of());
+        // SAFETY: the kernel filled `storage` with an address of the accepted
+        // socket's family and set `len` to its length (clamped to the
+        // storage); the rest of the storage is zeroed.
+        let sa = unsafe { socket2::SockAddr::new(self.storage, len) };
+        Address::from_sockaddr(&sa)
     }
 }
 
@@ -396,7 +425,10 @@ impl UringDriver {
             cancel_result,
         } = slot;
         // The kernel is done with the side data now.
-        drop(side);
+        let peer = match side {
+            Side::Accept(addr) => Some(addr.take()),
+            _ => None,
+        };
         self.stats.completed += 1;
         let result = if cancel_requested && (res == -libc::ECANCELED || res == -libc::EINTR) {
             // Truly cancelled: nothing was transferred.
@@ -414,13 +446,12 @@ impl UringDriver {
             } else {
                 let n = res as usize;
                 match &mut op {
-                    Op::Accept { accepted, .. } => match Self::adopt(res) {
-                        Ok(a) => {
-                            *accepted = Some(a);
-                            Ok(0)
-                        }
-                        Err(e) => Err(e),
-                    },
+                    Op::Accept { accepted, .. } => {
+                        let id = SocketId(res);
+                        let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
+                        *accepted = Some((id, peer));
+                        Ok(0)
+                    }
                     Op::Recv { buf, .. } => {
                         debug_assert!(n <= offered);
                         // SAFETY: the kernel wrote `n` initialized bytes into the
@@ -450,39 +481,25 @@ impl UringDriver {
         }
     }
 
-    /// Takes ownership of an accepted fd and finds its peer.
-    fn adopt(fd: RawFd) -> io::Result<(SocketId, Address)> {
-        let id = match socket::adopt_accepted(fd, false) {
-            Ok(id) => id,
-            Err(e) => {
-                socket::close(SocketId(fd));
-                return Err(e);
-            }
-        };
-        match socket::peer_addr(id) {
-            Ok(addr) => Ok((id, addr)),
-            Err(e) => {
-                // The peer is already gone (ENOTCONN): report a transient
-                // accept error rather than a socket without a peer.
-                tracing::debug!("uring: accepted socket lost its peer: {e}");
-                socket::close(id);
-                Err(io::Error::from_raw_os_error(libc::ECONNABORTED))
-            }
-        }
-    }
-
     /// Builds the SQE for the op in `key`'s slot, or completes it at once.
     fn start(&mut self, key: OpKey) {
         let ud = Slots::<Slot>::encode(key);
         let slot = self.slots.get_mut(key).expect("slot just inserted");
         let entry = match &mut slot.op {
-            Op::Accept { listener, .. } => opcode::Accept::new(
-                types::Fd(listener.0),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-            .flags(libc::SOCK_CLOEXEC)
-            .build(),
+            Op::Accept { listener, .. } => {
+                let mut addr = AcceptAddr::new();
+                // The accepted socket is blocking (no SOCK_NONBLOCK), as the
+                // uring driver wants its sockets.
+                let e = opcode::Accept::new(
+                    types::Fd(listener.0),
+                    std::ptr::addr_of_mut!(addr.storage).cast::<libc::sockaddr>(),
+                    std::ptr::addr_of_mut!(addr.len),
+                )
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+                slot.side = Side::Accept(addr);
+                e
+            }
             Op::Connect { socket, addr } => match addr.to_sockaddr() {
                 Ok(sa) => {
                     let sa = Box::new(sa);
@@ -577,7 +594,8 @@ impl UringDriver {
         };
         let entry = entry.user_data(ud);
         // SAFETY: every pointer in `entry` refers to heap memory owned by the
-        // slot (the Vec's buffer, the Bytes, the boxed side data), which stays
+        // slot (the Vec's buffer, the Bytes, the boxed side data, including
+        // the accept's address storage the kernel writes), which stays
         // put until the slot is removed when the op's CQE arrives, or is leaked
         // by `drop`.
         unsafe { self.push(&entry) };
