@@ -46,7 +46,8 @@ const WAKER_UD: u64 = INTERNAL_BIT | 1;
 const TIMEOUT_UD: u64 = INTERNAL_BIT | 2;
 /// The CQE of a cancel aimed at the waker read (only on drop).
 const WAKER_CANCEL_UD: u64 = INTERNAL_BIT | 3;
-/// Op indices must stay below this so the marker bits never collide with a key.
+/// Op indices must stay below this so the marker bits never collide with a
+/// key; an op beyond it completes with `ENOBUFS` without reaching the kernel.
 const MAX_INDEX: u32 = 1 << 30;
 /// Most iovecs one send hands to the kernel (well under `IOV_MAX`).
 const MAX_IOV: usize = 64;
@@ -140,6 +141,19 @@ impl RemoteWaker for EventFd {
     }
 }
 
+/// Test hook: what the next `io_uring_enter` does.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Enter the kernel as usual.
+    Pass,
+    /// Fail with this errno without entering the kernel.
+    Fail(i32),
+    /// Let the kernel post the completions it has (run task work, flush an
+    /// overflow) without submitting or waiting, then fail with this errno.
+    FlushThenFail(i32),
+}
+
 /// The `uring` driver.
 pub struct UringDriver {
     ring: IoUring,
@@ -167,6 +181,14 @@ pub struct UringDriver {
     setup: &'static str,
     closing: bool,
     stats: DriverStats,
+    /// Highest op index + 1 (`MAX_INDEX`; lowered by tests).
+    max_index: u32,
+    /// Test hook consulted before every `io_uring_enter`.
+    #[cfg(test)]
+    fault: Option<Box<dyn FnMut() -> Fault>>,
+    /// Fallback `Timeout` ops submitted and not yet completed (tests read it).
+    #[cfg(test)]
+    fallback_timeouts: usize,
 }
 
 impl fmt::Debug for UringDriver {
@@ -203,7 +225,13 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
         ("plain", |b| b),
     ];
     let mut last = None;
-    for (name, setup) in attempts {
+    for (i, (name, setup)) in attempts.into_iter().enumerate() {
+        #[cfg(test)]
+        if i < tests::SKIP_SETUPS.get() {
+            continue;
+        }
+        #[cfg(not(test))]
+        let _ = i;
         let mut builder = IoUring::builder();
         match setup(&mut builder).build(entries) {
             Ok(ring) => return Ok((ring, name)),
@@ -276,10 +304,50 @@ impl UringDriver {
             setup,
             closing: false,
             stats: DriverStats::default(),
+            max_index: MAX_INDEX,
+            #[cfg(test)]
+            fault: None,
+            #[cfg(test)]
+            fallback_timeouts: 0,
         };
         driver.arm_waker();
         tracing::debug!(setup, ext_arg, shutdown_supported, "uring driver ready");
         Ok(driver)
+    }
+
+    /// The error the test hook injects into this `io_uring_enter`, if any.
+    #[cfg(test)]
+    fn injected(&mut self) -> Option<io::Error> {
+        let fault = self.fault.as_mut()?();
+        match fault {
+            Fault::Pass => None,
+            Fault::Fail(errno) => Some(io::Error::from_raw_os_error(errno)),
+            Fault::FlushThenFail(errno) => {
+                // SAFETY: submits nothing and passes no argument: the kernel
+                // only posts completions it already has.
+                let _ = unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        0,
+                        0,
+                        io_uring::EnterFlags::GETEVENTS.bits(),
+                        None,
+                    )
+                };
+                Some(io::Error::from_raw_os_error(errno))
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected(&mut self) -> Option<io::Error> {
+        None
+    }
+
+    /// Driver-internal ops in the kernel, besides the waker read (tests).
+    #[cfg(test)]
+    fn internal_in_flight(&self) -> usize {
+        0
     }
 
     /// Pushes an SQE; when the SQ is full, submits to the kernel and retries.
@@ -293,7 +361,11 @@ impl UringDriver {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            match self.ring.submit() {
+            let r = match self.injected() {
+                Some(e) => Err(e),
+                None => self.ring.submit(),
+            };
+            match r {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
                     // The CQ is backed up: reap into the backlog, then (if
@@ -304,7 +376,9 @@ impl UringDriver {
                     let reaped = backlog.len() > before;
                     self.backlog = backlog;
                     if !reaped {
-                        let _ = self.ring.submit_and_wait(1);
+                        if self.injected().is_none() {
+                            let _ = self.ring.submit_and_wait(1);
+                        }
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -339,7 +413,9 @@ impl UringDriver {
     /// One `io_uring_enter`: submit everything queued and wait for a CQE.
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.stats.waits += 1;
-        let res = if self.ext_arg {
+        let res = if let Some(e) = self.injected() {
+            Err(e)
+        } else if self.ext_arg {
             let submitter = self.ring.submitter();
             match timeout {
                 None => submitter.submit_with_args(1, &types::SubmitArgs::new()),
@@ -354,6 +430,10 @@ impl UringDriver {
                 let entry = opcode::Timeout::new(&*self.fallback_ts)
                     .build()
                     .user_data(TIMEOUT_UD);
+                #[cfg(test)]
+                {
+                    self.fallback_timeouts += 1;
+                }
                 // SAFETY: the kernel copies the timespec when it prepares the
                 // SQE during this very submit; the box outlives it anyway.
                 unsafe { self.push(&entry) };
@@ -391,7 +471,13 @@ impl UringDriver {
                         }
                         self.arm_waker();
                     }
-                    TIMEOUT_UD | WAKER_CANCEL_UD => {}
+                    TIMEOUT_UD => {
+                        #[cfg(test)]
+                        {
+                            self.fallback_timeouts -= 1;
+                        }
+                    }
+                    WAKER_CANCEL_UD => {}
                     other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
                 }
             } else if ud & CANCEL_BIT != 0 {
@@ -620,13 +706,19 @@ impl Driver for UringDriver {
             cancel_requested: false,
             cancel_result: None,
         });
-        assert!(key.index < MAX_INDEX, "too many io_uring ops in flight");
+        self.stats.submitted += 1;
+        if key.index >= self.max_index {
+            // Its key would collide with the marker bits of `user_data`:
+            // complete it with an error, without the kernel (O1).
+            tracing::warn!("uring: too many ops in flight ({})", self.slots.len());
+            self.complete_later(key, -libc::ENOBUFS);
+            return key;
+        }
         let i = key.index as usize;
         if self.live.len() <= i {
             self.live.resize(i + 1, None);
         }
         self.live[i] = Some(key);
-        self.stats.submitted += 1;
         self.start(key);
         key
     }
@@ -1426,5 +1518,92 @@ mod tests {
         d.close(server);
         d.close(client);
         assert_quiescent(&d);
+    }
+
+    // ----- robustness (issue 7 item 6) -----
+
+    thread_local! {
+        /// `build_ring` skips this many of its setups (to test each one).
+        pub(super) static SKIP_SETUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A driver on the `skip`-th setup `build_ring` would try (and the ones
+    /// after it, if the kernel refuses that one).
+    fn driver_on_setup(entries: u32, skip: usize) -> Option<UringDriver> {
+        SKIP_SETUPS.set(skip);
+        let d = driver_with(entries);
+        SKIP_SETUPS.set(0);
+        d
+    }
+
+    /// A driver with `entries` SQ entries, or `None` where io_uring is refused.
+    fn driver_with(entries: u32) -> Option<UringDriver> {
+        match UringDriver::new(entries) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("SKIPPED: io_uring unavailable on this machine: {e}");
+                None
+            }
+        }
+    }
+
+    /// Plays `script` to the next `io_uring_enter`s, then lets them through.
+    fn script(d: &mut UringDriver, script: Vec<Box<dyn FnMut() -> Fault>>) {
+        let mut steps = script.into_iter();
+        d.fault = Some(Box::new(move || match steps.next() {
+            Some(mut step) => step(),
+            None => Fault::Pass,
+        }));
+    }
+
+    /// Waits until every key in `keys` completed; returns their completions.
+    fn run_all(d: &mut UringDriver, keys: &[OpKey], limit: Duration) -> Vec<Completion> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while !keys
+            .iter()
+            .all(|k| out.iter().any(|c: &Completion| c.key == *k))
+        {
+            let missing: Vec<_> = keys
+                .iter()
+                .filter(|k| !out.iter().any(|c: &Completion| c.key == **k))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "O1: no completion after {limit:?} for {missing:?} (completions lost)"
+            );
+            let _ = d.wait(Some(Duration::from_millis(50)), &mut out);
+        }
+        assert_eq!(
+            out.len(),
+            keys.len(),
+            "stray or duplicate completions: {out:?}"
+        );
+        out
+    }
+
+    /// Cancels every key and waits for the completions, then checks O1.
+    fn cancel_all(d: &mut UringDriver, keys: &[OpKey]) {
+        for &k in keys {
+            d.cancel(k);
+        }
+        run_all(d, keys, Duration::from_secs(5));
+        assert_quiescent(d);
+    }
+
+    /// 6e. An op index beyond what `user_data` can carry completes with an
+    /// error (O1) instead of panicking.
+    #[test]
+    fn too_many_ops_in_flight_complete_with_an_error() {
+        let mut d = driver_or_skip!();
+        d.max_index = 2;
+        let (a, _pa) = pair();
+        let k1 = d.submit(recv_op(a, 16), 1);
+        let k2 = d.submit(recv_op(a, 16), 2);
+        let k3 = d.submit(recv_op(a, 16), 3);
+        let c = run(&mut d, k3);
+        assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
+        cancel_all(&mut d, &[k1, k2]);
+        d.close(a);
     }
 }
