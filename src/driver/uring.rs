@@ -186,8 +186,7 @@ pub struct UringDriver {
     /// Test hook consulted before every `io_uring_enter`.
     #[cfg(test)]
     fault: Option<Box<dyn FnMut() -> Fault>>,
-    /// Fallback `Timeout` ops submitted and not yet completed (tests read it).
-    #[cfg(test)]
+    /// Fallback `Timeout` ops in the kernel (kernels without EXT_ARG).
     fallback_timeouts: usize,
 }
 
@@ -200,6 +199,7 @@ impl fmt::Debug for UringDriver {
             .field("in_flight", &self.slots.len())
             .field("ready", &self.ready.len())
             .field("waker_armed", &self.waker_armed)
+            .field("fallback_timeouts", &self.fallback_timeouts)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -307,7 +307,6 @@ impl UringDriver {
             max_index: MAX_INDEX,
             #[cfg(test)]
             fault: None,
-            #[cfg(test)]
             fallback_timeouts: 0,
         };
         driver.arm_waker();
@@ -427,13 +426,14 @@ impl UringDriver {
         } else {
             if let Some(d) = timeout {
                 *self.fallback_ts = types::Timespec::from(d);
+                // count(1), as liburing does: the timeout also completes as
+                // soon as one other CQE is posted, so it ends with the wait
+                // instead of staying in the kernel as a timer until it expires.
                 let entry = opcode::Timeout::new(&*self.fallback_ts)
+                    .count(1)
                     .build()
                     .user_data(TIMEOUT_UD);
-                #[cfg(test)]
-                {
-                    self.fallback_timeouts += 1;
-                }
+                self.fallback_timeouts += 1;
                 // SAFETY: the kernel copies the timespec when it prepares the
                 // SQE during this very submit; the box outlives it anyway.
                 unsafe { self.push(&entry) };
@@ -471,12 +471,7 @@ impl UringDriver {
                         }
                         self.arm_waker();
                     }
-                    TIMEOUT_UD => {
-                        #[cfg(test)]
-                        {
-                            self.fallback_timeouts -= 1;
-                        }
-                    }
+                    TIMEOUT_UD => self.fallback_timeouts -= 1,
                     WAKER_CANCEL_UD => {}
                     other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
                 }
@@ -1605,5 +1600,26 @@ mod tests {
         assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
         cancel_all(&mut d, &[k1, k2]);
         d.close(a);
+    }
+
+    /// 6d. Kernels without EXT_ARG wait with a Timeout op: it must end with
+    /// the wait, not linger as one kernel timer per wait.
+    #[test]
+    fn fallback_timeouts_do_not_pile_up() {
+        let mut d = driver_or_skip!();
+        d.ext_arg = false;
+        let waker = d.remote_waker();
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            waker.wake();
+            d.wait(Some(Duration::from_secs(30)), &mut out).unwrap();
+        }
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(
+            d.fallback_timeouts <= 1,
+            "{} kernel timers still pending after 100 woken waits",
+            d.fallback_timeouts
+        );
     }
 }
