@@ -19,7 +19,7 @@
 //! bit 31 marks the CQE of a cancel request (the rest is the target's key),
 //! bit 30 marks the driver's own ops (waker read, fallback timeout).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::Shutdown as How;
@@ -46,6 +46,8 @@ const WAKER_UD: u64 = INTERNAL_BIT | 1;
 const TIMEOUT_UD: u64 = INTERNAL_BIT | 2;
 /// The CQE of a cancel aimed at the waker read (only on drop).
 const WAKER_CANCEL_UD: u64 = INTERNAL_BIT | 3;
+/// An `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0 (see `Driver::close`).
+const CLOSE_UD: u64 = INTERNAL_BIT | 4;
 /// Op indices must stay below this so the marker bits never collide with a
 /// key; an op beyond it completes with `ENOBUFS` without reaching the kernel.
 const MAX_INDEX: u32 = 1 << 30;
@@ -178,6 +180,12 @@ pub struct UringDriver {
     shutdown_supported: bool,
     /// `IORING_OP_SEND` is available (single-segment sends skip the msghdr).
     send_supported: bool,
+    /// `IORING_OP_CLOSE` is available (5.6+).
+    close_supported: bool,
+    /// Sockets with `SO_LINGER` > 0, whose close(2) would block the thread.
+    lingering: HashSet<i32>,
+    /// `IORING_OP_CLOSE`s in the kernel.
+    closes_in_flight: usize,
     setup: &'static str,
     closing: bool,
     stats: DriverStats,
@@ -200,6 +208,7 @@ impl fmt::Debug for UringDriver {
             .field("ready", &self.ready.len())
             .field("waker_armed", &self.waker_armed)
             .field("fallback_timeouts", &self.fallback_timeouts)
+            .field("closes_in_flight", &self.closes_in_flight)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -275,6 +284,7 @@ impl UringDriver {
         }
         let shutdown_supported = probe.is_supported(opcode::Shutdown::CODE);
         let send_supported = probe.is_supported(opcode::Send::CODE);
+        let close_supported = probe.is_supported(opcode::Close::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
 
         // Blocking eventfd: io_uring arms poll on it; a non-blocking one
@@ -301,6 +311,9 @@ impl UringDriver {
             ext_arg,
             shutdown_supported,
             send_supported,
+            close_supported,
+            lingering: HashSet::new(),
+            closes_in_flight: 0,
             setup,
             closing: false,
             stats: DriverStats::default(),
@@ -346,7 +359,7 @@ impl UringDriver {
     /// Driver-internal ops in the kernel, besides the waker read (tests).
     #[cfg(test)]
     fn internal_in_flight(&self) -> usize {
-        0
+        self.closes_in_flight + self.fallback_timeouts
     }
 
     /// Pushes an SQE; when the SQ is full, submits to the kernel and retries.
@@ -472,6 +485,15 @@ impl UringDriver {
                         self.arm_waker();
                     }
                     TIMEOUT_UD => self.fallback_timeouts -= 1,
+                    CLOSE_UD => {
+                        self.closes_in_flight -= 1;
+                        if res < 0 {
+                            tracing::warn!(
+                                "uring: close failed: {}",
+                                io::Error::from_raw_os_error(-res)
+                            );
+                        }
+                    }
                     WAKER_CANCEL_UD => {}
                     other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
                 }
@@ -527,8 +549,12 @@ impl UringDriver {
             } else {
                 let n = res as usize;
                 match &mut op {
-                    Op::Accept { accepted, .. } => {
+                    Op::Accept { listener, accepted } => {
                         let id = SocketId(res);
+                        if self.lingering.contains(&listener.0) {
+                            // Accepted sockets inherit SO_LINGER.
+                            self.lingering.insert(res);
+                        }
                         let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
                         *accepted = Some((id, peer));
                         Ok(0)
@@ -775,7 +801,31 @@ impl Driver for UringDriver {
         socket::open_stream(addr, false)
     }
 
+    /// Closes at once, except a socket with `SO_LINGER` > 0: its close(2)
+    /// would block the loop thread until the unsent data is acknowledged (or
+    /// the linger time passes). That one goes to the kernel as an
+    /// `IORING_OP_CLOSE` run by an io-wq worker (`IOSQE_ASYNC`), which does
+    /// the waiting; the peer sees the same as after a blocking close (the
+    /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6) the
+    /// linger is cleared first: Linux sends the queued data and FIN in the
+    /// background all the same, only the wait is skipped.
     fn close(&mut self, socket: SocketId) {
+        if self.lingering.remove(&socket.0) {
+            if self.close_supported {
+                let entry = opcode::Close::new(types::Fd(socket.0))
+                    .build()
+                    .flags(squeue::Flags::ASYNC)
+                    .user_data(CLOSE_UD);
+                // SAFETY: IORING_OP_CLOSE carries no pointers; the fd stays
+                // open (and unused: its owner let it go) until the op runs.
+                unsafe { self.push(&entry) };
+                self.closes_in_flight += 1;
+                return;
+            }
+            if let Err(e) = socket::set_option(socket, SockOpt::Linger(None)) {
+                tracing::warn!("uring: could not clear SO_LINGER before close: {e}");
+            }
+        }
         socket::close(socket)
     }
 
@@ -788,7 +838,16 @@ impl Driver for UringDriver {
     }
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
-        socket::set_option(socket, opt)
+        socket::set_option(socket, opt)?;
+        if let SockOpt::Linger(l) = opt {
+            // SO_LINGER counts whole seconds: less than one is a reset.
+            if l.is_some_and(|d| d.as_secs() > 0) {
+                self.lingering.insert(socket.0);
+            } else {
+                self.lingering.remove(&socket.0);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1621,5 +1680,61 @@ mod tests {
             "{} kernel timers still pending after 100 woken waits",
             d.fallback_timeouts
         );
+    }
+
+    /// 6f. Closing a socket with `SO_LINGER` > 0 and unsent data does not
+    /// block the loop thread; the data still reaches the peer, then EOF.
+    #[test]
+    fn close_with_linger_does_not_block_the_loop() {
+        let mut d = driver_or_skip!();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = socket2::Socket::from(
+            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+        );
+        peer.set_recv_buffer_size(4096).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let ours = socket2::Socket::from(ours);
+        ours.set_send_buffer_size(4096).unwrap();
+        // Fill both buffers: the peer does not read yet.
+        ours.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 4096];
+        let mut written = 0usize;
+        loop {
+            match ours.send(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        ours.set_nonblocking(false).unwrap();
+        let s = SocketId(ours.into_raw_fd());
+        d.set_option(s, SockOpt::Linger(Some(Duration::from_secs(2))))
+            .unwrap();
+        let start = Instant::now();
+        d.close(s);
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        let blocked = start.elapsed();
+        assert!(
+            blocked < Duration::from_millis(500),
+            "close blocked the loop thread for {blocked:?} (SO_LINGER 2 s, {written} bytes unsent)"
+        );
+        // Nothing is lost: the peer reads every byte, then EOF.
+        let mut peer = std::net::TcpStream::from(peer);
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), written);
+        assert!(got.iter().all(|&b| b == 7));
+        // The close itself completes in the kernel.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.internal_in_flight() > 0 {
+            assert!(Instant::now() < deadline, "the close never completed");
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        assert_quiescent(&d);
     }
 }
