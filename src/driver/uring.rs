@@ -53,6 +53,12 @@ const CLOSE_UD: u64 = INTERNAL_BIT | 4;
 const MAX_INDEX: u32 = 1 << 30;
 /// Most iovecs one send hands to the kernel (well under `IOV_MAX`).
 const MAX_IOV: usize = 64;
+/// Completion entries per submission entry. The SQ only bounds what is
+/// submitted in one go; the ops in flight (a receive per connection, sends,
+/// accepts) are many more, and each will post a CQE. The kernel's default is
+/// 2; a CQ of 8 per SQ entry (8,192 CQEs, 128 KiB, for the loop's 1,024)
+/// keeps the common case off the overflow path.
+pub const CQ_PER_SQ: u32 = 8;
 /// Longest wait for completions while the kernel refuses SQEs (EBUSY, EAGAIN).
 const BUSY_WAIT: Duration = Duration::from_millis(1);
 /// With DEFER_TASKRUN, one `io_uring_enter` posts about 20 completions (the
@@ -252,8 +258,11 @@ fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EINVAL)
 }
 
-/// Builds the ring, trying the cheapest setup flags first.
-fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+/// Builds the ring, trying the cheapest setup flags first, each with a CQ
+/// of `cq_entries` (`IORING_SETUP_CQSIZE`, clamped by the kernel), then with
+/// the kernel's default (twice the SQ) where that is refused: kernels before
+/// 5.5 lack CQSIZE; before 5.12 ring memory counts against `RLIMIT_MEMLOCK`.
+fn build_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, &'static str)> {
     type Setup = fn(&mut io_uring::Builder) -> &mut io_uring::Builder;
     let attempts: [(&'static str, Setup); 4] = [
         ("single_issuer+defer_taskrun+coop_taskrun", |b| {
@@ -275,12 +284,19 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
         }
         #[cfg(not(test))]
         let _ = i;
-        let mut builder = IoUring::builder();
-        match setup(&mut builder).build(entries) {
-            Ok(ring) => return Ok((ring, name)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            // EPERM, ENOSYS, ENOMEM...: the loop may fall back to `poll`.
-            Err(e) => return Err(e),
+        for cq in [Some(cq_entries), None] {
+            let mut builder = IoUring::builder();
+            setup(&mut builder);
+            if let Some(cq) = cq {
+                builder.setup_cqsize(cq).setup_clamp();
+            }
+            match builder.build(entries) {
+                Ok(ring) => return Ok((ring, name)),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && cq.is_some() => last = Some(e),
+                // EPERM, ENOSYS, ENOMEM...: the loop may fall back to `poll`.
+                Err(e) => return Err(e),
+            }
         }
     }
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
@@ -288,10 +304,20 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
 
 impl UringDriver {
     /// Creates a ring with `entries` submission entries (rounded up to a power
-    /// of two by the kernel). An error from `io_uring_setup` (EPERM, ENOSYS
-    /// under seccomp) is returned unchanged so the loop can fall back to `poll`.
+    /// of two by the kernel) and [`CQ_PER_SQ`] times as many completion
+    /// entries. An error from `io_uring_setup` (EPERM, ENOSYS under seccomp)
+    /// is returned unchanged so the loop can fall back to `poll`.
     pub fn new(entries: u32) -> io::Result<UringDriver> {
-        let (ring, setup) = build_ring(entries.max(8))?;
+        let entries = entries.max(8);
+        Self::with_queues(entries, entries.saturating_mul(CQ_PER_SQ))
+    }
+
+    /// [`UringDriver::new`] with the CQ size chosen: it should hold the
+    /// completions of the ops usually in flight at once. More than that is
+    /// still safe (the kernel keeps an overflow list that `wait` flushes in
+    /// the same turn) but slower.
+    pub fn with_queues(entries: u32, cq_entries: u32) -> io::Result<UringDriver> {
+        let (ring, setup) = build_ring(entries.max(8), cq_entries.max(2 * entries))?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
             io::Error::new(
@@ -2050,6 +2076,94 @@ mod tests {
             for s in socks {
                 d.close(s);
             }
+        }
+    }
+
+    /// Raises the soft descriptor limit to at least `n` (up to the hard limit).
+    fn want_fds(n: u64) -> bool {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            if lim.rlim_cur < n {
+                lim.rlim_cur = n.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        lim.rlim_cur >= n
+    }
+
+    /// 6c. More completions in one turn than the CQ holds: 5,000 connections
+    /// made readable at once, on a ring of 256 SQ entries (its CQ holds
+    /// 2,048; the loop's default ring of 1,024 holds 8,192), on every ring
+    /// setup. One `wait` returns every one of them (an overflowed CQ is
+    /// flushed, deferred task work run, in the same turn); none is lost (O1).
+    #[test]
+    fn more_completions_in_one_turn_than_the_cq_holds() {
+        const N: usize = 5000;
+        if !want_fds(2 * N as u64 + 256) {
+            eprintln!("SKIPPED: needs {} descriptors", 2 * N + 256);
+            return;
+        }
+        // Every ring setup the kernel accepts: with DEFER_TASKRUN the kernel
+        // posts completions in small batches as it is entered; without it,
+        // all 5,000 are posted at once, overflowing the CQ.
+        let mut setups = Vec::new();
+        for skip in 0..4 {
+            let Some(d) = driver_on_setup(256, skip) else {
+                return;
+            };
+            if !setups.contains(&d.setup) {
+                setups.push(d.setup);
+                readable_at_once(d, N);
+            }
+        }
+    }
+
+    fn readable_at_once(mut d: UringDriver, n: usize) {
+        let setup = d.setup;
+        let cq = d.ring.params().cq_entries() as usize;
+        assert!(n > cq, "the test must overflow the CQ ({cq} entries)");
+        let mut keys = Vec::with_capacity(n);
+        let mut socks = Vec::with_capacity(n);
+        let mut peers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (s, p) = pair();
+            keys.push(d.submit(recv_op(s, 16), i));
+            socks.push(s);
+            peers.push(p);
+        }
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        for p in &mut peers {
+            p.write_all(b"r").unwrap();
+        }
+        d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
+        let first = out.len();
+        println!("{setup}: CQ {cq} entries, {n} completions ready, first wait returned {first}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < n && Instant::now() < deadline {
+            d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+        }
+        let total = out.len();
+        println!("after more waits: {total} of {n}");
+        assert_eq!(total, n, "O1: completions lost");
+        assert_eq!(
+            first, n,
+            "{setup}: one turn returned {first} of {n} (CQ holds {cq})"
+        );
+        for c in out {
+            assert_eq!(recv_bytes(c).unwrap(), b"r");
+        }
+        assert_quiescent(&d);
+        for s in socks {
+            d.close(s);
         }
     }
 }
