@@ -1989,53 +1989,75 @@ mod tests {
         }
     }
 
-    /// 6b. `submit` while the SQ is full and the kernel answers EBUSY, with
-    /// nothing about to complete: it never blocks the loop thread.
+    /// 6b. `submit` while the SQ is full and the kernel answers EBUSY (or
+    /// EAGAIN), with nothing about to complete: it never blocks the loop
+    /// thread; neither does a `wait` without a timeout while the kernel keeps
+    /// refusing; once it accepts again, everything is submitted.
     #[test]
     fn busy_enter_never_blocks_submit() {
-        let Some(mut d) = driver_with(8) else { return };
-        let sq = d.ring.params().sq_entries() as usize;
-        let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        let mut keys = Vec::new();
-        let mut socks = Vec::new();
-        let mut peers = Vec::new();
-        for i in 0..sq {
-            let (s, p) = pair();
-            keys.push(d.submit(recv_op(s, 16), i));
-            socks.push(s);
-            peers.push(p);
-        }
-        // Failsafe: if submit blocks waiting for a completion, one arrives
-        // after 3 s and the elapsed time fails the test instead of a hang.
-        let mut failsafe = peers[0].try_clone().unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || {
-            if done_rx.recv_timeout(Duration::from_secs(3)).is_err() {
-                let _ = failsafe.write_all(b"!");
+        for errno in [libc::EBUSY, libc::EAGAIN] {
+            let Some(mut d) = driver_with(8) else { return };
+            let sq = d.ring.params().sq_entries() as usize;
+            let mut out = Vec::new();
+            d.wait(Some(Duration::ZERO), &mut out).unwrap();
+            let mut keys = Vec::new();
+            let mut socks = Vec::new();
+            let mut peers = Vec::new();
+            for i in 0..sq {
+                let (s, p) = pair();
+                keys.push(d.submit(recv_op(s, 16), i));
+                socks.push(s);
+                peers.push(p);
             }
-        });
-        script(&mut d, vec![Box::new(|| Fault::Fail(libc::EBUSY))]);
-        let (x, _px) = pair();
-        let start = Instant::now();
-        keys.push(d.submit(recv_op(x, 16), 99));
-        let elapsed = start.elapsed();
-        let _ = done_tx.send(());
-        t.join().unwrap();
-        socks.push(x);
-        assert!(
-            elapsed < Duration::from_secs(1),
-            "submit blocked the loop for {elapsed:?} (the kernel said EBUSY)"
-        );
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        for k in &keys {
-            d.cancel(*k);
-        }
-        let mut got = run_all(&mut d, &keys, Duration::from_secs(5));
-        got.extend(out.drain(..));
-        assert_quiescent(&d);
-        for s in socks {
-            d.close(s);
+            // Failsafe: if submit blocks waiting for a completion, one
+            // arrives after 3 s and the elapsed time fails the test instead
+            // of a hang.
+            let mut failsafe = peers[0].try_clone().unwrap();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                if done_rx.recv_timeout(Duration::from_secs(3)).is_err() {
+                    let _ = failsafe.write_all(b"!");
+                }
+            });
+            script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
+            let (x, mut px) = pair();
+            let start = Instant::now();
+            let kx = d.submit(recv_op(x, 16), 99);
+            let elapsed = start.elapsed();
+            let _ = done_tx.send(());
+            t.join().unwrap();
+            socks.push(x);
+            assert!(
+                elapsed < Duration::from_secs(1),
+                "submit blocked the loop for {elapsed:?} (the kernel said errno {errno})"
+            );
+            // The kernel refuses five more times: waits without a timeout
+            // still return.
+            script(
+                &mut d,
+                (0..5)
+                    .map(|_| Box::new(move || Fault::Fail(errno)) as Box<dyn FnMut() -> Fault>)
+                    .collect(),
+            );
+            let start = Instant::now();
+            for _ in 0..3 {
+                d.wait(None, &mut out).unwrap();
+            }
+            let elapsed = start.elapsed();
+            assert!(
+                elapsed < Duration::from_secs(1),
+                "wait(None) blocked {elapsed:?} while the kernel refused SQEs"
+            );
+            // Then it accepts: the op queued meanwhile reaches the kernel.
+            px.write_all(b"x").unwrap();
+            let c = run_all(&mut d, &[kx], Duration::from_secs(5))
+                .pop()
+                .unwrap();
+            assert_eq!(recv_bytes(c).unwrap(), b"x");
+            cancel_all(&mut d, &keys);
+            for s in socks {
+                d.close(s);
+            }
         }
     }
 
