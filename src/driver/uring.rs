@@ -2,9 +2,23 @@
 //!
 //! Every submitted [`Op`] lives in a [`Slots`] entry together with whatever
 //! the kernel reads or writes while it is in flight (the receive buffer, the
-//! iovec array and `msghdr` of a send, the `sockaddr` of a connect), all in
-//! stable heap memory. The entry is removed only when the op's own CQE
-//! arrives, which is the one and only completion returned for it (O1).
+//! iovec array and `msghdr` of a send, the `sockaddr` of a connect, the peer
+//! address an accept writes), all in stable heap memory. The entry is removed
+//! only when the op's own CQE arrives, which is the one and only completion
+//! returned for it (O1). An op the kernel cannot take (invalid arguments, an
+//! index beyond the `user_data` layout) completes through the same path with
+//! an error.
+//!
+//! Only [`Driver::wait`] enters the kernel (`UringDriver::sys_enter`, where
+//! the tests' fault hook sits). `submit` and `cancel` put their SQE in the SQ,
+//! or, when it is full, in a queue that `wait` submits first, so they never
+//! block, fail or reap. `wait` never blocks longer than its timeout (only up
+//! to 1 ms while the kernel refuses SQEs with EBUSY/EAGAIN); a failing
+//! `io_uring_enter` is an error returned from `wait`, never a panic. After
+//! reaping, it flushes an overflowed CQ and drains DEFER_TASKRUN's batched
+//! completions in the same turn; completions the kernel reports dropped
+//! (`EBADR`, or its overflow counter) are returned as an `EBADR` error. The
+//! CQ holds [`CQ_PER_SQ`] entries per SQ entry.
 //!
 //! Cancellation pushes an `IORING_OP_ASYNC_CANCEL`; its CQE is internal and is
 //! never mistaken for the op's result. The op's CQE is the truth: bytes that
@@ -17,7 +31,9 @@
 //! `user_data` layout: an op's CQE carries `Slots::encode(key)`. Op indices
 //! are kept below `1 << 30`, so bits 30 and 31 of the low word are free:
 //! bit 31 marks the CQE of a cancel request (the rest is the target's key),
-//! bit 30 marks the driver's own ops (waker read, fallback timeout).
+//! bit 30 marks the driver's own ops (waker read, fallback timeout, the
+//! `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0, whose close(2) would
+//! block the loop thread).
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
@@ -642,8 +658,8 @@ impl UringDriver {
                 }
             }
             n = self.reap(out);
-            if n == 0 && !overflow {
-                break;
+            if n == 0 {
+                break; // nothing more to post (or the kernel could not now)
             }
         }
         let dropped = self.ring.completion().overflow();
