@@ -85,24 +85,75 @@ pub(crate) fn set_option(id: SocketId, opt: SockOpt) -> io::Result<()> {
     })
 }
 
-/// Whether an accept error is about this one attempt or resources (the
-/// listener stays usable), as opposed to a broken listener.
-pub fn is_transient_accept_error(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
+/// What an accept error says, for the accept loop (L3). Every driver reports
+/// the kernel's codes unchanged (and a peer that reset before its accept is a
+/// successful accept on Linux, for `uring` and `poll` alike), so this one
+/// classification serves them all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// This one incoming connection failed (aborted or reset before it was
+    /// accepted, refused by a firewall, a network error pending on it, as
+    /// Linux's accept(2) reports them), or the call was interrupted. The
+    /// listener is fine: accept the next connection at once.
+    Connection,
+    /// Out of descriptors or memory: accept again after a pause (back-off),
+    /// since retrying at once would only fail again.
+    Resources,
+    /// Anything else (`EBADF`, `EINVAL`, `ENOTSOCK`...): the listener itself
+    /// may be broken. Back off, so the server never spins on it.
+    Listener,
+}
+
+/// Classifies an accept error; see [`AcceptError`].
+pub(crate) fn classify_accept_error(err: &io::Error) -> AcceptError {
+    match err.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => AcceptError::Resources,
         Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::ECONNABORTED
-                | libc::EPROTO
-                | libc::EPERM
-                | libc::EINTR
-                | libc::EAGAIN
-                | libc::ENETDOWN
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-        )
-    )
+            libc::ECONNABORTED
+            | libc::ECONNRESET
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::ETIMEDOUT
+            // Linux passes errors pending on the new connection to accept():
+            // accept(2) says to treat these like EAGAIN.
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH,
+        ) => AcceptError::Connection,
+        _ => AcceptError::Listener,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_of_one_connection_retry_and_exhaustion_backs_off() {
+        let class = |e| classify_accept_error(&io::Error::from_raw_os_error(e));
+        for e in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EPERM,
+            libc::ENETUNREACH,
+        ] {
+            assert_eq!(class(e), AcceptError::Connection, "errno {e}");
+        }
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(class(e), AcceptError::Resources, "errno {e}");
+        }
+        for e in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
+            assert_eq!(class(e), AcceptError::Listener, "errno {e}");
+        }
+        assert_eq!(
+            classify_accept_error(&io::Error::other("no errno")),
+            AcceptError::Listener
+        );
+    }
 }

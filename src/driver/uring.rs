@@ -2,9 +2,23 @@
 //!
 //! Every submitted [`Op`] lives in a [`Slots`] entry together with whatever
 //! the kernel reads or writes while it is in flight (the receive buffer, the
-//! iovec array and `msghdr` of a send, the `sockaddr` of a connect), all in
-//! stable heap memory. The entry is removed only when the op's own CQE
-//! arrives, which is the one and only completion returned for it (O1).
+//! iovec array and `msghdr` of a send, the `sockaddr` of a connect, the peer
+//! address an accept writes), all in stable heap memory. The entry is removed
+//! only when the op's own CQE arrives, which is the one and only completion
+//! returned for it (O1). An op the kernel cannot take (invalid arguments, an
+//! index beyond the `user_data` layout) completes through the same path with
+//! an error.
+//!
+//! Only [`Driver::wait`] enters the kernel (`UringDriver::sys_enter`, where
+//! the tests' fault hook sits). `submit` and `cancel` put their SQE in the SQ,
+//! or, when it is full, in a queue that `wait` submits first, so they never
+//! block, fail or reap. `wait` never blocks longer than its timeout (only up
+//! to 1 ms while the kernel refuses SQEs with EBUSY/EAGAIN); a failing
+//! `io_uring_enter` is an error returned from `wait`, never a panic. After
+//! reaping, it flushes an overflowed CQ and drains DEFER_TASKRUN's batched
+//! completions in the same turn; completions the kernel reports dropped
+//! (`EBADR`, or its overflow counter) are returned as an `EBADR` error. The
+//! CQ holds [`CQ_PER_SQ`] entries per SQ entry.
 //!
 //! Cancellation pushes an `IORING_OP_ASYNC_CANCEL`; its CQE is internal and is
 //! never mistaken for the op's result. The op's CQE is the truth: bytes that
@@ -17,17 +31,19 @@
 //! `user_data` layout: an op's CQE carries `Slots::encode(key)`. Op indices
 //! are kept below `1 << 30`, so bits 30 and 31 of the low word are free:
 //! bit 31 marks the CQE of a cancel request (the rest is the target's key),
-//! bit 30 marks the driver's own ops (waker read, fallback timeout).
+//! bit 30 marks the driver's own ops (waker read, fallback timeout, the
+//! `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0, whose close(2) would
+//! block the loop thread).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::Shutdown as How;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring, Probe};
+use io_uring::{opcode, squeue, types, EnterFlags, IoUring, Probe};
 
 use super::socket;
 use super::{
@@ -46,16 +62,35 @@ const WAKER_UD: u64 = INTERNAL_BIT | 1;
 const TIMEOUT_UD: u64 = INTERNAL_BIT | 2;
 /// The CQE of a cancel aimed at the waker read (only on drop).
 const WAKER_CANCEL_UD: u64 = INTERNAL_BIT | 3;
-/// Op indices must stay below this so the marker bits never collide with a key.
+/// An `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0 (see `Driver::close`).
+const CLOSE_UD: u64 = INTERNAL_BIT | 4;
+/// Op indices must stay below this so the marker bits never collide with a
+/// key; an op beyond it completes with `ENOBUFS` without reaching the kernel.
 const MAX_INDEX: u32 = 1 << 30;
 /// Most iovecs one send hands to the kernel (well under `IOV_MAX`).
 const MAX_IOV: usize = 64;
+/// Completion entries per submission entry. The SQ only bounds what is
+/// submitted in one go; the ops in flight (a receive per connection, sends,
+/// accepts) are many more, and each will post a CQE. The kernel's default is
+/// 2; a CQ of 8 per SQ entry (8,192 CQEs, 128 KiB, for the loop's 1,024)
+/// keeps the common case off the overflow path.
+pub const CQ_PER_SQ: u32 = 8;
+/// Longest wait for completions while the kernel refuses SQEs (EBUSY, EAGAIN).
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+/// With DEFER_TASKRUN, one `io_uring_enter` posts about 20 completions (the
+/// kernel's IO_LOCAL_TW_DEFAULT_MAX); a reap at least this large means more
+/// may be waiting, so `wait` enters again in the same turn.
+const KERNEL_TASK_WORK_BATCH: usize = 16;
+/// Bound on those extra entries per `wait`.
+const MAX_DRAIN_ROUNDS: usize = 4096;
 /// How long `drop` waits for the kernel to answer in-flight ops before leaking them.
 const DROP_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Kernel-visible side data of an op, kept at a stable heap address until its CQE.
 enum Side {
     None,
+    /// The peer address an accept writes.
+    Accept(Box<AcceptAddr>),
     /// The address a connect reads.
     Connect(Box<socket2::SockAddr>),
     /// The iovec array and message header a `sendmsg` reads. `msg` points into
@@ -70,9 +105,36 @@ impl fmt::Debug for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Side::None => f.write_str("None"),
+            Side::Accept(_) => f.write_str("Accept"),
             Side::Connect(a) => f.debug_tuple("Connect").field(a).finish(),
             Side::Send { iov, .. } => write!(f, "Send({} iovecs)", iov.len()),
         }
+    }
+}
+
+/// Where an accept writes the peer's address: taken from the completion
+/// itself, so a peer that reset right after the accept still has one
+/// (`getpeername` would fail with `ENOTCONN`).
+struct AcceptAddr {
+    storage: socket2::SockAddrStorage,
+    len: libc::socklen_t,
+}
+
+impl AcceptAddr {
+    fn new() -> Box<AcceptAddr> {
+        let storage = socket2::SockAddrStorage::zeroed();
+        let len = storage.size_of();
+        Box::new(AcceptAddr { storage, len })
+    }
+
+    /// The address the kernel wrote.
+    fn take(self) -> Address {
+        let len = self.len.min(self.storage.size_of());
+        // SAFETY: the kernel filled `storage` with an address of the accepted
+        // socket's family and set `len` to its length (clamped to the
+        // storage); the rest of the storage is zeroed.
+        let sa = unsafe { socket2::SockAddr::new(self.storage, len) };
+        Address::from_sockaddr(&sa)
     }
 }
 
@@ -111,6 +173,19 @@ impl RemoteWaker for EventFd {
     }
 }
 
+/// Test hook: what the next `io_uring_enter` does.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Enter the kernel as usual.
+    Pass,
+    /// Fail with this errno without entering the kernel.
+    Fail(i32),
+    /// Let the kernel post the completions it has (run task work, flush an
+    /// overflow) without submitting or waiting, then fail with this errno.
+    FlushThenFail(i32),
+}
+
 /// The `uring` driver.
 pub struct UringDriver {
     ring: IoUring,
@@ -120,8 +195,12 @@ pub struct UringDriver {
     /// Ops completed without the kernel (unsupported shutdown, invalid args):
     /// key and raw result (negative errno), returned by the next `wait`.
     ready: VecDeque<(OpKey, i32)>,
-    /// Completions reaped outside `wait` (while making room in the SQ).
-    backlog: Vec<Completion>,
+    /// SQEs waiting for room in the SQ, in order; `wait` submits them.
+    pending: VecDeque<squeue::Entry>,
+    /// The kernel's count of dropped CQEs, as last seen.
+    cq_dropped: u32,
+    /// The ring runs task work only when entered (`IORING_SETUP_DEFER_TASKRUN`).
+    defer_taskrun: bool,
     /// Scratch space for CQEs (user_data, result).
     cqes: Vec<(u64, i32)>,
     waker: Arc<EventFd>,
@@ -135,9 +214,22 @@ pub struct UringDriver {
     shutdown_supported: bool,
     /// `IORING_OP_SEND` is available (single-segment sends skip the msghdr).
     send_supported: bool,
+    /// `IORING_OP_CLOSE` is available (5.6+).
+    close_supported: bool,
+    /// Sockets with `SO_LINGER` > 0, whose close(2) would block the thread.
+    lingering: HashSet<i32>,
+    /// `IORING_OP_CLOSE`s in the kernel.
+    closes_in_flight: usize,
     setup: &'static str,
     closing: bool,
     stats: DriverStats,
+    /// Highest op index + 1 (`MAX_INDEX`; lowered by tests).
+    max_index: u32,
+    /// Test hook consulted before every `io_uring_enter`.
+    #[cfg(test)]
+    fault: Option<Box<dyn FnMut() -> Fault>>,
+    /// Fallback `Timeout` ops in the kernel (kernels without EXT_ARG).
+    fallback_timeouts: usize,
 }
 
 impl fmt::Debug for UringDriver {
@@ -148,18 +240,45 @@ impl fmt::Debug for UringDriver {
             .field("shutdown_supported", &self.shutdown_supported)
             .field("in_flight", &self.slots.len())
             .field("ready", &self.ready.len())
+            .field("pending", &self.pending.len())
             .field("waker_armed", &self.waker_armed)
+            .field("fallback_timeouts", &self.fallback_timeouts)
+            .field("closes_in_flight", &self.closes_in_flight)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+/// How one `io_uring_enter` is made (see `UringDriver::sys_enter`).
+#[derive(Clone, Copy, Debug)]
+enum Enter {
+    /// Submit the SQ; never wait.
+    Submit,
+    /// Submit the SQ and post the completions the kernel has (run its task
+    /// work, flush an overflowed CQ); never wait.
+    Poll,
+    /// Post the completions the kernel has; submit nothing, never wait.
+    Drain,
+    /// Submit the SQ, then wait for one completion, or the timeout.
+    Wait(Option<Duration>),
+    /// Submit nothing; wait up to this long for one completion (EXT_ARG).
+    WaitOnly(Duration),
+}
+
+/// The kernel could not take SQEs for now (a backed-up CQ, no memory).
+fn is_busy(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN))
 }
 
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EINVAL)
 }
 
-/// Builds the ring, trying the cheapest setup flags first.
-fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
+/// Builds the ring, trying the cheapest setup flags first, each with a CQ
+/// of `cq_entries` (`IORING_SETUP_CQSIZE`, clamped by the kernel), then with
+/// the kernel's default (twice the SQ) where that is refused: kernels before
+/// 5.5 lack CQSIZE; before 5.12 ring memory counts against `RLIMIT_MEMLOCK`.
+fn build_ring(entries: u32, cq_entries: u32) -> io::Result<(IoUring, &'static str)> {
     type Setup = fn(&mut io_uring::Builder) -> &mut io_uring::Builder;
     let attempts: [(&'static str, Setup); 4] = [
         ("single_issuer+defer_taskrun+coop_taskrun", |b| {
@@ -174,13 +293,26 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
         ("plain", |b| b),
     ];
     let mut last = None;
-    for (name, setup) in attempts {
-        let mut builder = IoUring::builder();
-        match setup(&mut builder).build(entries) {
-            Ok(ring) => return Ok((ring, name)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
-            // EPERM, ENOSYS, ENOMEM...: the loop may fall back to `poll`.
-            Err(e) => return Err(e),
+    for (i, (name, setup)) in attempts.into_iter().enumerate() {
+        #[cfg(test)]
+        if i < tests::SKIP_SETUPS.get() {
+            continue;
+        }
+        #[cfg(not(test))]
+        let _ = i;
+        for cq in [Some(cq_entries), None] {
+            let mut builder = IoUring::builder();
+            setup(&mut builder);
+            if let Some(cq) = cq {
+                builder.setup_cqsize(cq).setup_clamp();
+            }
+            match builder.build(entries) {
+                Ok(ring) => return Ok((ring, name)),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+                Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && cq.is_some() => last = Some(e),
+                // EPERM, ENOSYS, ENOMEM...: the loop may fall back to `poll`.
+                Err(e) => return Err(e),
+            }
         }
     }
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
@@ -188,10 +320,20 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, &'static str)> {
 
 impl UringDriver {
     /// Creates a ring with `entries` submission entries (rounded up to a power
-    /// of two by the kernel). An error from `io_uring_setup` (EPERM, ENOSYS
-    /// under seccomp) is returned unchanged so the loop can fall back to `poll`.
+    /// of two by the kernel) and [`CQ_PER_SQ`] times as many completion
+    /// entries. An error from `io_uring_setup` (EPERM, ENOSYS under seccomp)
+    /// is returned unchanged so the loop can fall back to `poll`.
     pub fn new(entries: u32) -> io::Result<UringDriver> {
-        let (ring, setup) = build_ring(entries.max(8))?;
+        let entries = entries.max(8);
+        Self::with_queues(entries, entries.saturating_mul(CQ_PER_SQ))
+    }
+
+    /// [`UringDriver::new`] with the CQ size chosen: it should hold the
+    /// completions of the ops usually in flight at once. More than that is
+    /// still safe (the kernel keeps an overflow list that `wait` flushes in
+    /// the same turn) but slower.
+    pub fn with_queues(entries: u32, cq_entries: u32) -> io::Result<UringDriver> {
+        let (ring, setup) = build_ring(entries.max(8), cq_entries.max(2 * entries))?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
             io::Error::new(
@@ -218,6 +360,7 @@ impl UringDriver {
         }
         let shutdown_supported = probe.is_supported(opcode::Shutdown::CODE);
         let send_supported = probe.is_supported(opcode::Send::CODE);
+        let close_supported = probe.is_supported(opcode::Close::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
 
         // Blocking eventfd: io_uring arms poll on it; a non-blocking one
@@ -235,7 +378,9 @@ impl UringDriver {
             slots: Slots::default(),
             live: Vec::new(),
             ready: VecDeque::new(),
-            backlog: Vec::new(),
+            pending: VecDeque::new(),
+            cq_dropped: 0,
+            defer_taskrun: setup.contains("defer_taskrun"),
             cqes: Vec::new(),
             waker,
             waker_buf: Box::into_raw(Box::new(0u64)),
@@ -244,44 +389,178 @@ impl UringDriver {
             ext_arg,
             shutdown_supported,
             send_supported,
+            close_supported,
+            lingering: HashSet::new(),
+            closes_in_flight: 0,
             setup,
             closing: false,
             stats: DriverStats::default(),
+            max_index: MAX_INDEX,
+            #[cfg(test)]
+            fault: None,
+            fallback_timeouts: 0,
         };
         driver.arm_waker();
         tracing::debug!(setup, ext_arg, shutdown_supported, "uring driver ready");
         Ok(driver)
     }
 
-    /// Pushes an SQE; when the SQ is full, submits to the kernel and retries.
+    /// The error the test hook injects into this `io_uring_enter`, if any.
+    #[cfg(test)]
+    fn injected(&mut self) -> Option<io::Error> {
+        let fault = self.fault.as_mut()?();
+        match fault {
+            Fault::Pass => None,
+            Fault::Fail(errno) => Some(io::Error::from_raw_os_error(errno)),
+            Fault::FlushThenFail(errno) => {
+                // SAFETY: submits nothing and passes no argument: the kernel
+                // only posts completions it already has.
+                let _ = unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        0,
+                        0,
+                        io_uring::EnterFlags::GETEVENTS.bits(),
+                        None,
+                    )
+                };
+                Some(io::Error::from_raw_os_error(errno))
+            }
+        }
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected(&mut self) -> Option<io::Error> {
+        None
+    }
+
+    /// Driver-internal ops in the kernel, besides the waker read (tests).
+    #[cfg(test)]
+    fn internal_in_flight(&self) -> usize {
+        self.closes_in_flight + self.fallback_timeouts
+    }
+
+    /// Queues an SQE: straight into the SQ when it has room (and nothing is
+    /// queued before it), else into `pending`, which the next `wait` submits.
+    /// Never enters the kernel, so it can neither block nor fail, nor reap
+    /// completions outside `wait`.
     ///
     /// # Safety
     ///
     /// Every pointer in `entry` must stay valid until its CQE arrives.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        if self.pending.is_empty() {
             // SAFETY: the caller guarantees the pointers in `entry` outlive the op.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return;
             }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    // The CQ is backed up: reap into the backlog, then (if
-                    // still stuck) let the kernel make progress.
-                    let mut backlog = std::mem::take(&mut self.backlog);
-                    let before = backlog.len();
-                    self.reap(&mut backlog);
-                    let reaped = backlog.len() > before;
-                    self.backlog = backlog;
-                    if !reaped {
-                        let _ = self.ring.submit_and_wait(1);
+        }
+        self.pending.push_back(entry);
+    }
+
+    /// The one place that calls `io_uring_enter` (and the test hook).
+    fn sys_enter(&mut self, how: Enter) -> io::Result<usize> {
+        if let Some(e) = self.injected() {
+            return Err(e);
+        }
+        let getevents = EnterFlags::GETEVENTS.bits();
+        match how {
+            Enter::Submit => self.ring.submit(),
+            Enter::Poll => {
+                let queued = self.ring.submission().len() as u32;
+                // SAFETY: `queued` SQEs are in the ring, each pointer in them
+                // valid until its CQE (see `push`); no argument is passed.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(queued, 0, getevents, None)
+                }
+            }
+            Enter::Drain => {
+                // SAFETY: submits nothing and passes no argument.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(0, 0, getevents, None)
+                }
+            }
+            Enter::Wait(timeout) if self.ext_arg => {
+                let submitter = self.ring.submitter();
+                match timeout {
+                    None => submitter.submit_with_args(1, &types::SubmitArgs::new()),
+                    Some(d) => {
+                        let ts = types::Timespec::from(d);
+                        submitter.submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
                     }
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => panic!("io_uring_enter failed while the SQ is full: {e}"),
+            }
+            // The fallback Timeout SQE (if any) is in the SQ: see `enter`.
+            Enter::Wait(_) => self.ring.submit_and_wait(1),
+            Enter::WaitOnly(d) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                let flags = (EnterFlags::GETEVENTS | EnterFlags::EXT_ARG).bits();
+                // SAFETY: submits nothing; `args` is the getevents argument
+                // EXT_ARG expects (only used where the kernel has EXT_ARG) and
+                // outlives the call.
+                unsafe { self.ring.submitter().enter(0, 1, flags, Some(&args)) }
             }
         }
+    }
+
+    /// Moves queued SQEs into the SQ, submitting whenever it fills. Returns
+    /// `true` when the kernel refused more for now (EBUSY, EAGAIN): the rest
+    /// stays queued for the next `wait`.
+    fn flush_pending(&mut self) -> io::Result<bool> {
+        loop {
+            {
+                let mut sq = self.ring.submission();
+                while let Some(entry) = self.pending.front() {
+                    // SAFETY: every pointer in a queued entry stays valid
+                    // until its CQE (the contract of `push`).
+                    if unsafe { sq.push(entry) }.is_err() {
+                        break;
+                    }
+                    self.pending.pop_front();
+                }
+            }
+            if self.pending.is_empty() {
+                return Ok(false);
+            }
+            match self.sys_enter(Enter::Submit) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if is_busy(&e) => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Puts the fallback `Timeout` (kernels without EXT_ARG) into the SQ
+    /// itself, since the wait that follows must carry it. `false` if the SQ
+    /// has no room even after a submit: the caller must not block then.
+    fn arm_fallback_timeout(&mut self, d: Duration) -> bool {
+        *self.fallback_ts = types::Timespec::from(d);
+        // count(1), as liburing does: the timeout also completes as soon as
+        // one other CQE is posted, so it ends with the wait instead of
+        // staying in the kernel as a timer until it expires.
+        let entry = opcode::Timeout::new(&*self.fallback_ts)
+            .count(1)
+            .build()
+            .user_data(TIMEOUT_UD);
+        for attempt in 0..2 {
+            // SAFETY: the kernel copies the timespec when it prepares the SQE,
+            // in the enter that follows; the box lives as long as the driver.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.fallback_timeouts += 1;
+                return true;
+            }
+            if attempt == 0 && self.sys_enter(Enter::Submit).is_err() {
+                break;
+            }
+        }
+        false
     }
 
     /// Keeps a read on the eventfd in flight.
@@ -298,7 +577,7 @@ impl UringDriver {
         .user_data(WAKER_UD);
         // SAFETY: `waker_buf` is freed only once the read's CQE arrived (or is
         // leaked in drop), and the eventfd is kept open by `self.waker`.
-        unsafe { self.push(&entry) };
+        unsafe { self.push(entry) };
         self.waker_armed = true;
     }
 
@@ -307,48 +586,97 @@ impl UringDriver {
         self.ready.push_back((key, res));
     }
 
-    /// One `io_uring_enter`: submit everything queued and wait for a CQE.
+    /// Submits everything queued, then waits for a completion, a remote wake
+    /// or `timeout`. Never blocks longer than `timeout`, and never blocks at
+    /// all while the kernel refuses SQEs for lack of resources.
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.stats.waits += 1;
-        let res = if self.ext_arg {
-            let submitter = self.ring.submitter();
-            match timeout {
-                None => submitter.submit_with_args(1, &types::SubmitArgs::new()),
-                Some(d) => {
-                    let ts = types::Timespec::from(d);
-                    submitter.submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
-                }
+        let res = match self.flush_pending() {
+            Err(e) => Err(e),
+            // The kernel takes no more SQEs for now: wait briefly for
+            // completions (reaping them is what frees it), without submitting.
+            Ok(true) if self.ext_arg && timeout != Some(Duration::ZERO) => {
+                let d = timeout.map_or(BUSY_WAIT, |t| t.min(BUSY_WAIT));
+                self.sys_enter(Enter::WaitOnly(d))
             }
-        } else {
-            if let Some(d) = timeout {
-                *self.fallback_ts = types::Timespec::from(d);
-                let entry = opcode::Timeout::new(&*self.fallback_ts)
-                    .build()
-                    .user_data(TIMEOUT_UD);
-                // SAFETY: the kernel copies the timespec when it prepares the
-                // SQE during this very submit; the box outlives it anyway.
-                unsafe { self.push(&entry) };
-            }
-            self.ring.submit_and_wait(1)
+            Ok(true) => self.sys_enter(Enter::Drain),
+            Ok(false) => match timeout {
+                // Post what completed, without a timer.
+                Some(d) if d.is_zero() => self.sys_enter(Enter::Poll),
+                _ if self.ext_arg => self.sys_enter(Enter::Wait(timeout)),
+                None => self.sys_enter(Enter::Wait(None)),
+                Some(d) if self.arm_fallback_timeout(d) => self.sys_enter(Enter::Wait(Some(d))),
+                Some(_) => self.sys_enter(Enter::Poll),
+            },
         };
         match res {
             Ok(_) => Ok(()),
             Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
+                if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) || is_busy(&e) =>
             {
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(self.enter_error(e)),
         }
     }
 
-    /// Moves every available CQE into completions.
-    fn reap(&mut self, out: &mut Vec<Completion>) {
+    /// Logs a failed `io_uring_enter`; the error goes to the caller of `wait`.
+    fn enter_error(&self, e: io::Error) -> io::Error {
+        if e.raw_os_error() == Some(libc::EBADR) {
+            tracing::error!(
+                "uring: the kernel dropped completions (CQ overflow); their ops will never complete"
+            );
+        } else {
+            tracing::error!("uring: io_uring_enter failed: {e}");
+        }
+        e
+    }
+
+    /// Reaps every CQE; then, in the same turn, what an overflowed CQ still
+    /// holds in the kernel, and (DEFER_TASKRUN) the completions the kernel
+    /// posts only in batches as it is entered. Reports completions the
+    /// kernel dropped (CQ overflow without `IORING_FEAT_NODROP`, or an
+    /// overflow entry it could not allocate) as an error: the ops they
+    /// belonged to will never complete.
+    fn reap_all(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        let mut n = self.reap(out);
+        let mut rounds = 0;
+        let mut result = Ok(());
+        loop {
+            let overflow = self.ring.submission().cq_overflow();
+            let batch = self.defer_taskrun && n >= KERNEL_TASK_WORK_BATCH;
+            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS {
+                break;
+            }
+            rounds += 1;
+            match self.sys_enter(Enter::Poll) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || is_busy(&e) => {}
+                Err(e) => {
+                    result = Err(self.enter_error(e));
+                    break;
+                }
+            }
+            n = self.reap(out);
+            if n == 0 {
+                break; // nothing more to post (or the kernel could not now)
+            }
+        }
+        let dropped = self.ring.completion().overflow();
+        if dropped != self.cq_dropped {
+            let lost = dropped.wrapping_sub(self.cq_dropped);
+            self.cq_dropped = dropped;
+            tracing::error!(lost, "uring: the kernel dropped completions (CQ overflow)");
+            result = Err(io::Error::from_raw_os_error(libc::EBADR));
+        }
+        result
+    }
+
+    /// Moves every CQE in the ring into completions; returns how many CQEs.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        let n = cqes.len();
         for &(ud, res) in &cqes {
             if ud & INTERNAL_BIT != 0 {
                 match ud {
@@ -362,7 +690,17 @@ impl UringDriver {
                         }
                         self.arm_waker();
                     }
-                    TIMEOUT_UD | WAKER_CANCEL_UD => {}
+                    TIMEOUT_UD => self.fallback_timeouts -= 1,
+                    CLOSE_UD => {
+                        self.closes_in_flight -= 1;
+                        if res < 0 {
+                            tracing::warn!(
+                                "uring: close failed: {}",
+                                io::Error::from_raw_os_error(-res)
+                            );
+                        }
+                    }
+                    WAKER_CANCEL_UD => {}
                     other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
                 }
             } else if ud & CANCEL_BIT != 0 {
@@ -380,6 +718,7 @@ impl UringDriver {
         }
         cqes.clear();
         self.cqes = cqes;
+        n
     }
 
     /// Turns an op's one result (raw: negative errno) into its completion.
@@ -396,7 +735,10 @@ impl UringDriver {
             cancel_result,
         } = slot;
         // The kernel is done with the side data now.
-        drop(side);
+        let peer = match side {
+            Side::Accept(addr) => Some(addr.take()),
+            _ => None,
+        };
         self.stats.completed += 1;
         let result = if cancel_requested && (res == -libc::ECANCELED || res == -libc::EINTR) {
             // Truly cancelled: nothing was transferred.
@@ -414,13 +756,16 @@ impl UringDriver {
             } else {
                 let n = res as usize;
                 match &mut op {
-                    Op::Accept { accepted, .. } => match Self::adopt(res) {
-                        Ok(a) => {
-                            *accepted = Some(a);
-                            Ok(0)
+                    Op::Accept { listener, accepted } => {
+                        let id = SocketId(res);
+                        if self.lingering.contains(&listener.0) {
+                            // Accepted sockets inherit SO_LINGER.
+                            self.lingering.insert(res);
                         }
-                        Err(e) => Err(e),
-                    },
+                        let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
+                        *accepted = Some((id, peer));
+                        Ok(0)
+                    }
                     Op::Recv { buf, .. } => {
                         debug_assert!(n <= offered);
                         // SAFETY: the kernel wrote `n` initialized bytes into the
@@ -450,39 +795,25 @@ impl UringDriver {
         }
     }
 
-    /// Takes ownership of an accepted fd and finds its peer.
-    fn adopt(fd: RawFd) -> io::Result<(SocketId, Address)> {
-        let id = match socket::adopt_accepted(fd, false) {
-            Ok(id) => id,
-            Err(e) => {
-                socket::close(SocketId(fd));
-                return Err(e);
-            }
-        };
-        match socket::peer_addr(id) {
-            Ok(addr) => Ok((id, addr)),
-            Err(e) => {
-                // The peer is already gone (ENOTCONN): report a transient
-                // accept error rather than a socket without a peer.
-                tracing::debug!("uring: accepted socket lost its peer: {e}");
-                socket::close(id);
-                Err(io::Error::from_raw_os_error(libc::ECONNABORTED))
-            }
-        }
-    }
-
     /// Builds the SQE for the op in `key`'s slot, or completes it at once.
     fn start(&mut self, key: OpKey) {
         let ud = Slots::<Slot>::encode(key);
         let slot = self.slots.get_mut(key).expect("slot just inserted");
         let entry = match &mut slot.op {
-            Op::Accept { listener, .. } => opcode::Accept::new(
-                types::Fd(listener.0),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-            .flags(libc::SOCK_CLOEXEC)
-            .build(),
+            Op::Accept { listener, .. } => {
+                let mut addr = AcceptAddr::new();
+                // The accepted socket is blocking (no SOCK_NONBLOCK), as the
+                // uring driver wants its sockets.
+                let e = opcode::Accept::new(
+                    types::Fd(listener.0),
+                    std::ptr::addr_of_mut!(addr.storage).cast::<libc::sockaddr>(),
+                    std::ptr::addr_of_mut!(addr.len),
+                )
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+                slot.side = Side::Accept(addr);
+                e
+            }
             Op::Connect { socket, addr } => match addr.to_sockaddr() {
                 Ok(sa) => {
                     let sa = Box::new(sa);
@@ -577,10 +908,11 @@ impl UringDriver {
         };
         let entry = entry.user_data(ud);
         // SAFETY: every pointer in `entry` refers to heap memory owned by the
-        // slot (the Vec's buffer, the Bytes, the boxed side data), which stays
+        // slot (the Vec's buffer, the Bytes, the boxed side data, including
+        // the accept's address storage the kernel writes), which stays
         // put until the slot is removed when the op's CQE arrives, or is leaked
         // by `drop`.
-        unsafe { self.push(&entry) };
+        unsafe { self.push(entry) };
     }
 }
 
@@ -602,13 +934,19 @@ impl Driver for UringDriver {
             cancel_requested: false,
             cancel_result: None,
         });
-        assert!(key.index < MAX_INDEX, "too many io_uring ops in flight");
+        self.stats.submitted += 1;
+        if key.index >= self.max_index {
+            // Its key would collide with the marker bits of `user_data`:
+            // complete it with an error, without the kernel (O1).
+            tracing::warn!("uring: too many ops in flight ({})", self.slots.len());
+            self.complete_later(key, -libc::ENOBUFS);
+            return key;
+        }
         let i = key.index as usize;
         if self.live.len() <= i {
             self.live.resize(i + 1, None);
         }
         self.live[i] = Some(key);
-        self.stats.submitted += 1;
         self.start(key);
         key
     }
@@ -629,12 +967,11 @@ impl Driver for UringDriver {
             .build()
             .user_data(Slots::<Slot>::encode(key) | CANCEL_BIT);
         // SAFETY: ASYNC_CANCEL carries no pointers.
-        unsafe { self.push(&entry) };
+        unsafe { self.push(entry) };
     }
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         let before = out.len();
-        out.append(&mut self.backlog);
         while let Some((key, res)) = self.ready.pop_front() {
             if let Some(slot) = self.slots.remove(key) {
                 out.push(self.finish(key, slot, res));
@@ -645,9 +982,9 @@ impl Driver for UringDriver {
         } else {
             timeout
         };
-        let r = self.enter(timeout);
-        self.reap(out);
-        r
+        let entered = self.enter(timeout);
+        let reaped = self.reap_all(out);
+        entered.and(reaped)
     }
 
     fn remote_waker(&self) -> Arc<dyn RemoteWaker> {
@@ -670,7 +1007,31 @@ impl Driver for UringDriver {
         socket::open_stream(addr, false)
     }
 
+    /// Closes at once, except a socket with `SO_LINGER` > 0: its close(2)
+    /// would block the loop thread until the unsent data is acknowledged (or
+    /// the linger time passes). That one goes to the kernel as an
+    /// `IORING_OP_CLOSE` run by an io-wq worker (`IOSQE_ASYNC`), which does
+    /// the waiting; the peer sees the same as after a blocking close (the
+    /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6) the
+    /// linger is cleared first: Linux sends the queued data and FIN in the
+    /// background all the same, only the wait is skipped.
     fn close(&mut self, socket: SocketId) {
+        if self.lingering.remove(&socket.0) {
+            if self.close_supported {
+                let entry = opcode::Close::new(types::Fd(socket.0))
+                    .build()
+                    .flags(squeue::Flags::ASYNC)
+                    .user_data(CLOSE_UD);
+                // SAFETY: IORING_OP_CLOSE carries no pointers; the fd stays
+                // open (and unused: its owner let it go) until the op runs.
+                unsafe { self.push(entry) };
+                self.closes_in_flight += 1;
+                return;
+            }
+            if let Err(e) = socket::set_option(socket, SockOpt::Linger(None)) {
+                tracing::warn!("uring: could not clear SO_LINGER before close: {e}");
+            }
+        }
         socket::close(socket)
     }
 
@@ -683,7 +1044,16 @@ impl Driver for UringDriver {
     }
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
-        socket::set_option(socket, opt)
+        socket::set_option(socket, opt)?;
+        if let SockOpt::Linger(l) = opt {
+            // SO_LINGER counts whole seconds: less than one is a reset.
+            if l.is_some_and(|d| d.as_secs() > 0) {
+                self.lingering.insert(socket.0);
+            } else {
+                self.lingering.remove(&socket.0);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -705,7 +1075,7 @@ impl UringDriver {
     /// (the waker read included). The driver submits nothing afterwards.
     fn quiesce(&mut self, limit: Duration) -> usize {
         self.closing = true;
-        let mut garbage = std::mem::take(&mut self.backlog);
+        let mut garbage = Vec::new();
         while let Some((key, res)) = self.ready.pop_front() {
             if let Some(slot) = self.slots.remove(key) {
                 garbage.push(self.finish(key, slot, res));
@@ -720,7 +1090,7 @@ impl UringDriver {
                 .build()
                 .user_data(WAKER_CANCEL_UD);
             // SAFETY: ASYNC_CANCEL carries no pointers.
-            unsafe { self.push(&entry) };
+            unsafe { self.push(entry) };
         }
         let deadline = Instant::now() + limit;
         loop {
@@ -733,11 +1103,12 @@ impl UringDriver {
                 break;
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
-            if let Err(e) = self.enter(Some(wait)) {
+            let entered = self.enter(Some(wait));
+            let reaped = self.reap_all(&mut garbage);
+            if let Err(e) = entered.and(reaped) {
                 tracing::warn!("uring: io_uring_enter failed during shutdown: {e}");
                 break;
             }
-            self.reap(&mut garbage);
         }
         Self::discard(&mut garbage);
         let mut leaked = self.slots.len();
@@ -1408,5 +1779,429 @@ mod tests {
         d.close(server);
         d.close(client);
         assert_quiescent(&d);
+    }
+
+    // ----- robustness (issue 7 item 6) -----
+
+    thread_local! {
+        /// `build_ring` skips this many of its setups (to test each one).
+        pub(super) static SKIP_SETUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A driver on the `skip`-th setup `build_ring` would try (and the ones
+    /// after it, if the kernel refuses that one).
+    fn driver_on_setup(entries: u32, skip: usize) -> Option<UringDriver> {
+        SKIP_SETUPS.set(skip);
+        let d = driver_with(entries);
+        SKIP_SETUPS.set(0);
+        d
+    }
+
+    /// A driver with `entries` SQ entries, or `None` where io_uring is refused.
+    fn driver_with(entries: u32) -> Option<UringDriver> {
+        match UringDriver::new(entries) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("SKIPPED: io_uring unavailable on this machine: {e}");
+                None
+            }
+        }
+    }
+
+    /// Plays `script` to the next `io_uring_enter`s, then lets them through.
+    fn script(d: &mut UringDriver, script: Vec<Box<dyn FnMut() -> Fault>>) {
+        let mut steps = script.into_iter();
+        d.fault = Some(Box::new(move || match steps.next() {
+            Some(mut step) => step(),
+            None => Fault::Pass,
+        }));
+    }
+
+    /// Waits until every key in `keys` completed; returns their completions.
+    fn run_all(d: &mut UringDriver, keys: &[OpKey], limit: Duration) -> Vec<Completion> {
+        let deadline = Instant::now() + limit;
+        let mut out = Vec::new();
+        while !keys
+            .iter()
+            .all(|k| out.iter().any(|c: &Completion| c.key == *k))
+        {
+            let missing: Vec<_> = keys
+                .iter()
+                .filter(|k| !out.iter().any(|c: &Completion| c.key == **k))
+                .collect();
+            assert!(
+                Instant::now() < deadline,
+                "O1: no completion after {limit:?} for {missing:?} (completions lost)"
+            );
+            let _ = d.wait(Some(Duration::from_millis(50)), &mut out);
+        }
+        assert_eq!(
+            out.len(),
+            keys.len(),
+            "stray or duplicate completions: {out:?}"
+        );
+        out
+    }
+
+    /// Cancels every key and waits for the completions, then checks O1.
+    fn cancel_all(d: &mut UringDriver, keys: &[OpKey]) {
+        for &k in keys {
+            d.cancel(k);
+        }
+        run_all(d, keys, Duration::from_secs(5));
+        assert_quiescent(d);
+    }
+
+    /// 6e. An op index beyond what `user_data` can carry completes with an
+    /// error (O1) instead of panicking.
+    #[test]
+    fn too_many_ops_in_flight_complete_with_an_error() {
+        let mut d = driver_or_skip!();
+        d.max_index = 2;
+        let (a, _pa) = pair();
+        let k1 = d.submit(recv_op(a, 16), 1);
+        let k2 = d.submit(recv_op(a, 16), 2);
+        let k3 = d.submit(recv_op(a, 16), 3);
+        let c = run(&mut d, k3);
+        assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ENOBUFS));
+        cancel_all(&mut d, &[k1, k2]);
+        d.close(a);
+    }
+
+    /// 6d. Kernels without EXT_ARG wait with a Timeout op: it must end with
+    /// the wait, not linger as one kernel timer per wait.
+    #[test]
+    fn fallback_timeouts_do_not_pile_up() {
+        let mut d = driver_or_skip!();
+        d.ext_arg = false;
+        let waker = d.remote_waker();
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            waker.wake();
+            d.wait(Some(Duration::from_secs(30)), &mut out).unwrap();
+        }
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(
+            d.fallback_timeouts <= 1,
+            "{} kernel timers still pending after 100 woken waits",
+            d.fallback_timeouts
+        );
+    }
+
+    /// 6f. Closing a socket with `SO_LINGER` > 0 and unsent data does not
+    /// block the loop thread; the data still reaches the peer, then EOF.
+    #[test]
+    fn close_with_linger_does_not_block_the_loop() {
+        let mut d = driver_or_skip!();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = socket2::Socket::from(
+            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+        );
+        peer.set_recv_buffer_size(4096).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let ours = socket2::Socket::from(ours);
+        ours.set_send_buffer_size(4096).unwrap();
+        // Fill both buffers: the peer does not read yet.
+        ours.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 4096];
+        let mut written = 0usize;
+        loop {
+            match ours.send(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        ours.set_nonblocking(false).unwrap();
+        let s = SocketId(ours.into_raw_fd());
+        d.set_option(s, SockOpt::Linger(Some(Duration::from_secs(2))))
+            .unwrap();
+        let start = Instant::now();
+        d.close(s);
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        let blocked = start.elapsed();
+        assert!(
+            blocked < Duration::from_millis(500),
+            "close blocked the loop thread for {blocked:?} (SO_LINGER 2 s, {written} bytes unsent)"
+        );
+        // Nothing is lost: the peer reads every byte, then EOF.
+        let mut peer = std::net::TcpStream::from(peer);
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), written);
+        assert!(got.iter().all(|&b| b == 7));
+        // The close itself completes in the kernel.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.internal_in_flight() > 0 {
+            assert!(Instant::now() < deadline, "the close never completed");
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        assert_quiescent(&d);
+    }
+
+    /// 6a. The SQ is full and `io_uring_enter` answers EBUSY; making room reaps
+    /// the waker's CQE, re-arms the waker, meets EBUSY again while more
+    /// completions arrive. Every op still completes exactly once.
+    #[test]
+    fn busy_enter_while_rearming_the_waker_loses_no_completion() {
+        let Some(mut d) = driver_with(8) else { return };
+        let sq = d.ring.params().sq_entries() as usize;
+        let mut out = Vec::new();
+        d.wait(Some(Duration::ZERO), &mut out).unwrap(); // the waker read is in the kernel
+        let (a, pa) = pair();
+        let (b, pb) = pair();
+        let ka = d.submit(recv_op(a, 16), 1);
+        let kb = d.submit(recv_op(b, 16), 2);
+        d.wait(Some(Duration::ZERO), &mut out).unwrap(); // both are in the kernel
+        assert!(out.is_empty());
+        // Idle receives fill the SQ (not submitted yet).
+        let mut keys = vec![ka, kb];
+        let mut socks = vec![a, b];
+        let mut peers = Vec::new();
+        for i in 0..sq {
+            let (s, p) = pair();
+            keys.push(d.submit(recv_op(s, 16), 100 + i));
+            socks.push(s);
+            peers.push(p);
+        }
+        d.remote_waker().wake();
+        let mut writers = Some((pa, pb));
+        let mut kept = Vec::new();
+        script(
+            &mut d,
+            vec![
+                Box::new(|| Fault::FlushThenFail(libc::EBUSY)),
+                Box::new(move || {
+                    // Data for a and b arrives while the driver is making room.
+                    let (mut pa, mut pb) = writers.take().unwrap();
+                    pa.write_all(b"a").unwrap();
+                    pb.write_all(b"b").unwrap();
+                    kept.push((pa, pb));
+                    Fault::FlushThenFail(libc::EBUSY)
+                }),
+                Box::new(|| Fault::Pass),
+                // (Keeps the old code's submit_and_wait(1) from blocking for ever.)
+                Box::new(|| Fault::Fail(libc::EINTR)),
+            ],
+        );
+        let (x, _px) = pair();
+        let kx = d.submit(recv_op(x, 16), 50);
+        keys.push(kx);
+        socks.push(x);
+        let done = run_all(&mut d, &[ka, kb], Duration::from_secs(2));
+        for c in done {
+            assert_eq!(recv_bytes(c).unwrap().len(), 1);
+        }
+        keys.retain(|k| *k != ka && *k != kb);
+        cancel_all(&mut d, &keys);
+        for s in socks {
+            d.close(s);
+        }
+    }
+
+    /// 6b. `submit` while the SQ is full and the kernel answers EBUSY (or
+    /// EAGAIN), with nothing about to complete: it never blocks the loop
+    /// thread; neither does a `wait` without a timeout while the kernel keeps
+    /// refusing; once it accepts again, everything is submitted.
+    #[test]
+    fn busy_enter_never_blocks_submit() {
+        for errno in [libc::EBUSY, libc::EAGAIN] {
+            let Some(mut d) = driver_with(8) else { return };
+            let sq = d.ring.params().sq_entries() as usize;
+            let mut out = Vec::new();
+            d.wait(Some(Duration::ZERO), &mut out).unwrap();
+            let mut keys = Vec::new();
+            let mut socks = Vec::new();
+            let mut peers = Vec::new();
+            for i in 0..sq {
+                let (s, p) = pair();
+                keys.push(d.submit(recv_op(s, 16), i));
+                socks.push(s);
+                peers.push(p);
+            }
+            // Failsafe: if submit blocks waiting for a completion, one
+            // arrives after 3 s and the elapsed time fails the test instead
+            // of a hang.
+            let mut failsafe = peers[0].try_clone().unwrap();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                if done_rx.recv_timeout(Duration::from_secs(3)).is_err() {
+                    let _ = failsafe.write_all(b"!");
+                }
+            });
+            script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
+            let (x, mut px) = pair();
+            let start = Instant::now();
+            let kx = d.submit(recv_op(x, 16), 99);
+            let elapsed = start.elapsed();
+            let _ = done_tx.send(());
+            t.join().unwrap();
+            socks.push(x);
+            assert!(
+                elapsed < Duration::from_secs(1),
+                "submit blocked the loop for {elapsed:?} (the kernel said errno {errno})"
+            );
+            // The kernel refuses five more times: waits without a timeout
+            // still return.
+            script(
+                &mut d,
+                (0..5)
+                    .map(|_| Box::new(move || Fault::Fail(errno)) as Box<dyn FnMut() -> Fault>)
+                    .collect(),
+            );
+            let start = Instant::now();
+            for _ in 0..3 {
+                d.wait(None, &mut out).unwrap();
+            }
+            let elapsed = start.elapsed();
+            assert!(
+                elapsed < Duration::from_secs(1),
+                "wait(None) blocked {elapsed:?} while the kernel refused SQEs"
+            );
+            // Then it accepts: the op queued meanwhile reaches the kernel.
+            px.write_all(b"x").unwrap();
+            let c = run_all(&mut d, &[kx], Duration::from_secs(5))
+                .pop()
+                .unwrap();
+            assert_eq!(recv_bytes(c).unwrap(), b"x");
+            cancel_all(&mut d, &keys);
+            for s in socks {
+                d.close(s);
+            }
+        }
+    }
+
+    /// 6c. A failing `io_uring_enter` (here EBADR: the kernel dropped a
+    /// completion; then ENXIO) is an error returned from `wait`, never a
+    /// panic, and the driver goes on.
+    #[test]
+    fn enter_failures_are_errors_not_panics() {
+        for errno in [libc::EBADR, libc::ENXIO] {
+            let Some(mut d) = driver_with(8) else { return };
+            let sq = d.ring.params().sq_entries() as usize;
+            let mut out = Vec::new();
+            d.wait(Some(Duration::ZERO), &mut out).unwrap();
+            let mut keys = Vec::new();
+            let mut socks = Vec::new();
+            let mut peers = Vec::new();
+            for i in 0..=sq {
+                let (s, p) = pair();
+                if i == sq {
+                    script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
+                }
+                keys.push(d.submit(recv_op(s, 16), i));
+                socks.push(s);
+                peers.push(p);
+            }
+            script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
+            let err = d
+                .wait(Some(Duration::ZERO), &mut out)
+                .expect_err("the failure is reported by wait");
+            assert_eq!(err.raw_os_error(), Some(errno), "{err}");
+            // The driver goes on: data arrives, cancels complete.
+            peers[0].write_all(b"z").unwrap();
+            let c = run_all(&mut d, &keys[..1], Duration::from_secs(5))
+                .pop()
+                .unwrap();
+            assert_eq!(recv_bytes(c).unwrap(), b"z");
+            cancel_all(&mut d, &keys[1..]);
+            for s in socks {
+                d.close(s);
+            }
+        }
+    }
+
+    /// Raises the soft descriptor limit to at least `n` (up to the hard limit).
+    fn want_fds(n: u64) -> bool {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            if lim.rlim_cur < n {
+                lim.rlim_cur = n.min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        lim.rlim_cur >= n
+    }
+
+    /// 6c. More completions in one turn than the CQ holds: 5,000 connections
+    /// made readable at once, on a ring of 256 SQ entries (its CQ holds
+    /// 2,048; the loop's default ring of 1,024 holds 8,192), on every ring
+    /// setup. One `wait` returns every one of them (an overflowed CQ is
+    /// flushed, deferred task work run, in the same turn); none is lost (O1).
+    #[test]
+    fn more_completions_in_one_turn_than_the_cq_holds() {
+        const N: usize = 5000;
+        if !want_fds(2 * N as u64 + 256) {
+            eprintln!("SKIPPED: needs {} descriptors", 2 * N + 256);
+            return;
+        }
+        // Every ring setup the kernel accepts: with DEFER_TASKRUN the kernel
+        // posts completions in small batches as it is entered; without it,
+        // all 5,000 are posted at once, overflowing the CQ.
+        let mut setups = Vec::new();
+        for skip in 0..4 {
+            let Some(d) = driver_on_setup(256, skip) else {
+                return;
+            };
+            if !setups.contains(&d.setup) {
+                setups.push(d.setup);
+                readable_at_once(d, N);
+            }
+        }
+    }
+
+    fn readable_at_once(mut d: UringDriver, n: usize) {
+        let setup = d.setup;
+        let cq = d.ring.params().cq_entries() as usize;
+        assert!(n > cq, "the test must overflow the CQ ({cq} entries)");
+        let mut keys = Vec::with_capacity(n);
+        let mut socks = Vec::with_capacity(n);
+        let mut peers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (s, p) = pair();
+            keys.push(d.submit(recv_op(s, 16), i));
+            socks.push(s);
+            peers.push(p);
+        }
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            d.wait(Some(Duration::ZERO), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        for p in &mut peers {
+            p.write_all(b"r").unwrap();
+        }
+        d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
+        let first = out.len();
+        println!("{setup}: CQ {cq} entries, {n} completions ready, first wait returned {first}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < n && Instant::now() < deadline {
+            d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+        }
+        let total = out.len();
+        println!("after more waits: {total} of {n}");
+        assert_eq!(total, n, "O1: completions lost");
+        assert_eq!(
+            first, n,
+            "{setup}: one turn returned {first} of {n} (CQ holds {cq})"
+        );
+        for c in out {
+            assert_eq!(recv_bytes(c).unwrap(), b"r");
+        }
+        assert_quiescent(&d);
+        for s in socks {
+            d.close(s);
+        }
     }
 }

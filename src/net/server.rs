@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::address::Address;
-use crate::driver::socket::is_transient_accept_error;
+use crate::driver::socket::{classify_accept_error, AcceptError};
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
 use crate::event_loop::{
     guarded, ExceptionContext, ExceptionSource, Handle, Resource, TimerHandle, WeakHandle,
@@ -291,6 +291,18 @@ impl Server {
                 self.arm();
             }
             (Err(e), _) if is_cancelled(&e) => {}
+            (Err(e), _) if classify_accept_error(&e) == AcceptError::Connection => {
+                // L3: one incoming connection failed (a peer that reset before
+                // it was accepted, a firewall...): skip it and accept the
+                // next one at once. Backing off here would let any client
+                // stall the server by resetting.
+                tracing::debug!(addr = %self.inner.addr, error = %e, "accept: connection failed; next");
+                let mut st = self.inner.st.borrow_mut();
+                st.accept_errors += 1;
+                st.next_backoff = MIN_BACKOFF;
+                drop(st);
+                self.arm();
+            }
             (Err(e), _) => {
                 self.backoff(&h, e);
                 return;
@@ -331,7 +343,9 @@ impl Server {
         st.connections.push(t);
     }
 
-    /// L3: an accept error never ends the server; wait, then accept again.
+    /// L3: resource exhaustion (or a broken listener) never ends the server;
+    /// wait, then accept again. The pause doubles up to [`MAX_BACKOFF`] and
+    /// starts over after a successful accept.
     fn backoff(&self, h: &Handle, error: io::Error) {
         let mut st = self.inner.st.borrow_mut();
         st.accept_errors += 1;
@@ -342,10 +356,10 @@ impl Server {
         }
         let delay = st.next_backoff;
         st.next_backoff = (delay * 2).min(MAX_BACKOFF);
-        if is_transient_accept_error(&error) {
-            tracing::warn!(addr = %self.inner.addr, %error, ?delay, "accept failed; retrying");
+        if classify_accept_error(&error) == AcceptError::Resources {
+            tracing::warn!(addr = %self.inner.addr, %error, ?delay, "accept: out of resources; backing off");
         } else {
-            tracing::error!(addr = %self.inner.addr, %error, ?delay, "accept failed; retrying");
+            tracing::error!(addr = %self.inner.addr, %error, ?delay, "accept failed; backing off");
         }
         let me = self.clone();
         st.backoff = Some(h.call_later(delay, move || {

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use proactor::driver::sim::SimConfig;
 use proactor::{DriverKind, EventLoop, Handle};
 
 #[allow(unused_imports)]
@@ -71,11 +72,21 @@ pub fn crash_fast(b: proactor::Builder) -> proactor::Builder {
 /// A failing sim seed is reported with the command that replays it.
 /// PROACTOR_TEST_DRIVERS (e.g. `poll,sim`) narrows the set for debugging.
 pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
-    on_every_driver_shared(test, |lp| scenario(&lp));
+    on_every_driver_with(test, SimConfig::with_seed, |lp| scenario(&lp))
 }
 
 /// [`on_every_driver`] for scenarios whose callbacks need the loop itself.
 pub fn on_every_driver_shared(test: &str, scenario: impl Fn(Rc<EventLoop>)) {
+    on_every_driver_with(test, SimConfig::with_seed, scenario)
+}
+
+/// [`on_every_driver_shared`] with the sim settings of each seed chosen by
+/// the test (for example a reset model or fault probabilities it needs).
+pub fn on_every_driver_with(
+    test: &str,
+    sim_config: impl Fn(u64) -> SimConfig,
+    scenario: impl Fn(Rc<EventLoop>),
+) {
     let wanted = |k: DriverKind| {
         std::env::var("PROACTOR_TEST_DRIVERS")
             .map(|v| v.split(',').any(|s| s.trim() == k.name()))
@@ -99,9 +110,13 @@ pub fn on_every_driver_shared(test: &str, scenario: impl Fn(Rc<EventLoop>)) {
         Vec::new()
     };
     for seed in seeds {
-        let lp = crash_fast(EventLoop::builder().driver(DriverKind::Sim).sim_seed(seed))
-            .build()
-            .expect("build sim loop");
+        let lp = crash_fast(
+            EventLoop::builder()
+                .driver(DriverKind::Sim)
+                .sim_config(sim_config(seed)),
+        )
+        .build()
+        .expect("build sim loop");
         let lp = Rc::new(lp);
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(lp.clone())));

@@ -105,6 +105,14 @@ pub struct SimConfig {
     pub accept_error_prob: f64,
     /// Per connect: refused even though a listener exists. Default 0.05.
     pub connect_refuse_prob: f64,
+    /// When the connection an accept would return was reset by its client
+    /// while it waited in the backlog: probability that the accept fails with
+    /// `ECONNABORTED` and drops it, as BSD kernels report such a connection
+    /// (Linux returns the dead socket, whose first recv fails with
+    /// `ECONNRESET`: that is what happens otherwise). Independent of
+    /// [`SimConfig::faults`]: it only models how the kernel reports a reset
+    /// the application caused. Default 0 (Linux).
+    pub reset_accept_abort_prob: f64,
     /// Number of recent trace lines kept for [`Driver::trace`]. Default 200.
     pub trace_lines: usize,
 }
@@ -132,6 +140,7 @@ impl Default for SimConfig {
             half_close_prob: 0.002,
             accept_error_prob: 0.05,
             connect_refuse_prob: 0.05,
+            reset_accept_abort_prob: 0.0,
             trace_lines: 200,
         }
     }
@@ -404,6 +413,7 @@ impl SimDriver {
         let half_p = self.config.fault(self.config.half_close_prob);
         let accept_p = self.config.fault(self.config.accept_error_prob);
         let refuse_p = self.config.fault(self.config.connect_refuse_prob);
+        let reset_abort_p = self.config.reset_accept_abort_prob;
         let step = self.step;
         let p = self.ops.get_mut(key)?;
         let net = &mut self.net;
@@ -425,6 +435,15 @@ impl SimDriver {
                     }
                     trace.push(format!("step {step}: fault accept listener={l} EMFILE"));
                     return Some(Err(os_err(libc::EMFILE)));
+                }
+                if net.queued_head_was_reset(l)
+                    && rngs.fault.chance(reset_abort_p)
+                    && net.abort_queued(l)
+                {
+                    trace.push(format!(
+                        "step {step}: accept listener={l} ECONNABORTED (client reset first)"
+                    ));
+                    return Some(Err(os_err(libc::ECONNABORTED)));
                 }
                 match net.accept(l)? {
                     Ok((sock, addr)) => {

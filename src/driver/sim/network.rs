@@ -530,6 +530,20 @@ impl Network {
         Some(Ok((SocketId(server), peer)))
     }
 
+    /// Whether the oldest connection queued on listener `fd` was reset by its
+    /// client before being accepted.
+    pub(super) fn queued_head_was_reset(&self, fd: i32) -> bool {
+        let Some(Sock::Listener(l)) = self.sockets.get(&fd) else {
+            return false;
+        };
+        l.queue.front().is_some_and(|&server| {
+            matches!(
+                self.sockets.get(&server),
+                Some(Sock::Stream(s)) if s.peer.is_none() && s.error == Some(libc::ECONNRESET)
+            )
+        })
+    }
+
     /// Fault: the oldest queued connection is aborted before it is accepted
     /// (the client sees a reset). Returns whether there was one.
     pub(super) fn abort_queued(&mut self, fd: i32) -> bool {

@@ -1,0 +1,360 @@
+//! L3: clients that reset before the server accepts them are one
+//! connection's failure; they never make the server stop accepting others.
+//!
+//! A storm of clients connects and resets at once (`SO_LINGER` 0) while a
+//! well-behaved client makes one new connection per round trip. On `uring`
+//! and `poll` the storm is four threads on real sockets; on `sim` it is four
+//! tasks on the loop, and the simulator reports a connection reset before
+//! its accept as `ECONNABORTED` (BSD's behaviour,
+//! `SimConfig::reset_accept_abort_prob`), so the server's handling of
+//! per-connection accept errors is exercised over the seeds.
+
+mod util;
+
+use std::cell::{Cell, RefCell};
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proactor::driver::poll::PollDriver;
+use proactor::driver::sim::{SimConfig, SimDriver};
+use proactor::driver::uring::UringDriver;
+use proactor::driver::{Completion, Driver, Op, OpKey, SockOpt, SocketId};
+use proactor::{
+    Address, BaseProtocol, ConnectOptions, DriverKind, EventLoop, Handle, Protocol, Transport,
+};
+use util::*;
+
+/// Threads (kernel drivers) or tasks (sim) connecting and resetting.
+const STORM: usize = 4;
+/// Round trips of the well-behaved client, each on a new connection.
+const ROUNDS: usize = 40;
+/// Worst round trip allowed on the kernel drivers (wall clock, on a loaded
+/// 2-core machine). The accept back-off starts at 10 ms and doubles to 1 s:
+/// backing off on these errors makes round trips of seconds.
+const KERNEL_LIMIT: Duration = Duration::from_millis(500);
+/// Worst round trip allowed on `sim` (virtual time; one back-off is 10 ms).
+const SIM_LIMIT: Duration = Duration::from_millis(5);
+/// Sim: pause of each storm task between two resets (the sim takes 5 µs a step).
+const STORM_PACE: Duration = Duration::from_micros(40);
+/// A round that takes longer than this fails the test at once.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Echo {
+    t: Option<Transport>,
+}
+impl BaseProtocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+}
+impl Protocol for Echo {
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.t {
+            t.write(data);
+        }
+    }
+}
+
+/// Counts the bytes echoed back to the well-behaved client.
+struct Pinger {
+    got: Rc<Cell<usize>>,
+}
+impl BaseProtocol for Pinger {}
+impl Protocol for Pinger {
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.set(self.got.get() + data.len());
+    }
+}
+
+/// A client that only resets.
+struct Silent;
+impl BaseProtocol for Silent {}
+impl Protocol for Silent {
+    fn data_received(&mut self, _: &[u8]) {}
+}
+
+fn reset_options() -> ConnectOptions {
+    ConnectOptions {
+        linger: Some(Duration::ZERO),
+        ..ConnectOptions::default()
+    }
+}
+
+/// Kernel drivers: threads that connect and reset as fast as they can.
+fn storm_threads(
+    addr: Address,
+    stop: Arc<AtomicBool>,
+    resets: Arc<AtomicU64>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let addr = addr.as_inet().expect("inet listener");
+    (0..STORM)
+        .map(|_| {
+            let stop = stop.clone();
+            let resets = resets.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                        Ok(s) => {
+                            let s = socket2::Socket::from(s);
+                            s.set_linger(Some(Duration::ZERO)).unwrap();
+                            drop(s); // RST
+                            resets.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A full backlog: keep storming.
+                        Err(_) => std::thread::yield_now(),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Sim: tasks on the loop that connect and reset.
+fn storm_tasks(h: &Handle, addr: Address, stop: Rc<Cell<bool>>, resets: Rc<Cell<u64>>) {
+    for _ in 0..STORM {
+        let h2 = h.clone();
+        let addr = addr.clone();
+        let stop = stop.clone();
+        let resets = resets.clone();
+        h.spawn(async move {
+            while !stop.get() {
+                // A refused connect (full backlog) only paces the storm.
+                if let Ok(t) = h2
+                    .create_connection_with(addr.clone(), Silent.into(), reset_options())
+                    .await
+                {
+                    t.abort(); // RST
+                    resets.set(resets.get() + 1);
+                }
+                // Pace the storm below one connection per step (the server
+                // accepts one per loop turn): a full backlog refuses the
+                // well-behaved client too, whatever the server does.
+                sleep(&h2, STORM_PACE).await;
+            }
+        });
+    }
+}
+
+/// One round trip of the well-behaved client on a new connection.
+async fn round_trip(h: &Handle, addr: &Address) -> Duration {
+    let start = h.now();
+    let got = Rc::new(Cell::new(0));
+    let deadline = start + ROUND_TIMEOUT;
+    let t = loop {
+        match h
+            .create_connection(addr.clone(), Pinger { got: got.clone() })
+            .await
+        {
+            Ok(t) => break t,
+            // A backlog filled while the server did not accept: try again,
+            // as a kernel's SYN retransmission would (the time counts).
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                assert!(
+                    h.now() < deadline,
+                    "the well-behaved client was refused for {ROUND_TIMEOUT:?}"
+                );
+                sleep(h, Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("the well-behaved client cannot connect: {e}"),
+        }
+    };
+    t.write(b"ping");
+    while got.get() < 4 {
+        assert!(
+            h.now() < deadline,
+            "the well-behaved client waited more than {ROUND_TIMEOUT:?} for its echo"
+        );
+        sleep(h, Duration::from_micros(100)).await;
+    }
+    let rtt = h.now().duration_since(start);
+    t.close();
+    rtt
+}
+
+fn reset_storm(lp: &EventLoop) {
+    let h = lp.handle();
+    let kind = h.driver_kind();
+    let worst: Rc<RefCell<Vec<Duration>>> = Rc::default();
+    let w = worst.clone();
+    let (resets, accept_errors) = lp
+        .run_until_complete(async move {
+            let server = h.create_server(localhost(), Echo::default).unwrap();
+            let addr = server.local_addr();
+            let stop_threads = Arc::new(AtomicBool::new(false));
+            let thread_resets = Arc::new(AtomicU64::new(0));
+            let stop_tasks = Rc::new(Cell::new(false));
+            let task_resets = Rc::new(Cell::new(0u64));
+            let threads = if kind == DriverKind::Sim {
+                storm_tasks(&h, addr.clone(), stop_tasks.clone(), task_resets.clone());
+                Vec::new()
+            } else {
+                storm_threads(addr.clone(), stop_threads.clone(), thread_resets.clone())
+            };
+            let resets = || thread_resets.load(Ordering::Relaxed) + task_resets.get();
+            wait_until(&h, Duration::from_secs(10), "the storm under way", || {
+                resets() >= 50
+            })
+            .await;
+            for _ in 0..ROUNDS {
+                let rtt = round_trip(&h, &addr).await;
+                w.borrow_mut().push(rtt);
+            }
+            stop_threads.store(true, Ordering::Relaxed);
+            stop_tasks.set(true);
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(!server.is_closed(), "L3: the server keeps serving");
+            let accept_errors = server.accept_errors();
+            server.close();
+            server.abort_clients();
+            (resets(), accept_errors)
+        })
+        .unwrap();
+    let rtts = worst.borrow();
+    let max = rtts.iter().max().copied().unwrap_or_default();
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    eprintln!(
+        "reset storm on {kind}: {resets} resets, {accept_errors} accept errors, \
+         round trip median {median:?}, worst {max:?}"
+    );
+    let limit = if kind == DriverKind::Sim {
+        SIM_LIMIT
+    } else {
+        KERNEL_LIMIT
+    };
+    assert!(
+        max < limit,
+        "L3: a reset storm stalled the server on {kind}: worst round trip {max:?} (limit {limit:?})"
+    );
+}
+
+#[test]
+fn l3_reset_storm_never_stalls_accept() {
+    on_every_driver_with(
+        "l3_reset_storm_never_stalls_accept",
+        |seed| SimConfig {
+            reset_accept_abort_prob: 1.0,
+            ..SimConfig::with_seed(seed)
+        },
+        |lp| reset_storm(&lp),
+    );
+}
+
+/// Waits (on the driver alone) for the one completion of `key`.
+fn complete(d: &mut dyn Driver, key: OpKey) -> Completion {
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(i) = out.iter().position(|c: &Completion| c.key == key) {
+            let c = out.swap_remove(i);
+            assert!(out.is_empty(), "unexpected completions: {out:?}");
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no completion");
+        d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+    }
+}
+
+/// A client of `listener` that connects, then resets before it is accepted.
+/// Returns the client's address (what the accept must report as the peer).
+fn connect_and_reset(d: &mut dyn Driver, listener: SocketId) -> Address {
+    let addr = d.local_addr(listener).unwrap();
+    if d.kind() == DriverKind::Sim {
+        let c = d.open_stream(&addr).unwrap();
+        let k = d.submit(
+            Op::Connect {
+                socket: c,
+                addr: addr.clone(),
+            },
+            0,
+        );
+        complete(d, k).result.unwrap();
+        let local = d.local_addr(c).unwrap();
+        d.set_option(c, SockOpt::Linger(Some(Duration::ZERO)))
+            .unwrap();
+        d.close(c); // RST
+        local
+    } else {
+        let c = TcpStream::connect(addr.as_inet().unwrap()).unwrap();
+        let local = Address::Inet(c.local_addr().unwrap());
+        let c = socket2::Socket::from(c);
+        c.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(c); // RST
+                 // Loopback handles the RST at once; leave it a moment anyway.
+        std::thread::sleep(Duration::from_millis(20));
+        local
+    }
+}
+
+/// L3 at the driver level, the same on every driver: a peer that reset
+/// before its accept is, on Linux, a successful accept of a dead socket; the
+/// peer's address comes with it (taken from the accept itself, not from a
+/// later `getpeername`, which would fail with `ENOTCONN`).
+fn accept_after_peer_reset(d: &mut dyn Driver) {
+    let listener = d.listen(&localhost(), 16).unwrap();
+    let client = connect_and_reset(d, listener);
+    let k = d.submit(
+        Op::Accept {
+            listener,
+            accepted: None,
+        },
+        0,
+    );
+    let c = complete(d, k);
+    let kind = d.kind();
+    let n = c
+        .result
+        .unwrap_or_else(|e| panic!("{kind}: accept after a peer reset failed: {e}"));
+    assert_eq!(n, 0);
+    let Op::Accept {
+        accepted: Some((socket, peer)),
+        ..
+    } = c.op
+    else {
+        panic!("{kind}: accept completed without a socket: {:?}", c.op);
+    };
+    assert_eq!(peer, client, "{kind}: the peer address of the accept");
+    // The connection is dead: its first recv reports the reset (or EOF).
+    let k = d.submit(
+        Op::Recv {
+            socket,
+            buf: Vec::with_capacity(16),
+        },
+        1,
+    );
+    match complete(d, k).result {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{kind}: {e}"),
+        Ok(n) => assert_eq!(n, 0, "{kind}: bytes from a reset peer"),
+    }
+    d.close(socket);
+    d.close(listener);
+    let s = d.stats();
+    assert_eq!(s.submitted, s.completed, "{kind}: O1");
+}
+
+#[test]
+fn l3_peer_reset_before_accept_is_accepted_with_its_address() {
+    let wanted = |k: DriverKind| {
+        std::env::var("PROACTOR_TEST_DRIVERS")
+            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
+            .unwrap_or(true)
+    };
+    if wanted(DriverKind::Uring) && uring_available() {
+        accept_after_peer_reset(&mut UringDriver::new(64).unwrap());
+    }
+    if wanted(DriverKind::Poll) {
+        accept_after_peer_reset(&mut PollDriver::new().unwrap());
+    }
+    if wanted(DriverKind::Sim) {
+        for seed in contract_seeds() {
+            accept_after_peer_reset(&mut SimDriver::new(SimConfig::with_seed(seed)));
+        }
+    }
+}
