@@ -16,10 +16,9 @@
 //! so calling them while `st` is borrowed is safe.
 #![forbid(unsafe_code)]
 
-use std::cell::{Cell, OnceCell, RefCell, RefMut};
-use std::collections::VecDeque;
+use std::cell::{OnceCell, RefCell};
 use std::future::Future;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll};
@@ -35,12 +34,9 @@ use super::{
     TLS_WRITE_LOW_WATER,
 };
 use crate::address::Address;
-use crate::event_loop::{Handle, TimerHandle, WeakHandle};
+use crate::event_loop::{Handle, TimerHandle};
 use crate::protocol::{AnyProtocol, BaseProtocol, Protocol};
-use crate::transport::{
-    dispatch, Delivery, DeliveryHost, Ledger, TlsInfo, Transport, TransportImpl, WriteEdges,
-    WriteFlow,
-};
+use crate::transport::{dispatch, Delivery, TlsInfo, Transport, TransportCore, TransportImpl};
 
 pub(crate) type Receiver = oneshot::Receiver<io::Result<()>>;
 
@@ -68,10 +64,6 @@ struct State {
     gated: bool,
     waiter: Option<oneshot::Sender<io::Result<()>>>,
     info: Option<TlsInfo>,
-    /// Application plaintext not yet given to the engine (T2, T5).
-    backlog: VecDeque<Bytes>,
-    backlog_size: usize,
-    flow: WriteFlow,
     /// The raw transport told us `pause_writing` (and not yet `resume_writing`).
     raw_write_paused: bool,
     /// We paused the raw transport's reading because too much plaintext is held.
@@ -85,7 +77,6 @@ struct State {
     pending_loss: Option<Option<io::Error>>,
     handshake_timer: Option<TimerHandle>,
     shutdown_timer: Option<TimerHandle>,
-    dropped_writes: u64,
     /// BROKEN ON PURPOSE (`broken-scheduled-handshake`): whether the
     /// scheduled handshake has run; bytes arriving before are dropped.
     #[cfg(feature = "broken-scheduled-handshake")]
@@ -94,12 +85,12 @@ struct State {
 
 /// The application's transport over TLS, and the engine's owner.
 pub(crate) struct TlsConn {
-    lp: WeakHandle,
     me: Weak<TlsConn>,
+    /// Its send queue holds application plaintext not yet given to the
+    /// engine (T2, T5).
+    core: TransportCore,
     raw: OnceCell<Transport>,
     st: RefCell<State>,
-    delivery: RefCell<Delivery>,
-    scheduled: Cell<bool>,
     handshake_timeout: Duration,
     shutdown_timeout: Duration,
     /// The name a client asked for (reported as SNI).
@@ -144,9 +135,14 @@ impl TlsConn {
         } else {
             Delivery::new(protocol)
         };
-        let tls = Rc::new_cyclic(|me| TlsConn {
-            lp: handle.downgrade(),
+        let tls = Rc::new_cyclic(|me: &Weak<TlsConn>| TlsConn {
             me: me.clone(),
+            core: TransportCore::new(
+                handle,
+                me.clone(),
+                delivery,
+                (TLS_WRITE_HIGH_WATER, TLS_WRITE_LOW_WATER),
+            ),
             raw: OnceCell::new(),
             st: RefCell::new(State {
                 conn,
@@ -155,9 +151,6 @@ impl TlsConn {
                 gated: with_waiter,
                 waiter: with_waiter.then_some(tx),
                 info: None,
-                backlog: VecDeque::new(),
-                backlog_size: 0,
-                flow: WriteFlow::new(TLS_WRITE_HIGH_WATER, TLS_WRITE_LOW_WATER),
                 raw_write_paused: false,
                 raw_read_paused: false,
                 closing: false,
@@ -166,12 +159,9 @@ impl TlsConn {
                 pending_loss: None,
                 handshake_timer: None,
                 shutdown_timer: None,
-                dropped_writes: 0,
                 #[cfg(feature = "broken-scheduled-handshake")]
                 started: false,
             }),
-            delivery: RefCell::new(delivery),
-            scheduled: Cell::new(false),
             handshake_timeout: options.handshake_timeout,
             shutdown_timeout: options.shutdown_timeout,
             client_name,
@@ -212,7 +202,7 @@ impl TlsConn {
             // before it runs — `unconsumed` included — are dropped.
             drop(unconsumed);
             let me = self.rc();
-            if let Some(h) = self.lp.upgrade() {
+            if let Some(h) = self.core.event_loop() {
                 h.call_soon(move || {
                     me.st.borrow_mut().started = true;
                     me.flush_output();
@@ -229,7 +219,9 @@ impl TlsConn {
     }
 
     fn arm_handshake_timer(&self) {
-        let Some(h) = self.lp.upgrade() else { return };
+        let Some(h) = self.core.event_loop() else {
+            return;
+        };
         let weak = self.me.clone();
         let timer = h.call_later(self.handshake_timeout, move || {
             if let Some(me) = weak.upgrade() {
@@ -244,7 +236,9 @@ impl TlsConn {
     }
 
     fn arm_shutdown_timer(&self) {
-        let Some(h) = self.lp.upgrade() else { return };
+        let Some(h) = self.core.event_loop() else {
+            return;
+        };
         let weak = self.me.clone();
         let timer = h.call_later(self.shutdown_timeout, move || {
             if let Some(me) = weak.upgrade() {
@@ -259,21 +253,12 @@ impl TlsConn {
         }
     }
 
-    /// Queues a run of [`TlsConn::run`] on the loop, once.
     fn schedule(&self) {
-        if self.scheduled.replace(true) {
-            return;
-        }
-        let Some(h) = self.lp.upgrade() else { return };
-        let me = self.rc();
-        h.call_soon_internal(move || {
-            me.scheduled.set(false);
-            me.run();
-        });
+        self.core.schedule();
     }
 
     /// Feeds the engine, delivers what is deliverable, keeps flow control.
-    fn run(&self) {
+    fn run_tls(&self) {
         self.pump();
         let live = {
             let st = self.st.borrow();
@@ -283,14 +268,14 @@ impl TlsConn {
             dispatch(self);
             let loss = {
                 let mut st = self.st.borrow_mut();
-                if st.pending_loss.is_some() && !self.delivery.borrow().has_held() {
+                if st.pending_loss.is_some() && !self.core.delivery().has_held() {
                     st.pending_loss.take()
                 } else {
                     None
                 }
             };
             if let Some(loss) = loss {
-                self.delivery.borrow_mut().lose(loss);
+                self.core.delivery_mut().lose(loss);
                 dispatch(self);
             }
         }
@@ -301,7 +286,7 @@ impl TlsConn {
     /// for a paused application, resumes it once enough was delivered (T5).
     fn control_raw_reading(&self) {
         let Some(raw) = self.raw() else { return };
-        let held = self.delivery.borrow().held_bytes();
+        let held = self.core.delivery().held_bytes();
         let mut st = self.st.borrow_mut();
         if st.phase == Phase::Done {
             return;
@@ -358,9 +343,9 @@ impl TlsConn {
                             break;
                         }
                         if st.closing {
-                            self.delivery.borrow_mut().push_discarded(n);
+                            self.core.delivery_mut().push_discarded(n);
                         } else {
-                            self.delivery.borrow_mut().push_data(buf);
+                            self.core.delivery_mut().push_data(buf);
                         }
                     }
                     if io_state.peer_has_closed() {
@@ -389,7 +374,7 @@ impl TlsConn {
                 raw.close();
             } else if !st.closing && !st.eof_pushed {
                 st.eof_pushed = true;
-                self.delivery.borrow_mut().push_eof();
+                self.core.delivery_mut().push_eof();
             }
         }
         drop(st);
@@ -451,7 +436,10 @@ impl TlsConn {
         }
         let (_, raw_high) = raw.get_write_buffer_limits();
         let mut failure = None;
-        while !st.backlog.is_empty() {
+        loop {
+            if self.write_buffer_size() == 0 {
+                break;
+            }
             if raw.is_closing() {
                 // It would drop what we write: keep it counted in the backlog,
                 // so that it ends in an error, not in silence.
@@ -460,47 +448,29 @@ impl TlsConn {
             if !st.closing && (st.raw_write_paused || raw.get_write_buffer_size() > raw_high) {
                 break;
             }
-            let mut slices = Vec::with_capacity(FEED_SLICES);
-            let mut total = 0;
-            for b in st.backlog.iter().take(FEED_SLICES) {
-                let take = b.len().min(FEED_CHUNK - total);
-                slices.push(IoSlice::new(&b[..take]));
-                total += take;
-                if total == FEED_CHUNK {
-                    break;
+            let written = self.core.with_send_queue(|queue| {
+                queue.seal();
+                let slices = queue.front_slices(FEED_SLICES, FEED_CHUNK);
+                let written = st.conn.writer().write_vectored(&slices);
+                drop(slices);
+                if let Ok(n) = written {
+                    queue.advance(n);
                 }
-            }
-            let written = st.conn.writer().write_vectored(&slices);
-            drop(slices);
-            let mut n = match written {
+                written
+            });
+            let n = match written {
                 Ok(n) => n,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             };
-            st.backlog_size -= n;
-            while n > 0 {
-                let front = st
-                    .backlog
-                    .front_mut()
-                    .expect("backlog shorter than written");
-                if n >= front.len() {
-                    n -= front.len();
-                    st.backlog.pop_front();
-                } else {
-                    let _ = front.split_to(n);
-                    n = 0;
-                }
-            }
             flush_engine(st, raw);
-            if total == 0 {
+            if n == 0 {
                 break;
             }
         }
-        let size = st.backlog_size;
-        st.flow.update(size);
-        if st.closing && st.backlog.is_empty() && failure.is_none() {
+        if st.closing && self.write_buffer_size() == 0 && failure.is_none() {
             st.conn.send_close_notify();
             flush_engine(st, raw);
             st.phase = Phase::ShuttingDown;
@@ -526,9 +496,7 @@ impl TlsConn {
         }
         st.phase = Phase::Done;
         st.pending_loss = None;
-        st.backlog.clear();
-        st.backlog_size = 0;
-        st.flow.update(0);
+        self.core.discard_unsent();
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         let waiter = st.waiter.take();
         drop(st);
@@ -556,7 +524,7 @@ impl TlsConn {
             }
         } else {
             tracing::debug!(%error, "TLS connection failed");
-            self.delivery.borrow_mut().lose(Some(error));
+            self.core.delivery_mut().lose(Some(error));
         }
         self.schedule();
     }
@@ -599,7 +567,9 @@ impl TlsConn {
     /// within the shutdown timeout: a peer that stopped reading would
     /// otherwise keep it open for ever. The timer goes away with the socket.
     fn bound_raw_close(&self, raw: &Transport) {
-        let Some(h) = self.lp.upgrade() else { return };
+        let Some(h) = self.core.event_loop() else {
+            return;
+        };
         let target = raw.clone();
         let timer = h.call_later(self.shutdown_timeout, move || {
             if !target.is_released() {
@@ -634,10 +604,7 @@ impl TlsConn {
             return;
         }
         st.phase = Phase::Done;
-        let unsent = st.backlog_size;
-        st.backlog.clear();
-        st.backlog_size = 0;
-        st.flow.update(0);
+        let unsent = self.core.discard_unsent();
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         for t in timers.into_iter().flatten() {
             t.cancel();
@@ -645,7 +612,7 @@ impl TlsConn {
         match error {
             Some(e) => {
                 drop(st);
-                self.delivery.borrow_mut().lose(Some(e));
+                self.core.delivery_mut().lose(Some(e));
             }
             None => {
                 // Plaintext received before the end is delivered first. The
@@ -704,53 +671,28 @@ fn flush_engine(st: &mut State, raw: &Transport) {
     }
 }
 
-impl DeliveryHost for TlsConn {
-    fn delivery(&self) -> RefMut<'_, Delivery> {
-        self.delivery.borrow_mut()
+impl TransportImpl for TlsConn {
+    fn core(&self) -> &TransportCore {
+        &self.core
     }
-    fn write_edges(&self) -> WriteEdges {
-        self.st.borrow().flow.edges()
+
+    fn run(&self) {
+        self.run_tls();
     }
-    fn handle(&self) -> Transport {
-        self.transport()
+
+    fn accepts_writes(&self) -> bool {
+        let st = self.st.borrow();
+        !st.closing && st.phase != Phase::Done
     }
-    fn close_after_eof(&self) {
-        TransportImpl::close(self)
+
+    /// Not coalesced: every write stays a slice of its own, so a step of
+    /// the write pump feeds the engine at most `FEED_SLICES` writes.
+    fn write(&self, data: &[u8]) {
+        self.write_bytes(Bytes::copy_from_slice(data));
     }
+
     fn fail(&self, error: io::Error) {
         TlsConn::fail(self, error, true)
-    }
-    fn recycle(&self, _buf: Vec<u8>) {}
-}
-
-impl TransportImpl for TlsConn {
-    fn write(&self, data: &[u8]) {
-        if !data.is_empty() {
-            self.write_bytes(Bytes::copy_from_slice(data))
-        }
-    }
-
-    fn write_bytes(&self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        let mut st = self.st.borrow_mut();
-        if st.closing || st.phase == Phase::Done {
-            st.dropped_writes += 1;
-            if st.dropped_writes.is_power_of_two() {
-                tracing::warn!(
-                    "write on a closing TLS transport dropped ({} so far)",
-                    st.dropped_writes
-                );
-            }
-            return;
-        }
-        st.backlog_size += data.len();
-        st.backlog.push_back(data);
-        let size = st.backlog_size;
-        st.flow.update(size);
-        drop(st);
-        self.schedule();
     }
 
     fn write_eof(&self) -> io::Result<()> {
@@ -764,41 +706,6 @@ impl TransportImpl for TlsConn {
         false
     }
 
-    fn pause_reading(&self) {
-        self.delivery.borrow_mut().read_paused = true;
-    }
-
-    fn resume_reading(&self) {
-        let mut d = self.delivery.borrow_mut();
-        if d.read_paused {
-            d.read_paused = false;
-            drop(d);
-            self.schedule();
-        }
-    }
-
-    fn is_reading(&self) -> bool {
-        !self.delivery.borrow().read_paused && !TransportImpl::is_closing(self)
-    }
-
-    fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> io::Result<()> {
-        let mut st = self.st.borrow_mut();
-        let size = st.backlog_size;
-        st.flow.set_limits(high, low, TLS_WRITE_HIGH_WATER, size)?;
-        drop(st);
-        self.schedule();
-        Ok(())
-    }
-
-    fn write_buffer_limits(&self) -> (usize, usize) {
-        let st = self.st.borrow();
-        (st.flow.low, st.flow.high)
-    }
-
-    fn write_buffer_size(&self) -> usize {
-        self.st.borrow().backlog_size
-    }
-
     fn close(&self) {
         let mut st = self.st.borrow_mut();
         if st.closing {
@@ -808,7 +715,7 @@ impl TransportImpl for TlsConn {
         let phase = st.phase;
         drop(st);
         // Receive nothing more (like a plain transport's close).
-        self.delivery.borrow_mut().close_reading();
+        self.core.delivery_mut().close_reading();
         if phase == Phase::Done {
             // The connection already ended (raw transport gone, or failed):
             // `connection_lost` only waited for held plaintext, now dropped,
@@ -837,7 +744,7 @@ impl TransportImpl for TlsConn {
         drop(st);
         if was == Phase::Done {
             // Held plaintext may still wait for a paused application: drop it.
-            self.delivery.borrow_mut().lose(None);
+            self.core.delivery_mut().lose(None);
             self.schedule();
             return;
         }
@@ -851,9 +758,7 @@ impl TransportImpl for TlsConn {
         }
         let mut st = self.st.borrow_mut();
         st.phase = Phase::Done;
-        st.backlog.clear();
-        st.backlog_size = 0;
-        st.flow.update(0);
+        self.core.discard_unsent();
         let timers = [st.handshake_timer.take(), st.shutdown_timer.take()];
         drop(st);
         for t in timers.into_iter().flatten() {
@@ -862,7 +767,7 @@ impl TransportImpl for TlsConn {
         if let Some(raw) = self.raw() {
             raw.abort();
         }
-        self.delivery.borrow_mut().lose(None);
+        self.core.delivery_mut().lose(None);
         self.schedule();
     }
 
@@ -872,14 +777,8 @@ impl TransportImpl for TlsConn {
         let st = self.st.borrow();
         st.closing
             || st.phase == Phase::Done
-            || self.delivery.borrow().is_lost()
+            || self.core.delivery().is_lost()
             || self.raw().is_some_and(Transport::is_closing)
-    }
-
-    fn set_protocol(&self, protocol: AnyProtocol) {
-        let displaced = self.delivery.borrow_mut().set_protocol(protocol);
-        drop(displaced);
-        self.schedule();
     }
 
     fn peer_addr(&self) -> Option<Address> {
@@ -892,14 +791,6 @@ impl TransportImpl for TlsConn {
 
     fn tls_info(&self) -> Option<TlsInfo> {
         self.st.borrow().info.clone()
-    }
-
-    fn loop_handle(&self) -> Option<Handle> {
-        self.lp.upgrade()
-    }
-
-    fn ledger(&self) -> Ledger {
-        self.delivery.borrow().ledger()
     }
 
     fn raw(&self) -> Option<Transport> {

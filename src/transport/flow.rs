@@ -9,11 +9,12 @@ pub const DEFAULT_LOW_WATER: usize = DEFAULT_HIGH_WATER / 4;
 
 /// The water marks, and every pause/resume edge the buffered size made.
 ///
-/// Invariant: `low <= high`. Pause is wanted when the buffered size rises
-/// strictly above `high`; resume when it falls to `low` or below.
+/// Invariant: `low_water <= high_water`. Pause is wanted when the buffered
+/// size rises strictly above `high_water`; resume when it falls to
+/// `low_water` or below.
 ///
 /// Flow control is recorded as *edges*, not as a level: the buffered size
-/// can rise above `high` and fall back to `low` between two dispatches of
+/// can rise above the high mark and fall back to the low one between two dispatches of
 /// the transport (a write, then the completion of an earlier send, in one
 /// loop turn). A level would read "not paused" at both dispatches and the
 /// protocol would hear nothing, although the transport went over its mark
@@ -22,8 +23,10 @@ pub const DEFAULT_LOW_WATER: usize = DEFAULT_HIGH_WATER / 4;
 /// [`Delivery`](super::Delivery) tells the protocol each one, in order.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriteFlow {
-    pub(crate) high: usize,
-    pub(crate) low: usize,
+    /// Pause is due above this many buffered bytes.
+    pub(crate) high_water: usize,
+    /// Resume is due at or below this many.
+    pub(crate) low_water: usize,
     /// Edges so far. They alternate, starting with a pause, so an odd count
     /// means "paused": edge `n` (1-based) is a pause when `n` is odd.
     edges: WriteEdges,
@@ -39,15 +42,16 @@ pub(crate) fn is_pause_edge(n: WriteEdges) -> bool {
 }
 
 impl WriteFlow {
-    pub(crate) fn new(high: usize, low: usize) -> Self {
+    pub(crate) fn new(high_water: usize, low_water: usize) -> Self {
         WriteFlow {
-            high,
-            low,
+            high_water,
+            low_water,
             edges: 0,
         }
     }
 
-    /// Whether the buffered size is over the mark and not yet back to low.
+    /// Whether the buffered size went over the high mark and is not yet back
+    /// to the low one.
     pub(crate) fn paused(&self) -> bool {
         is_pause_edge(self.edges)
     }
@@ -61,17 +65,18 @@ impl WriteFlow {
     /// Call it after every change of the size, so no crossing goes unseen.
     pub(crate) fn update(&mut self, size: usize) {
         let crossed = if self.paused() {
-            size <= self.low
+            size <= self.low_water
         } else {
-            size > self.high
+            size > self.high_water
         };
         if crossed {
             self.edges = self.edges.wrapping_add(1);
         }
     }
 
-    /// asyncio's `set_write_buffer_limits` rules; re-checks pause at once.
-    pub(crate) fn set_limits(
+    /// Sets the water marks by asyncio's `set_write_buffer_limits` rules;
+    /// re-checks pause at once.
+    pub(crate) fn set_water_marks(
         &mut self,
         high: Option<usize>,
         low: Option<usize>,
@@ -90,8 +95,8 @@ impl WriteFlow {
                 format!("high ({high}) must be >= low ({low})"),
             ));
         }
-        self.high = high;
-        self.low = low;
+        self.high_water = high;
+        self.low_water = low;
         self.update(size);
         Ok(())
     }
@@ -132,17 +137,19 @@ mod tests {
     }
 
     #[test]
-    fn w2_limit_rules_follow_asyncio() {
+    fn w2_water_mark_rules_follow_asyncio() {
         let mut f = WriteFlow::new(DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER);
-        f.set_limits(None, Some(10), DEFAULT_HIGH_WATER, 0).unwrap();
-        assert_eq!((f.low, f.high), (10, 40));
-        f.set_limits(Some(80), None, DEFAULT_HIGH_WATER, 0).unwrap();
-        assert_eq!((f.low, f.high), (20, 80));
-        assert!(f
-            .set_limits(Some(1), Some(2), DEFAULT_HIGH_WATER, 0)
-            .is_err());
-        f.set_limits(Some(4), Some(0), DEFAULT_HIGH_WATER, 5)
+        f.set_water_marks(None, Some(10), DEFAULT_HIGH_WATER, 0)
             .unwrap();
-        assert!(f.paused(), "setting limits re-checks at once");
+        assert_eq!((f.low_water, f.high_water), (10, 40));
+        f.set_water_marks(Some(80), None, DEFAULT_HIGH_WATER, 0)
+            .unwrap();
+        assert_eq!((f.low_water, f.high_water), (20, 80));
+        assert!(f
+            .set_water_marks(Some(1), Some(2), DEFAULT_HIGH_WATER, 0)
+            .is_err());
+        f.set_water_marks(Some(4), Some(0), DEFAULT_HIGH_WATER, 5)
+            .unwrap();
+        assert!(f.paused(), "setting water marks re-checks at once");
     }
 }

@@ -26,6 +26,8 @@
 
 mod delivery;
 mod flow;
+mod send_queue;
+mod shared;
 mod stream;
 
 use std::fmt;
@@ -39,9 +41,9 @@ use crate::event_loop::Handle;
 use crate::protocol::AnyProtocol;
 
 pub use delivery::Ledger;
-pub(crate) use delivery::{dispatch, Delivery, DeliveryHost};
-pub(crate) use flow::{WriteEdges, WriteFlow};
+pub(crate) use delivery::{dispatch, Delivery};
 pub use flow::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
+pub(crate) use shared::{TransportCore, TransportImpl};
 pub(crate) use stream::StreamTransport;
 
 /// What the TLS layer reports about a secured connection.
@@ -57,35 +59,6 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<Vec<u8>>,
     /// The server name the client asked for (SNI).
     pub server_name: Option<String>,
-}
-
-/// The operations every transport offers; [`Transport`] dispatches to one.
-pub(crate) trait TransportImpl {
-    fn write(&self, data: &[u8]);
-    fn write_bytes(&self, data: Bytes);
-    fn write_eof(&self) -> io::Result<()>;
-    fn can_write_eof(&self) -> bool;
-    fn pause_reading(&self);
-    fn resume_reading(&self);
-    fn is_reading(&self) -> bool;
-    fn set_write_buffer_limits(&self, high: Option<usize>, low: Option<usize>) -> io::Result<()>;
-    fn write_buffer_limits(&self) -> (usize, usize);
-    fn write_buffer_size(&self) -> usize;
-    fn close(&self);
-    fn abort(&self);
-    fn is_closing(&self) -> bool;
-    fn set_protocol(&self, protocol: AnyProtocol);
-    fn peer_addr(&self) -> Option<Address>;
-    fn local_addr(&self) -> Option<Address>;
-    fn tls_info(&self) -> Option<TlsInfo>;
-    fn loop_handle(&self) -> Option<Handle>;
-    fn ledger(&self) -> Ledger;
-    /// The plain stream under this transport (itself, for a stream).
-    fn raw(&self) -> Option<Transport>;
-    /// Whether the socket underneath is closed and every op on it completed.
-    fn is_released(&self) -> bool;
-    /// Runs `f` once the socket is released (at once if it already is).
-    fn on_release(&self, f: Box<dyn FnOnce()>);
 }
 
 /// A handle to a stream transport (TCP, Unix, or TLS over either).
@@ -156,12 +129,12 @@ impl Transport {
         high: Option<usize>,
         low: Option<usize>,
     ) -> io::Result<()> {
-        self.0.set_write_buffer_limits(high, low)
+        self.0.set_write_water_marks(high, low)
     }
 
     /// The water marks as `(low, high)`, asyncio's order.
     pub fn get_write_buffer_limits(&self) -> (usize, usize) {
-        self.0.write_buffer_limits()
+        self.0.write_water_marks()
     }
 
     /// Bytes written but not yet sent on. Exact at every moment: `write()`

@@ -1,0 +1,193 @@
+//! The one queue of written bytes: what a transport was given by `write()`
+//! and has not passed on yet, in order (W1).
+//!
+//! A plain transport passes bytes on to the kernel (a vectored send), a TLS
+//! transport to its engine (plaintext to encrypt). Both take slices from the
+//! front with [`SendQueue::front_chunks`] or [`SendQueue::front_slices`] and
+//! then [`SendQueue::advance`] over as many bytes as went out.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Bytes, BytesMut};
+
+/// Writes smaller than this are copied into the tail, so that many small
+/// writes go out as one slice.
+const COALESCE_BELOW: usize = 16 * 1024;
+
+/// Bytes written and not yet passed on, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct SendQueue {
+    /// Sealed chunks, in write order.
+    /// Invariant: no chunk is empty.
+    chunks: VecDeque<Bytes>,
+    /// Bytes of `chunks[0]` already passed on.
+    /// Invariant: zero if `chunks` is empty, else `< chunks[0].len()`.
+    front_sent: usize,
+    /// Small writes copied together, to be sealed into `chunks` before
+    /// anything is taken from the front. Its bytes come after every chunk.
+    tail: BytesMut,
+    /// Bytes not passed on: the chunks (minus `front_sent`) and the tail.
+    /// Invariant: `len == Σ chunks[i].len() - front_sent + tail.len()`.
+    len: usize,
+}
+
+impl SendQueue {
+    /// Bytes written and not yet passed on.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends a copy of `data`; small writes are coalesced in the tail.
+    pub(crate) fn push_copy(&mut self, data: &[u8]) {
+        if data.len() < COALESCE_BELOW {
+            self.tail.extend_from_slice(data);
+            self.len += data.len();
+        } else {
+            self.push(Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// Appends `data` without copying it.
+    pub(crate) fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.seal();
+        self.len += data.len();
+        self.chunks.push_back(data);
+    }
+
+    /// Moves the tail into the chunks, so that the front slices cover it.
+    pub(crate) fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
+
+    /// Up to `max_chunks` sealed chunks from the front, and how many bytes of
+    /// the first one went out already (for a send op that owns its buffers).
+    pub(crate) fn front_chunks(&self, max_chunks: usize) -> (Vec<Bytes>, usize) {
+        let chunks = self.chunks.iter().take(max_chunks).cloned().collect();
+        (chunks, self.front_sent)
+    }
+
+    /// Up to `max_slices` slices from the front of the sealed chunks,
+    /// `max_bytes` at most in all.
+    pub(crate) fn front_slices(&self, max_slices: usize, max_bytes: usize) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(max_slices.min(self.chunks.len()));
+        let mut total = 0;
+        for (i, chunk) in self.chunks.iter().take(max_slices).enumerate() {
+            let start = if i == 0 { self.front_sent } else { 0 };
+            let take = (chunk.len() - start).min(max_bytes - total);
+            if take == 0 {
+                break;
+            }
+            slices.push(IoSlice::new(&chunk[start..start + take]));
+            total += take;
+        }
+        slices
+    }
+
+    /// Takes `n` bytes off the front: they were passed on.
+    ///
+    /// # Panics
+    /// If `n` is more than the sealed chunks hold (a bug in the caller).
+    pub(crate) fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front().expect("advanced past the queue");
+            let left = front.len() - self.front_sent;
+            if n >= left {
+                n -= left;
+                self.chunks.pop_front();
+                self.front_sent = 0;
+            } else {
+                self.front_sent += n;
+                n = 0;
+            }
+        }
+    }
+
+    /// Drops everything; returns how many bytes were dropped.
+    pub(crate) fn clear(&mut self) -> usize {
+        let dropped = self.len;
+        self.chunks.clear();
+        self.tail.clear();
+        self.front_sent = 0;
+        self.len = 0;
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut SendQueue, step: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        q.seal();
+        while q.len() > 0 {
+            let slices = q.front_slices(3, step);
+            let n: usize = slices.iter().map(|s| s.len()).sum();
+            for s in &slices {
+                out.extend_from_slice(s);
+            }
+            drop(slices);
+            q.advance(n);
+        }
+        out
+    }
+
+    #[test]
+    fn bytes_come_out_in_order_whatever_the_step() {
+        for step in [1, 2, 7, 100, COALESCE_BELOW * 3] {
+            let mut q = SendQueue::default();
+            q.push_copy(b"ab");
+            q.push(Bytes::from_static(b"cde"));
+            q.push_copy(b"f");
+            q.push_copy(&[b'g'; COALESCE_BELOW]);
+            q.push(Bytes::new());
+            q.push_copy(b"h");
+            assert_eq!(q.len(), 7 + COALESCE_BELOW);
+            let mut want = b"abcdef".to_vec();
+            want.extend_from_slice(&[b'g'; COALESCE_BELOW]);
+            want.push(b'h');
+            assert_eq!(drain(&mut q, step), want, "step {step}");
+            assert_eq!(q.len(), 0);
+        }
+    }
+
+    #[test]
+    fn small_writes_coalesce_into_one_chunk() {
+        let mut q = SendQueue::default();
+        for _ in 0..100 {
+            q.push_copy(b"xy");
+        }
+        q.seal();
+        let (chunks, offset) = q.front_chunks(64);
+        assert_eq!((chunks.len(), offset), (1, 0));
+        assert_eq!(chunks[0].len(), 200);
+    }
+
+    #[test]
+    fn partial_advance_keeps_the_front_offset() {
+        let mut q = SendQueue::default();
+        q.push(Bytes::from_static(b"hello"));
+        q.push(Bytes::from_static(b"world"));
+        q.advance(3);
+        let (chunks, offset) = q.front_chunks(64);
+        assert_eq!((chunks.len(), offset, q.len()), (2, 3, 7));
+        let slices = q.front_slices(64, 4);
+        assert_eq!(
+            slices.iter().map(|s| &s[..]).collect::<Vec<_>>(),
+            [&b"lo"[..], b"wo"]
+        );
+        drop(slices);
+        q.advance(2);
+        assert_eq!(q.front_chunks(64).1, 0, "offset resets with the chunk");
+        assert_eq!(q.clear(), 5);
+        assert_eq!(q.len(), 0);
+    }
+}
