@@ -39,7 +39,7 @@ fn server_options() -> TlsOptions {
 }
 
 fn client_hello() -> Vec<u8> {
-    let cfg = tls::client_config_insecure().unwrap();
+    let cfg = tls::dangerous::client_config_no_verification().unwrap();
     let mut c = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
     let mut out = Vec::new();
     while c.wants_write() {

@@ -1,6 +1,6 @@
 //! Building rustls configurations: webpki roots, a CA from PEM, server
-//! certificates from PEM, a throwaway self-signed certificate, and an
-//! explicit, clearly named opt-out of verification for tests.
+//! certificates from PEM, a throwaway self-signed certificate. The opt-out
+//! of verification lives apart, in [`dangerous`](super::dangerous).
 //!
 //! Every builder uses the `ring` provider explicitly, so nothing depends on a
 //! process-wide default provider being installed.
@@ -10,10 +10,9 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The crypto provider every config here uses (`ring`).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -24,7 +23,8 @@ fn invalid(what: impl fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
 }
 
-fn client_builder() -> io::Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+pub(super) fn client_builder(
+) -> io::Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
     ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(invalid)
@@ -65,22 +65,6 @@ pub fn client_config_with_ca_pem(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>>
 /// [`client_config_with_ca_pem`] reading the PEM from a file.
 pub fn client_config_with_ca_file(path: impl AsRef<Path>) -> io::Result<Arc<ClientConfig>> {
     client_config_with_ca_pem(&read(path.as_ref())?)
-}
-
-/// **For tests only.** A client config that accepts any server certificate
-/// for any name (signatures on the handshake are still checked, so the peer
-/// must hold the key of the certificate it shows). This removes the
-/// protection TLS gives against an active attacker.
-pub fn client_config_insecure() -> io::Result<Arc<ClientConfig>> {
-    let verifier = Arc::new(AcceptAnyServerCert {
-        algorithms: provider().signature_verification_algorithms,
-    });
-    Ok(Arc::new(
-        client_builder()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-    ))
 }
 
 /// A server config from a certificate chain and a private key, both PEM.
@@ -130,47 +114,6 @@ fn read(path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// The verifier behind [`client_config_insecure`].
-#[derive(Debug)]
-struct AcceptAnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +124,6 @@ mod tests {
         assert!(cert.contains("BEGIN CERTIFICATE"));
         server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
         client_config_with_ca_pem(cert.as_bytes()).unwrap();
-        client_config_insecure().unwrap();
         client_config_webpki().unwrap();
     }
 

@@ -3,9 +3,10 @@
 //!
 //! # Shape
 //!
-//! A [`TlsProtocol`](conn) is installed as the protocol of the *raw*
-//! transport. It owns the rustls connection: every byte the raw transport
-//! delivers goes to `read_tls` + `process_new_packets`, in every state (T1);
+//! A raw protocol is installed on the *raw* transport; it forwards every
+//! event to the TLS transport, which owns the rustls connection (the
+//! sans-IO `engine`): every byte the raw transport delivers is fed to it,
+//! in every state (T1);
 //! the plaintext that comes out is pushed into the TLS transport's
 //! [`Delivery`](crate::transport) — the same machinery plain transports use,
 //! so the application sees the same contract (R1–R4, L4); encrypted output is
@@ -48,18 +49,20 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-mod conn;
+pub mod dangerous;
+mod ending;
+mod engine;
+mod error;
+mod options;
+mod raw_protocol;
+mod state;
+mod transport;
+mod waiter;
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ServerConfig};
 
 use crate::address::Address;
 use crate::driver::SocketId;
@@ -69,10 +72,14 @@ use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
 pub use config::{
-    client_config_insecure, client_config_webpki, client_config_with_ca_file,
-    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+    client_config_webpki, client_config_with_ca_file, client_config_with_ca_pem, self_signed,
+    server_config_from_pem, server_config_from_pem_files,
 };
-use conn::{TlsConn, Waiter};
+pub use error::TlsError;
+pub(crate) use options::Role;
+pub use options::TlsOptions;
+use transport::TlsTransport;
+use waiter::Waiter;
 
 /// Default handshake timeout (asyncio's).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,183 +93,6 @@ pub const TLS_WRITE_LOW_WATER: usize = 128 * 1024;
 pub const TLS_READ_HIGH_WATER: usize = 256 * 1024;
 /// Held plaintext at or below which the raw transport is resumed.
 pub const TLS_READ_LOW_WATER: usize = 64 * 1024;
-
-/// Why a TLS connection ended. Carried inside an [`io::Error`]; get it back
-/// with [`TlsError::of`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// The handshake did not complete within the handshake timeout.
-    HandshakeTimeout,
-    /// The peer did not answer our `close_notify` within the shutdown timeout.
-    ShutdownTimeout,
-    /// The connection ended (EOF) without the peer's `close_notify`: the data
-    /// may have been truncated by an attacker or a broken peer.
-    Truncated,
-    /// The TLS engine failed: bad certificate, alert from the peer, malformed
-    /// or unexpected record (including plaintext injected after STARTTLS).
-    Engine(rustls::Error),
-    /// The connection ended (cleanly as far as TLS goes) while this many
-    /// bytes the application wrote were still waiting to be sent: they were
-    /// never sent. Never reported as a clean close.
-    Unsent {
-        /// Application bytes written and never sent.
-        bytes: usize,
-    },
-}
-
-impl TlsError {
-    /// The `TlsError` inside `e`, if it is one.
-    pub fn of(e: &io::Error) -> Option<&TlsError> {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<TlsError>())
-    }
-
-    pub(crate) fn into_io(self) -> io::Error {
-        let kind = match &self {
-            TlsError::HandshakeTimeout | TlsError::ShutdownTimeout => io::ErrorKind::TimedOut,
-            TlsError::Truncated => io::ErrorKind::UnexpectedEof,
-            TlsError::Engine(_) => io::ErrorKind::InvalidData,
-            TlsError::Unsent { .. } => io::ErrorKind::BrokenPipe,
-        };
-        io::Error::new(kind, self)
-    }
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TlsError::HandshakeTimeout => f.write_str("TLS handshake timed out"),
-            TlsError::ShutdownTimeout => f.write_str("TLS shutdown timed out"),
-            TlsError::Truncated => {
-                f.write_str("TLS connection truncated: EOF without close_notify")
-            }
-            TlsError::Engine(e) => write!(f, "TLS error: {e}"),
-            TlsError::Unsent { bytes } => write!(
-                f,
-                "TLS connection ended with {bytes} bytes of application data not sent"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for TlsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TlsError::Engine(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Which side of the handshake we play, with its configuration.
-#[derive(Clone, Debug)]
-pub(crate) enum Role {
-    Client {
-        config: Arc<ClientConfig>,
-        server_name: ServerName<'static>,
-    },
-    Server {
-        config: Arc<ServerConfig>,
-    },
-}
-
-/// Settings of one TLS connection: the role and rustls config, timeouts, and
-/// for [`Handle::start_tls`] the bytes already received in plaintext that
-/// belong to the TLS stream.
-#[derive(Clone, Debug)]
-pub struct TlsOptions {
-    pub(crate) role: Role,
-    /// How long the handshake may take (default 60 s; must be > 0).
-    pub handshake_timeout: Duration,
-    /// How long `close()` waits for the peer's `close_notify` (default 30 s;
-    /// must be > 0).
-    pub shutdown_timeout: Duration,
-    /// Bytes the old protocol received but did not consume, for example a
-    /// ClientHello that came in the same read as the `STARTTLS` command. They
-    /// are fed to the TLS engine first (T3), never to the application.
-    pub unconsumed: Bytes,
-    /// `start_tls` only: tell the new protocol `connection_made` with the TLS
-    /// transport (default `false`, like asyncio: the protocol already saw the
-    /// raw transport and gets the TLS one from the future).
-    pub call_connection_made: bool,
-}
-
-impl TlsOptions {
-    /// Client side, verifying the server as `server_name` (a DNS name or an
-    /// IP address, also sent as SNI for DNS names).
-    pub fn client(config: Arc<ClientConfig>, server_name: &str) -> io::Result<TlsOptions> {
-        let server_name = ServerName::try_from(server_name.to_string()).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid server name {server_name:?}: {e}"),
-            )
-        })?;
-        Ok(TlsOptions::with_role(Role::Client {
-            config,
-            server_name,
-        }))
-    }
-
-    /// Server side.
-    pub fn server(config: Arc<ServerConfig>) -> TlsOptions {
-        TlsOptions::with_role(Role::Server { config })
-    }
-
-    fn with_role(role: Role) -> TlsOptions {
-        TlsOptions {
-            role,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            unconsumed: Bytes::new(),
-            call_connection_made: false,
-        }
-    }
-
-    /// Sets [`TlsOptions::handshake_timeout`].
-    pub fn handshake_timeout(mut self, d: Duration) -> Self {
-        self.handshake_timeout = d;
-        self
-    }
-
-    /// Sets [`TlsOptions::shutdown_timeout`].
-    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
-        self.shutdown_timeout = d;
-        self
-    }
-
-    /// Sets [`TlsOptions::unconsumed`].
-    pub fn unconsumed(mut self, bytes: impl Into<Bytes>) -> Self {
-        self.unconsumed = bytes.into();
-        self
-    }
-
-    /// Sets [`TlsOptions::call_connection_made`].
-    pub fn call_connection_made(mut self, yes: bool) -> Self {
-        self.call_connection_made = yes;
-        self
-    }
-
-    /// Whether this is the server side.
-    pub fn is_server(&self) -> bool {
-        matches!(self.role, Role::Server { .. })
-    }
-
-    fn validate(&self) -> io::Result<()> {
-        for (name, d) in [
-            ("handshake_timeout", self.handshake_timeout),
-            ("shutdown_timeout", self.shutdown_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{name} should be a positive duration"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 impl Handle {
     /// Upgrades `transport` to TLS and returns the TLS transport once the
@@ -310,10 +140,10 @@ impl Handle {
         }
         let unconsumed = options.unconsumed.clone();
         let made = options.call_connection_made;
-        let (tls, rx) = TlsConn::new(self, options, protocol, !made, true)?;
+        let (tls, rx) = TlsTransport::new(self, options, protocol, !made, true)?;
         tls.set_raw(transport.clone());
         transport.pause_reading();
-        transport.set_protocol(tls.protocol());
+        transport.set_protocol(tls.raw_protocol());
         tls.start_handshake(unconsumed);
         transport.resume_reading();
         Ok(Waiter::new(tls, rx))
@@ -343,7 +173,7 @@ impl Handle {
                     "create_tls_connection needs client options",
                 ));
             }
-            let engine = TlsConn::new(self, options, protocol, false, true)?;
+            let engine = TlsTransport::new(self, options, protocol, false, true)?;
             Ok((
                 engine,
                 self.connect_socket(addr, ConnectOptions::default())?,
@@ -354,7 +184,7 @@ impl Handle {
             // Dropping this future closes the socket: before the connect
             // completes it is cancelled; after, the Waiter's drop aborts.
             let socket = connecting.await?;
-            let raw = StreamTransport::start(&h, socket, tls.protocol());
+            let raw = StreamTransport::start(&h, socket, tls.raw_protocol());
             tls.set_raw(raw);
             Waiter::new(tls, rx).await
         }
@@ -399,15 +229,15 @@ impl Handle {
         }
         let starter = Rc::new(
             move |h: &Handle, socket: SocketId, protocol: AnyProtocol| -> Transport {
-                match TlsConn::new(h, options.clone(), protocol, false, false) {
+                match TlsTransport::new(h, options.clone(), protocol, false, false) {
                     Ok((tls, _rx)) => {
-                        let raw = StreamTransport::start(h, socket, tls.protocol());
+                        let raw = StreamTransport::start(h, socket, tls.raw_protocol());
                         tls.set_raw(raw);
                         tls.transport()
                     }
                     Err(e) => {
                         tracing::warn!(%e, "could not start a TLS server connection");
-                        let raw = StreamTransport::start(h, socket, conn::Refuse.into());
+                        let raw = StreamTransport::start(h, socket, raw_protocol::Refuse.into());
                         raw.abort();
                         raw
                     }

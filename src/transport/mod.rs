@@ -43,6 +43,7 @@ use crate::protocol::AnyProtocol;
 pub use delivery::Ledger;
 pub(crate) use delivery::{dispatch, Delivery};
 pub use flow::{DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};
+pub(crate) use send_queue::SendQueue;
 pub(crate) use shared::{TransportCore, TransportImpl};
 pub(crate) use stream::StreamTransport;
 

@@ -8,9 +8,10 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use proactor::tls::dangerous::client_config_no_verification;
 use proactor::tls::{
-    client_config_insecure, client_config_webpki, client_config_with_ca_file,
-    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+    client_config_webpki, client_config_with_ca_file, client_config_with_ca_pem, self_signed,
+    server_config_from_pem, server_config_from_pem_files,
 };
 use proactor::{Address, Handle, Server, TlsOptions};
 use rustls::{ClientConfig, ServerConfig};
@@ -103,7 +104,7 @@ fn client_config(
     loopback: bool,
 ) -> Result<Arc<ClientConfig>, Failure> {
     if args.insecure {
-        return client_config_insecure().map_err(setup_err("--insecure"));
+        return client_config_no_verification().map_err(setup_err("--insecure"));
     }
     if let Some(ca) = &args.tls_ca {
         return client_config_with_ca_file(ca).map_err(setup_err("--tls-ca"));
