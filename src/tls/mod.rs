@@ -139,8 +139,8 @@ impl Handle {
             ));
         }
         let unconsumed = options.unconsumed.clone();
-        let made = options.call_connection_made;
-        let (tls, rx) = TlsTransport::new(self, options, protocol, !made, true)?;
+        let already_made = !options.call_connection_made;
+        let (tls, rx) = TlsTransport::new(self, options, protocol, already_made, true)?;
         tls.set_raw(transport.clone());
         transport.pause_reading();
         transport.set_protocol(tls.raw_protocol());
@@ -163,7 +163,7 @@ impl Handle {
     ) -> impl Future<Output = io::Result<Transport>> {
         let addr = addr.into();
         let protocol = protocol.into();
-        let h = self.clone();
+        let handle = self.clone();
         // The engine exists before any socket does, so that an error in
         // setting it up cannot leave a connected socket behind.
         let started = options.validate().and_then(|()| {
@@ -173,18 +173,15 @@ impl Handle {
                     "create_tls_connection needs client options",
                 ));
             }
-            let engine = TlsTransport::new(self, options, protocol, false, true)?;
-            Ok((
-                engine,
-                self.connect_socket(addr, ConnectOptions::default())?,
-            ))
+            let tls = TlsTransport::new(self, options, protocol, false, true)?;
+            Ok((tls, self.connect_socket(addr, ConnectOptions::default())?))
         });
         async move {
             let ((tls, rx), connecting) = started?;
             // Dropping this future closes the socket: before the connect
             // completes it is cancelled; after, the Waiter's drop aborts.
             let socket = connecting.await?;
-            let raw = StreamTransport::start(&h, socket, tls.raw_protocol());
+            let raw = StreamTransport::start(&handle, socket, tls.raw_protocol());
             tls.set_raw(raw);
             Waiter::new(tls, rx).await
         }
@@ -228,16 +225,17 @@ impl Handle {
             ));
         }
         let starter = Rc::new(
-            move |h: &Handle, socket: SocketId, protocol: AnyProtocol| -> Transport {
-                match TlsTransport::new(h, options.clone(), protocol, false, false) {
+            move |handle: &Handle, socket: SocketId, protocol: AnyProtocol| -> Transport {
+                match TlsTransport::new(handle, options.clone(), protocol, false, false) {
                     Ok((tls, _rx)) => {
-                        let raw = StreamTransport::start(h, socket, tls.raw_protocol());
+                        let raw = StreamTransport::start(handle, socket, tls.raw_protocol());
                         tls.set_raw(raw);
                         tls.transport()
                     }
                     Err(e) => {
                         tracing::warn!(%e, "could not start a TLS server connection");
-                        let raw = StreamTransport::start(h, socket, raw_protocol::Refuse.into());
+                        let refuse = raw_protocol::Refuse.into();
+                        let raw = StreamTransport::start(handle, socket, refuse);
                         raw.abort();
                         raw
                     }
