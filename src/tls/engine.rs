@@ -53,8 +53,8 @@ impl TlsEngine {
                     ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
                     other => format!("{other:?}"),
                 };
-                let c = ClientConnection::new(config, server_name)?;
-                (Connection::Client(c), Some(name))
+                let client = ClientConnection::new(config, server_name)?;
+                (Connection::Client(client), Some(name))
             }
             Role::Server { config } => (Connection::Server(ServerConnection::new(config)?), None),
         };
@@ -153,24 +153,24 @@ impl TlsEngine {
 
     /// What was negotiated (meaningful once the handshake completed).
     pub(super) fn info(&self) -> TlsInfo {
-        let c = &self.conn;
-        let server_name = match c {
+        let conn = &self.conn;
+        let server_name = match conn {
             Connection::Server(s) => s.server_name().map(str::to_string),
             Connection::Client(_) => self.client_name.clone(),
         };
         TlsInfo {
-            version: c
+            version: conn
                 .protocol_version()
                 .map(|v| format!("{v:?}"))
                 .unwrap_or_default(),
-            cipher_suite: c
+            cipher_suite: conn
                 .negotiated_cipher_suite()
                 .map(|s| format!("{:?}", s.suite()))
                 .unwrap_or_default(),
-            alpn_protocol: c.alpn_protocol().map(<[u8]>::to_vec),
-            peer_certificates: c
+            alpn_protocol: conn.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: conn
                 .peer_certificates()
-                .map(|cs| cs.iter().map(|c| c.to_vec()).collect())
+                .map(|chain| chain.iter().map(|cert| cert.to_vec()).collect())
                 .unwrap_or_default(),
             server_name,
         }

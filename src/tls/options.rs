@@ -25,7 +25,7 @@ pub(crate) enum Role {
 }
 
 /// Settings of one TLS connection: the role and rustls config, timeouts, and
-/// for [`Handle::start_tls`] the bytes already received in plaintext that
+/// for [`Handle::start_tls`](crate::Handle::start_tls) the bytes already received in plaintext that
 /// belong to the TLS stream.
 #[derive(Clone, Debug)]
 pub struct TlsOptions {

@@ -42,7 +42,7 @@ pub(super) enum Deadline {
 /// The application's transport over TLS.
 pub(crate) struct TlsTransport {
     /// This transport, for the raw protocol, the waiter and the timers.
-    pub(super) this: Weak<TlsTransport>,
+    this: Weak<TlsTransport>,
     /// Its send queue is the backlog: application plaintext not yet given
     /// to the engine (T2, T5). Its water marks are the TLS ones.
     pub(super) core: TransportCore,
@@ -120,7 +120,7 @@ impl TlsTransport {
         Ok((tls, rx))
     }
 
-    pub(super) fn strong(&self) -> Rc<TlsTransport> {
+    fn strong(&self) -> Rc<TlsTransport> {
         self.this.upgrade().expect("TLS transport used after drop")
     }
 

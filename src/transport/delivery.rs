@@ -309,7 +309,7 @@ pub(crate) trait DeliveryHost {
     /// Borrows the delivery state (briefly: never across a callback).
     fn delivery(&self) -> RefMut<'_, Delivery>;
     /// The pause/resume edges the write side recorded so far (W2; see
-    /// [`WriteFlow`](super::WriteFlow)).
+    /// [`WriteFlow`](super::flow::WriteFlow)).
     fn write_edges(&self) -> WriteEdges;
     /// The handle given to `connection_made`.
     fn handle(&self) -> Transport;

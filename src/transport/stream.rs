@@ -69,8 +69,12 @@ struct SocketState {
 impl StreamTransport {
     /// Wraps a connected socket; `connection_made` is delivered on the next step.
     pub(crate) fn start(handle: &Handle, socket: SocketId, protocol: AnyProtocol) -> Transport {
-        let (peer, local) =
-            handle.with_driver(|d| (d.peer_addr(socket).ok(), d.local_addr(socket).ok()));
+        let (peer, local) = handle.with_driver(|driver| {
+            (
+                driver.peer_addr(socket).ok(),
+                driver.local_addr(socket).ok(),
+            )
+        });
         let transport = Rc::new_cyclic(|this: &Weak<StreamTransport>| StreamTransport {
             this: this.clone(),
             core: TransportCore::new(
@@ -143,13 +147,13 @@ impl StreamTransport {
                 socket: self.socket,
                 buf,
             },
-            Box::new(move |c| this.on_recv(c)),
+            Box::new(move |completion| this.on_recv(completion)),
         ));
     }
 
-    fn on_recv(&self, c: Completion) {
-        let Op::Recv { buf, .. } = c.op else {
-            unreachable!("recv handler got {}", c.op.name())
+    fn on_recv(&self, completion: Completion) {
+        let Op::Recv { buf, .. } = completion.op else {
+            unreachable!("recv handler got {}", completion.op.name())
         };
         let mut state = self.socket_state.borrow_mut();
         state.recv = None;
@@ -161,7 +165,7 @@ impl StreamTransport {
             self.core.schedule();
             return;
         }
-        match c.result {
+        match completion.result {
             Ok(0) => {
                 state.read_done = true;
                 drop(state);
@@ -212,7 +216,7 @@ impl StreamTransport {
                     bufs,
                     offset,
                 },
-                Box::new(move |c| this.on_send(c)),
+                Box::new(move |completion| this.on_send(completion)),
             ));
             return;
         }
@@ -224,7 +228,7 @@ impl StreamTransport {
                     socket: self.socket,
                     how: Shutdown::Write,
                 },
-                Box::new(move |c| this.on_shutdown(c)),
+                Box::new(move |completion| this.on_shutdown(completion)),
             ));
             return;
         }
@@ -236,10 +240,10 @@ impl StreamTransport {
         }
     }
 
-    fn on_send(&self, c: Completion) {
+    fn on_send(&self, completion: Completion) {
         let mut state = self.socket_state.borrow_mut();
         state.send = None;
-        match c.result {
+        match completion.result {
             // After abort the queue is gone: a send that completed anyway
             // (cancel raced) has nothing left to account for.
             Ok(_) if state.aborted => {}
@@ -250,13 +254,13 @@ impl StreamTransport {
                 self.fail(e);
             }
         }
-        // `c.op` (and the Bytes it holds) is released here: W3.
+        // `completion.op` (and the Bytes it holds) is released here: W3.
         self.core.schedule();
     }
 
-    fn on_shutdown(&self, c: Completion) {
+    fn on_shutdown(&self, completion: Completion) {
         self.socket_state.borrow_mut().shutdown = None;
-        if let Err(e) = c.result {
+        if let Err(e) = completion.result {
             if !is_cancelled(&e) && e.raw_os_error() != Some(libc::ENOTCONN) {
                 self.fail(e);
             }
@@ -276,8 +280,8 @@ impl StreamTransport {
         drop(state);
         self.core.discard_unsent();
         if let Some(event_loop) = self.core.event_loop() {
-            for k in keys {
-                event_loop.cancel(k);
+            for key in keys {
+                event_loop.cancel(key);
             }
         }
     }
@@ -295,7 +299,7 @@ impl StreamTransport {
         state.socket_closed = true;
         drop(state);
         if let Some(event_loop) = self.core.event_loop() {
-            event_loop.with_driver(|d| d.close(self.socket));
+            event_loop.with_driver(|driver| driver.close(self.socket));
             event_loop.unregister(self.resource_key, true);
         }
         let hooks = std::mem::take(&mut *self.release_hooks.borrow_mut());
@@ -367,11 +371,11 @@ impl TransportImpl for StreamTransport {
         delivery.read_paused = true;
         drop(delivery);
         let mut state = self.socket_state.borrow_mut();
-        if let Some(k) = state.recv {
+        if let Some(key) = state.recv {
             state.recv_cancelled_by_pause = true;
             drop(state);
             if let Some(event_loop) = self.core.event_loop() {
-                event_loop.cancel(k);
+                event_loop.cancel(key);
             }
         }
     }
@@ -388,8 +392,8 @@ impl TransportImpl for StreamTransport {
         // receive in flight is asked to stop; its completion still arrives
         // and its bytes are counted as discarded.
         self.core.delivery_mut().close_reading();
-        if let (Some(k), Some(event_loop)) = (recv, self.core.event_loop()) {
-            event_loop.cancel(k);
+        if let (Some(key), Some(event_loop)) = (recv, self.core.event_loop()) {
+            event_loop.cancel(key);
         }
         self.core.schedule();
     }
