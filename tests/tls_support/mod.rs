@@ -191,6 +191,8 @@ pub struct Seen {
     pub eof: u32,
     pub lost: u32,
     pub error: Option<io::Error>,
+    /// Loop time of `connection_lost` (set by protocols that know it).
+    pub lost_at: Option<std::time::Instant>,
 }
 
 pub type Shared = Rc<RefCell<Seen>>;
