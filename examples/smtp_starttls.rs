@@ -63,7 +63,9 @@ fn main() -> std::io::Result<()> {
     let server_config = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => tls::server_config_from_pem_files(c, k)?,
         _ => {
-            let (cert, key) = tls::self_signed(&["localhost", "127.0.0.1"])?;
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+            let (cert, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
             tls::server_config_from_pem(cert.as_bytes(), key.as_bytes())?
         }
     };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use proactor::tls::{
     client_config_insecure, client_config_webpki, client_config_with_ca_file,
-    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+    client_config_with_ca_pem, server_config_from_pem, server_config_from_pem_files,
 };
 use proactor::{Address, Handle, Server, TlsOptions};
 use rustls::{ClientConfig, ServerConfig};
@@ -71,6 +71,14 @@ fn check_files(args: &TlsArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// A throwaway certificate for `names`, as `(certificate PEM, key PEM)`;
+/// it is its own CA.
+fn self_signed(names: &[&str]) -> std::io::Result<(String, String)> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
 }
 
 fn setup_err(what: &str) -> impl Fn(std::io::Error) -> Failure + '_ {

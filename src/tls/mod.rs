@@ -47,7 +47,7 @@
 //! `data_received`.
 #![forbid(unsafe_code)]
 
-pub mod config;
+mod config;
 mod conn;
 
 use std::fmt;
@@ -69,8 +69,9 @@ use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
 pub use config::{
-    client_config_insecure, client_config_webpki, client_config_with_ca_file,
-    client_config_with_ca_pem, self_signed, server_config_from_pem, server_config_from_pem_files,
+    certs_from_pem, client_config_insecure, client_config_webpki, client_config_with_ca_file,
+    client_config_with_ca_pem, key_from_pem, provider, server_config_from_pem,
+    server_config_from_pem_files,
 };
 use conn::{TlsConn, Waiter};
 
