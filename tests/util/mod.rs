@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use proactor::driver::sim::SimConfig;
+use proactor::SimConfig;
 use proactor::{DriverKind, EventLoop, Handle};
 
 #[allow(unused_imports)]
