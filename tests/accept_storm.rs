@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proactor::{
-    Address, BaseProtocol, ConnectOptions, DriverKind, EventLoop, Handle, Protocol, SimConfig,
+    Address, BaseProtocol, DriverKind, EventLoop, Handle, Protocol, SimConfig, SocketOptions,
     Transport,
 };
 use util::*;
@@ -78,10 +78,10 @@ impl Protocol for Silent {
     fn data_received(&mut self, _: &[u8]) {}
 }
 
-fn reset_options() -> ConnectOptions {
-    ConnectOptions {
+fn reset_options() -> SocketOptions {
+    SocketOptions {
         linger: Some(Duration::ZERO),
-        ..ConnectOptions::default()
+        ..SocketOptions::default()
     }
 }
 

@@ -345,9 +345,9 @@ fn remote_shutdown_receives_trailing_data() {
             let (s2, d2) = (srv.clone(), data.clone());
             // Small kernel buffers, so most of the 4 MiB stays in our backlog.
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -372,9 +372,9 @@ fn remote_shutdown_receives_trailing_data() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1262,9 +1262,9 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             let srv = shared();
             let s2 = srv.clone();
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1289,9 +1289,9 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1341,9 +1341,9 @@ fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
             let srv = shared();
             let (s2, d2) = (srv.clone(), data.clone());
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1369,9 +1369,9 @@ fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1443,9 +1443,9 @@ fn unsent_backlog_at_raw_loss_is_an_error() {
             let srv = shared();
             let s2 = srv.clone();
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1462,9 +1462,9 @@ fn unsent_backlog_at_raw_loss_is_an_error() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await

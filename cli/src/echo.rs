@@ -81,8 +81,8 @@ impl Protocol for EchoProtocol {
 /// `proactor echo`: serves until killed.
 pub fn run(args: &EchoArgs) -> Result<(), Failure> {
     let tls = tls::ServerTls::from_args(&args.tls, args.starttls)?;
-    let lp = crate::build_loop(args.driver, None)?;
-    let h = lp.handle();
+    let event_loop = crate::build_loop(args.driver, None)?;
+    let h = event_loop.handle();
     let addr: Address = args.listen.clone();
     let counters = Rc::new(EchoCounters::default());
     let server = match &tls {
@@ -105,10 +105,11 @@ pub fn run(args: &EchoArgs) -> Result<(), Failure> {
     );
     // Scripts wait for the line above before connecting.
     let _ = std::io::stdout().flush();
-    run_forever(&lp)
+    run_forever(&event_loop)
 }
 
-fn run_forever(lp: &EventLoop) -> Result<(), Failure> {
-    lp.run_forever()
+fn run_forever(event_loop: &EventLoop) -> Result<(), Failure> {
+    event_loop
+        .run_forever()
         .map_err(|e| Failure::run(format!("event loop failed: {e}")))
 }

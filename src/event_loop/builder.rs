@@ -105,9 +105,9 @@ impl Builder {
                 }
             },
         };
-        let lp = EventLoop::from_driver(driver);
-        *lp.handle.inner.exception_handler.borrow_mut() = self.exception_handler;
-        Ok(lp)
+        let event_loop = EventLoop::from_driver(driver);
+        *event_loop.handle.inner.exception_handler.borrow_mut() = self.exception_handler;
+        Ok(event_loop)
     }
 
     /// The sim settings: the given config, with `PROACTOR_SIM_SEED` overriding the seed.

@@ -64,7 +64,7 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::address::Address;
 use crate::driver::SocketId;
 use crate::event_loop::Handle;
-use crate::net::{ConnectOptions, Server, ServerOptions};
+use crate::net::{Server, ServerOptions, SocketOptions};
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
@@ -345,10 +345,7 @@ impl Handle {
                 ));
             }
             let engine = TlsConn::new(self, options, protocol, false, true)?;
-            Ok((
-                engine,
-                self.connect_socket(addr, ConnectOptions::default())?,
-            ))
+            Ok((engine, self.connect_socket(addr, SocketOptions::default())?))
         });
         async move {
             let ((tls, rx), connecting) = started?;

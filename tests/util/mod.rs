@@ -207,3 +207,10 @@ pub fn open_fds() -> usize {
 pub fn localhost() -> proactor::Address {
     "127.0.0.1:0".parse().unwrap()
 }
+
+/// Polls a future once with a no-op waker (its wake-ups are not needed:
+/// the caller polls again).
+pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(f).poll(&mut cx)
+}

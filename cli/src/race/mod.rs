@@ -48,10 +48,10 @@ pub fn run(args: &RaceArgs) -> Result<(), Failure> {
     if args.seeds.is_some() {
         return Err(Failure::setup("--seeds only applies to --driver sim"));
     }
-    let lp = crate::build_loop(args.driver, None)?;
+    let event_loop = crate::build_loop(args.driver, None)?;
     let planned = args.packets * args.size as u64;
     let bar = progress::bar(planned * args.connections, "race");
-    let outcome = workload::run(&lp, args, &security, bar.as_ref())?;
+    let outcome = workload::run(&event_loop, args, &security, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -57,8 +57,8 @@ pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure
     };
     let bar = progress::bar(seeds.len() as u64, "seeds");
     for &seed in &seeds {
-        let lp = crate::build_loop(Some(DriverKind::Sim), Some(seed))?;
-        let outcome = workload::run(&lp, args, security, None)?;
+        let event_loop = crate::build_loop(Some(DriverKind::Sim), Some(seed))?;
+        let outcome = workload::run(&event_loop, args, security, None)?;
         let failed = outcome.errors().next().is_some()
             || outcome.clients.iter().any(|c| c.verified != planned);
         summary.seeds += 1;
@@ -72,7 +72,7 @@ pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure
                 "proactor: seed {seed} failed; replay it with: PROACTOR_SIM_SEED={seed} {}",
                 replay_command(args)
             );
-            if let Some(trace) = lp.handle().driver_trace() {
+            if let Some(trace) = event_loop.handle().driver_trace() {
                 eprintln!("--- sim trace of seed {seed} (most recent last) ---\n{trace}");
             }
         }

@@ -57,15 +57,15 @@ pub fn plans(args: &RaceArgs) -> Vec<Plan> {
         .collect()
 }
 
-/// Runs the race on `lp`. Fails only for set-up errors (cannot listen);
+/// Runs the race on `event_loop`. Fails only for set-up errors (cannot listen);
 /// everything that goes wrong during the run is in the [`Outcome`].
 pub fn run(
-    lp: &EventLoop,
+    event_loop: &EventLoop,
     args: &RaceArgs,
     security: &Security,
     bar: Option<&ProgressBar>,
 ) -> Result<Outcome, Failure> {
-    let h = lp.handle();
+    let h = event_loop.handle();
     let counters = Rc::new(EchoCounters::default());
     let (server, addr): (Option<Server>, Address) = match &args.connect {
         Some(a) => (None, a.clone()),
@@ -139,7 +139,7 @@ pub fn run(
             }
         }
     };
-    let result = lp.run_until_complete(race);
+    let result = event_loop.run_until_complete(race);
     let seconds = start.elapsed().as_secs_f64();
     timeout.cancel();
     let error = match result {
@@ -148,7 +148,7 @@ pub fn run(
         Err(e) => Some(e.to_string()),
     };
     if let Some(s) = &server {
-        shut_down(lp, s);
+        shut_down(event_loop, s);
     }
     Ok(Outcome {
         driver: h.driver_kind(),
@@ -162,15 +162,15 @@ pub fn run(
 
 /// Closes the server and lets its connections finish, within a grace period,
 /// so the driver's counters are final and nothing is left in flight.
-fn shut_down(lp: &EventLoop, server: &Server) {
-    let h = lp.handle();
+fn shut_down(event_loop: &EventLoop, server: &Server) {
+    let h = event_loop.handle();
     server.close();
     server.close_clients();
     let grace = h.call_later(SHUTDOWN_GRACE, {
         let h = h.clone();
         move || h.stop()
     });
-    if lp.run_until_complete(server.wait_closed()).is_err() {
+    if event_loop.run_until_complete(server.wait_closed()).is_err() {
         tracing::warn!("the echo server did not release its connections within {SHUTDOWN_GRACE:?}");
     }
     grace.cancel();
