@@ -69,6 +69,27 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// An event loop. Not `Send`: it runs on the thread that built it.
 ///
 /// Dropping it closes it (see [`EventLoop::close`]).
+///
+/// # Examples
+///
+/// Callbacks, a timer and a task on one loop:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use proactor::EventLoop;
+///
+/// let event_loop = EventLoop::new()?; // uring, or poll where io_uring is refused
+/// let handle = event_loop.handle();
+/// handle.call_soon(|| println!("runs first"));
+/// let stopper = handle.clone();
+/// handle.call_later(Duration::from_millis(10), move || stopper.stop());
+/// event_loop.run_forever()?; // until the timer stops it
+///
+/// let task = handle.spawn(async { 6 * 7 });
+/// assert_eq!(event_loop.run_until_complete(task)?, Ok(42));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct EventLoop {
     handle: Handle,
 }

@@ -23,6 +23,35 @@ impl Handle {
     /// # Errors
     /// The socket could not be created, or the connect failed (refused,
     /// unreachable, timed out: the error names the address).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use proactor::{Address, BaseProtocol, EventLoop, Protocol, Transport};
+    ///
+    /// /// Sends one line, then closes (after the line is sent).
+    /// struct Hello;
+    ///
+    /// impl BaseProtocol for Hello {
+    ///     fn connection_made(&mut self, transport: Transport) {
+    ///         transport.write(b"hello\r\n");
+    ///         transport.close();
+    ///     }
+    /// }
+    ///
+    /// impl Protocol for Hello {
+    ///     fn data_received(&mut self, _data: &[u8]) {}
+    /// }
+    ///
+    /// let event_loop = EventLoop::new()?;
+    /// let handle = event_loop.handle();
+    /// # let addr: Address = "127.0.0.1:0".parse()?;
+    /// # let server = handle.create_server(addr, || Hello)?;
+    /// let addr = server.local_addr(); // or "127.0.0.1:7878".parse()?, "unix:/tmp/s".parse()?
+    /// let transport = event_loop.run_until_complete(handle.create_connection(addr, Hello))??;
+    /// println!("connected to {:?}", transport.peer_addr());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_connection(
         &self,
         addr: impl Into<Address>,

@@ -79,6 +79,48 @@ impl fmt::Debug for Server {
 impl Handle {
     /// Listens on `addr` and runs a protocol from `factory` on every accepted
     /// connection. Port 0 picks a free port: see [`Server::local_addr`].
+    ///
+    /// The server accepts from the next loop step on, until
+    /// [`Server::close`]. A failed accept never stops it (L3): an error of
+    /// one incoming connection is skipped, resource exhaustion (`EMFILE`,
+    /// `ENOBUFS`...) pauses accepting: 10 ms, doubling up to 1 s. A panic in
+    /// `factory` refuses that one connection (L5).
+    ///
+    /// # Errors
+    /// The listening socket cannot be created, bound (address in use, no
+    /// permission, a Unix path that exists) or put in listening mode.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use proactor::{Address, BaseProtocol, EventLoop, Protocol, Transport};
+    ///
+    /// /// Writes back what it receives.
+    /// #[derive(Default)]
+    /// struct Echo(Option<Transport>);
+    ///
+    /// impl BaseProtocol for Echo {
+    ///     fn connection_made(&mut self, transport: Transport) {
+    ///         self.0 = Some(transport);
+    ///     }
+    /// }
+    ///
+    /// impl Protocol for Echo {
+    ///     fn data_received(&mut self, data: &[u8]) {
+    ///         if let Some(t) = &self.0 {
+    ///             t.write(data);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let event_loop = EventLoop::new()?;
+    /// let addr: Address = "127.0.0.1:0".parse()?;
+    /// let server = event_loop.handle().create_server(addr, Echo::default)?;
+    /// println!("listening on {}", server.local_addr());
+    /// // event_loop.run_forever()? would serve until `stop()`.
+    /// server.close();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn create_server<P, F>(&self, addr: impl Into<Address>, factory: F) -> io::Result<Server>
     where
         P: Into<AnyProtocol>,
@@ -92,6 +134,9 @@ impl Handle {
     }
 
     /// [`Handle::create_server`] with options.
+    ///
+    /// # Errors
+    /// As [`Handle::create_server`].
     pub fn create_server_with(
         &self,
         addr: Address,

@@ -37,6 +37,10 @@ fn server_builder() -> io::Result<rustls::ConfigBuilder<ServerConfig, rustls::Wa
 }
 
 /// A client config that trusts the Mozilla root set (`webpki-roots`).
+///
+/// # Errors
+/// The provider supports none of the default protocol versions (not the
+/// case for `ring`; the builders return errors rather than assume it).
 pub fn client_config_webpki() -> io::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -48,6 +52,9 @@ pub fn client_config_webpki() -> io::Result<Arc<ClientConfig>> {
 }
 
 /// A client config that trusts exactly the CA certificates in `ca_pem`.
+///
+/// # Errors
+/// `ca_pem` is not PEM, or holds no usable CA certificate (`InvalidInput`).
 pub fn client_config_with_ca_pem(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     let certs = certs_from_pem(ca_pem)?;
@@ -63,6 +70,10 @@ pub fn client_config_with_ca_pem(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>>
 }
 
 /// [`client_config_with_ca_pem`] reading the PEM from a file.
+///
+/// # Errors
+/// The file cannot be read (the error names it), or as
+/// [`client_config_with_ca_pem`].
 pub fn client_config_with_ca_file(path: impl AsRef<Path>) -> io::Result<Arc<ClientConfig>> {
     client_config_with_ca_pem(&read(path.as_ref())?)
 }
@@ -71,6 +82,9 @@ pub fn client_config_with_ca_file(path: impl AsRef<Path>) -> io::Result<Arc<Clie
 /// for any name (signatures on the handshake are still checked, so the peer
 /// must hold the key of the certificate it shows). This removes the
 /// protection TLS gives against an active attacker.
+///
+/// # Errors
+/// As [`client_config_webpki`].
 pub fn client_config_insecure() -> io::Result<Arc<ClientConfig>> {
     let verifier = Arc::new(AcceptAnyServerCert {
         algorithms: provider().signature_verification_algorithms,
@@ -84,6 +98,10 @@ pub fn client_config_insecure() -> io::Result<Arc<ClientConfig>> {
 }
 
 /// A server config from a certificate chain and a private key, both PEM.
+///
+/// # Errors
+/// No certificate or no private key in the PEM data, or a key that does not
+/// suit the certificate or the provider (`InvalidInput`).
 pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<ServerConfig>> {
     let certs = certs_from_pem(cert_pem)?;
     if certs.is_empty() {
@@ -99,6 +117,10 @@ pub fn server_config_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc
 }
 
 /// [`server_config_from_pem`] reading both PEM files.
+///
+/// # Errors
+/// A file cannot be read (the error names it), or as
+/// [`server_config_from_pem`].
 pub fn server_config_from_pem_files(
     cert_path: impl AsRef<Path>,
     key_path: impl AsRef<Path>,
@@ -107,11 +129,17 @@ pub fn server_config_from_pem_files(
 }
 
 /// The certificates in `pem` (DER), in order.
+///
+/// # Errors
+/// A certificate section of `pem` is malformed.
 pub fn certs_from_pem(pem: &[u8]) -> io::Result<Vec<CertificateDer<'static>>> {
     rustls_pemfile::certs(&mut &pem[..]).collect()
 }
 
 /// The first private key in `pem` (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// `pem` holds no private key (`InvalidInput`), or a malformed section.
 pub fn key_from_pem(pem: &[u8]) -> io::Result<PrivateKeyDer<'static>> {
     rustls_pemfile::private_key(&mut &pem[..])?
         .ok_or_else(|| invalid("no private key in the PEM data"))
