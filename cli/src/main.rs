@@ -4,93 +4,25 @@
 //! Exit status: 0 when everything was verified, 1 when a run lost or
 //! corrupted bytes or failed, 2 for bad arguments or set-up errors, 3 when the
 //! requested driver is unavailable on this machine (so CI can skip it).
+//!
+//! Modules only point down: `commands` (race, echo, bench) use `security`
+//! (plain, TLS or STARTTLS, chosen once), which uses `protocols` (echo,
+//! STARTTLS); `args`, `failure`, `pattern` and `progress` are leaves.
 
-mod bench;
-mod cli;
-mod echo;
+mod args;
+mod commands;
+mod failure;
 mod pattern;
 mod progress;
-mod race;
-mod report;
-mod starttls;
-mod tls;
+mod protocols;
+mod security;
 
-use std::fmt;
 use std::process::ExitCode;
 
 use clap::Parser;
-use proactor::{DriverKind, EventLoop};
 
-use cli::{Cli, Command};
-
-/// Why a command failed; decides the exit status.
-#[derive(Debug)]
-pub struct Failure {
-    kind: FailureKind,
-    message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailureKind {
-    /// The run itself failed: bytes lost, mismatch, connection error.
-    Run,
-    /// Bad input or environment: unreadable file, address in use.
-    Setup,
-    /// The driver asked for cannot start here.
-    DriverUnavailable,
-}
-
-impl Failure {
-    pub fn run(message: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Run,
-            message: message.into(),
-        }
-    }
-
-    pub fn setup(message: impl Into<String>) -> Self {
-        Failure {
-            kind: FailureKind::Setup,
-            message: message.into(),
-        }
-    }
-
-    fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self.kind {
-            FailureKind::Run => 1,
-            FailureKind::Setup => 2,
-            FailureKind::DriverUnavailable => 3,
-        })
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Builds a loop on `driver` (or the library default, with its fallback).
-/// `sim_seed` selects the seed of a `sim` loop.
-pub fn build_loop(driver: Option<DriverKind>, sim_seed: Option<u64>) -> Result<EventLoop, Failure> {
-    let mut b = EventLoop::builder();
-    if let Some(k) = driver {
-        b = b.driver(k);
-    }
-    if let Some(seed) = sim_seed {
-        b = b.sim_seed(seed);
-    }
-    let requested = b
-        .requested_driver()
-        .map_err(|e| Failure::setup(format!("PROACTOR_DRIVER: {e}")))?;
-    b.build().map_err(|e| Failure {
-        kind: FailureKind::DriverUnavailable,
-        message: match requested {
-            Some(k) => format!("the {k} driver is unavailable here: {e}"),
-            None => format!("no driver is available here: {e}"),
-        },
-    })
-}
+use args::{Cli, Command};
+use commands::{bench, echo, race};
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use futures_channel::oneshot;
 use proactor::DriverKind;
 
-use crate::echo::{EchoCounters, EchoProtocol};
+use crate::protocols::{EchoCounters, EchoProtocol};
 
 /// A server running on its thread; dropping it stops the server.
 #[derive(Debug)]
