@@ -71,14 +71,14 @@ fn main() -> std::io::Result<()> {
     };
     let tls_options = TlsOptions::server(server_config);
 
-    let lp = EventLoop::new()?;
-    let h = lp.handle();
+    let event_loop = EventLoop::new()?;
+    let h = event_loop.handle();
     let addr: Address = args.listen.parse()?;
     let hh = h.clone();
     let server = h.create_server(addr, move || Smtp::new(&hh, &tls_options))?;
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
-    lp.run_forever()
+    event_loop.run_forever()
 }
 
 /// Where the conversation is.
