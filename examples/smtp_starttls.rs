@@ -17,43 +17,68 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::rc::Rc;
 
-use clap::Parser;
 use proactor::tls::{self, TlsOptions};
 use proactor::{Address, BaseProtocol, EventLoop, Handle, Protocol, Transport};
 
-#[derive(Parser, Debug)]
-#[command(about = "SMTP server with STARTTLS, printing each received message")]
+/// `--listen`: port 0 picks a free port (the real one is printed);
+/// `--cert`/`--key`: the certificate chain and its key (self-signed when absent).
+const USAGE: &str = "usage: smtp_starttls [--listen 127.0.0.1:2525] [--cert PEM --key PEM]";
+
+#[derive(Debug)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port; the real one is printed).
-    #[arg(long, default_value = "127.0.0.1:2525")]
     listen: String,
-    /// Certificate chain (PEM). Self-signed when absent.
-    #[arg(long, requires = "key")]
     cert: Option<String>,
-    /// Private key (PEM).
-    #[arg(long, requires = "cert")]
     key: Option<String>,
 }
 
+impl Args {
+    fn parse() -> std::io::Result<Args> {
+        let usage = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+        let mut args = Args {
+            listen: "127.0.0.1:2525".to_string(),
+            cert: None,
+            key: None,
+        };
+        let mut words = std::env::args().skip(1);
+        while let Some(flag) = words.next() {
+            let slot = match flag.as_str() {
+                "--listen" => &mut args.listen,
+                "--cert" => args.cert.insert(String::new()),
+                "--key" => args.key.insert(String::new()),
+                _ => return Err(usage(format!("unknown argument {flag:?}; {USAGE}"))),
+            };
+            *slot = words
+                .next()
+                .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+        }
+        if args.cert.is_some() != args.key.is_some() {
+            return Err(usage("--cert and --key go together".to_string()));
+        }
+        Ok(args)
+    }
+}
+
 fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse()?;
     let server_config = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => tls::server_config_from_pem_files(c, k)?,
         _ => {
-            let (cert, key) = tls::self_signed(&["localhost", "127.0.0.1"])?;
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+            let (cert, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
             tls::server_config_from_pem(cert.as_bytes(), key.as_bytes())?
         }
     };
     let tls_options = TlsOptions::server(server_config);
 
-    let lp = EventLoop::new()?;
-    let h = lp.handle();
+    let event_loop = EventLoop::new()?;
+    let h = event_loop.handle();
     let addr: Address = args.listen.parse()?;
     let hh = h.clone();
     let server = h.create_server(addr, move || Smtp::new(&hh, &tls_options))?;
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush()?;
-    lp.run_forever()
+    event_loop.run_forever()
 }
 
 /// Where the conversation is.

@@ -8,6 +8,10 @@
 //! its accept as `ECONNABORTED` (BSD's behaviour,
 //! `SimConfig::reset_accept_abort_prob`), so the server's handling of
 //! per-connection accept errors is exercised over the seeds.
+//!
+//! The driver-level half (a peer that reset before its accept is accepted
+//! with its address) is a unit test of the private drivers:
+//! `src/driver/tests_accept.rs`.
 
 mod util;
 
@@ -18,12 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proactor::driver::poll::PollDriver;
-use proactor::driver::sim::{SimConfig, SimDriver};
-use proactor::driver::uring::UringDriver;
-use proactor::driver::{Completion, Driver, Op, OpKey, SockOpt, SocketId};
 use proactor::{
-    Address, BaseProtocol, ConnectOptions, DriverKind, EventLoop, Handle, Protocol, Transport,
+    Address, BaseProtocol, DriverKind, EventLoop, Handle, Protocol, SimConfig, SocketOptions,
+    Transport,
 };
 use util::*;
 
@@ -77,10 +78,10 @@ impl Protocol for Silent {
     fn data_received(&mut self, _: &[u8]) {}
 }
 
-fn reset_options() -> ConnectOptions {
-    ConnectOptions {
+fn reset_options() -> SocketOptions {
+    SocketOptions {
         linger: Some(Duration::ZERO),
-        ..ConnectOptions::default()
+        ..SocketOptions::default()
     }
 }
 
@@ -245,116 +246,4 @@ fn l3_reset_storm_never_stalls_accept() {
         },
         |lp| reset_storm(&lp),
     );
-}
-
-/// Waits (on the driver alone) for the one completion of `key`.
-fn complete(d: &mut dyn Driver, key: OpKey) -> Completion {
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(i) = out.iter().position(|c: &Completion| c.key == key) {
-            let c = out.swap_remove(i);
-            assert!(out.is_empty(), "unexpected completions: {out:?}");
-            return c;
-        }
-        assert!(std::time::Instant::now() < deadline, "no completion");
-        d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
-    }
-}
-
-/// A client of `listener` that connects, then resets before it is accepted.
-/// Returns the client's address (what the accept must report as the peer).
-fn connect_and_reset(d: &mut dyn Driver, listener: SocketId) -> Address {
-    let addr = d.local_addr(listener).unwrap();
-    if d.kind() == DriverKind::Sim {
-        let c = d.open_stream(&addr).unwrap();
-        let k = d.submit(
-            Op::Connect {
-                socket: c,
-                addr: addr.clone(),
-            },
-            0,
-        );
-        complete(d, k).result.unwrap();
-        let local = d.local_addr(c).unwrap();
-        d.set_option(c, SockOpt::Linger(Some(Duration::ZERO)))
-            .unwrap();
-        d.close(c); // RST
-        local
-    } else {
-        let c = TcpStream::connect(addr.as_inet().unwrap()).unwrap();
-        let local = Address::Inet(c.local_addr().unwrap());
-        let c = socket2::Socket::from(c);
-        c.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(c); // RST
-                 // Loopback handles the RST at once; leave it a moment anyway.
-        std::thread::sleep(Duration::from_millis(20));
-        local
-    }
-}
-
-/// L3 at the driver level, the same on every driver: a peer that reset
-/// before its accept is, on Linux, a successful accept of a dead socket; the
-/// peer's address comes with it (taken from the accept itself, not from a
-/// later `getpeername`, which would fail with `ENOTCONN`).
-fn accept_after_peer_reset(d: &mut dyn Driver) {
-    let listener = d.listen(&localhost(), 16).unwrap();
-    let client = connect_and_reset(d, listener);
-    let k = d.submit(
-        Op::Accept {
-            listener,
-            accepted: None,
-        },
-        0,
-    );
-    let c = complete(d, k);
-    let kind = d.kind();
-    let n = c
-        .result
-        .unwrap_or_else(|e| panic!("{kind}: accept after a peer reset failed: {e}"));
-    assert_eq!(n, 0);
-    let Op::Accept {
-        accepted: Some((socket, peer)),
-        ..
-    } = c.op
-    else {
-        panic!("{kind}: accept completed without a socket: {:?}", c.op);
-    };
-    assert_eq!(peer, client, "{kind}: the peer address of the accept");
-    // The connection is dead: its first recv reports the reset (or EOF).
-    let k = d.submit(
-        Op::Recv {
-            socket,
-            buf: Vec::with_capacity(16),
-        },
-        1,
-    );
-    match complete(d, k).result {
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{kind}: {e}"),
-        Ok(n) => assert_eq!(n, 0, "{kind}: bytes from a reset peer"),
-    }
-    d.close(socket);
-    d.close(listener);
-    let s = d.stats();
-    assert_eq!(s.submitted, s.completed, "{kind}: O1");
-}
-
-#[test]
-fn l3_peer_reset_before_accept_is_accepted_with_its_address() {
-    let wanted = |k: DriverKind| {
-        std::env::var("PROACTOR_TEST_DRIVERS")
-            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
-            .unwrap_or(true)
-    };
-    if wanted(DriverKind::Uring) && uring_available() {
-        accept_after_peer_reset(&mut UringDriver::new(64).unwrap());
-    }
-    if wanted(DriverKind::Poll) {
-        accept_after_peer_reset(&mut PollDriver::new().unwrap());
-    }
-    if wanted(DriverKind::Sim) {
-        for seed in contract_seeds() {
-            accept_after_peer_reset(&mut SimDriver::new(SimConfig::with_seed(seed)));
-        }
-    }
 }

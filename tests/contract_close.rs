@@ -95,7 +95,7 @@ fn dropping_a_connect_future_cancels_the_connect_and_closes_the_socket() {
                     // Poll it for a while: the connect stays in flight.
                     let f = fut.as_mut().unwrap();
                     for _ in 0..20 {
-                        assert!(proactor::event_loop::poll_once(f).is_pending());
+                        assert!(poll_once(f).is_pending());
                         sleep(&h, Duration::from_millis(5)).await;
                     }
                     assert_eq!(h.table_sizes().ops_in_flight, 1, "connect in flight");

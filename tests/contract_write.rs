@@ -7,8 +7,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use proactor::net::{ConnectOptions, ServerOptions};
 use proactor::{AnyProtocol, Handle, Transport};
+use proactor::{ServerOptions, SocketOptions};
 use util::*;
 
 type Recs = Rc<RefCell<Vec<Rc<RefCell<Rec>>>>>;
@@ -64,9 +64,9 @@ fn w2_back_pressure_alternates_and_loses_nothing() {
             let (p1, s1, pz1) = (payload.clone(), sent.clone(), paused.clone());
             let (p2, s2, pz2) = (payload.clone(), sent.clone(), paused.clone());
             let options = ServerOptions {
-                socket: ConnectOptions {
+                socket: SocketOptions {
                     send_buffer: Some(4096),
-                    ..ConnectOptions::default()
+                    ..SocketOptions::default()
                 },
                 ..ServerOptions::default()
             };
@@ -88,9 +88,9 @@ fn w2_back_pressure_alternates_and_loses_nothing() {
                 .create_connection_with(
                     server.local_addr(),
                     cp.into(),
-                    ConnectOptions {
+                    SocketOptions {
                         recv_buffer: Some(4096),
-                        ..ConnectOptions::default()
+                        ..SocketOptions::default()
                     },
                 )
                 .await
@@ -279,9 +279,9 @@ fn peer_reset_mid_transfer_reports_error_once() {
                 })),
                 ..Hooks::default()
             });
-            let reset_opts = ConnectOptions {
+            let reset_opts = SocketOptions {
                 linger: Some(Duration::ZERO),
-                ..ConnectOptions::default()
+                ..SocketOptions::default()
             };
             let (cp, crec) = Recorder::new();
             let victim = h

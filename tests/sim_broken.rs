@@ -45,9 +45,9 @@ fn pause_storm(seed: u64) -> Seen {
         // A small receive buffer makes many small receives, so timers often
         // find one in flight.
         let options = proactor::ServerOptions {
-            socket: proactor::ConnectOptions {
+            socket: proactor::SocketOptions {
                 recv_buffer: Some(4096),
-                ..proactor::ConnectOptions::default()
+                ..proactor::SocketOptions::default()
             },
             ..proactor::ServerOptions::default()
         };

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proactor::driver::sim::SimConfig;
+use proactor::SimConfig;
 use proactor::{DriverKind, EventLoop, Transport};
 use util::*;
 

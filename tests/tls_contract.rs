@@ -351,9 +351,9 @@ fn remote_shutdown_receives_trailing_data() {
             let (s2, d2) = (srv.clone(), data.clone());
             // Small kernel buffers, so most of the 4 MiB stays in our backlog.
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -378,9 +378,9 @@ fn remote_shutdown_receives_trailing_data() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1268,9 +1268,9 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             let srv = shared();
             let s2 = srv.clone();
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1295,9 +1295,9 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1348,9 +1348,9 @@ fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
             let srv = shared();
             let (s2, d2) = (srv.clone(), data.clone());
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1376,9 +1376,9 @@ fn peer_close_notify_then_fin_with_backlog_loses_nothing() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await
@@ -1450,9 +1450,9 @@ fn unsent_backlog_at_raw_loss_is_an_error() {
             let srv = shared();
             let s2 = srv.clone();
             let small = proactor::ServerOptions {
-                socket: proactor::ConnectOptions {
+                socket: proactor::SocketOptions {
                     send_buffer: Some(64 * 1024),
-                    ..proactor::ConnectOptions::default()
+                    ..proactor::SocketOptions::default()
                 },
                 ..proactor::ServerOptions::default()
             };
@@ -1469,9 +1469,9 @@ fn unsent_backlog_at_raw_loss_is_an_error() {
                 .create_connection_with(
                     server.local_addr(),
                     peer.into(),
-                    proactor::ConnectOptions {
+                    proactor::SocketOptions {
                         recv_buffer: Some(64 * 1024),
-                        ..proactor::ConnectOptions::default()
+                        ..proactor::SocketOptions::default()
                     },
                 )
                 .await

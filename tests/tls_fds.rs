@@ -12,10 +12,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proactor::event_loop::poll_once;
 use proactor::tls::{self, TlsError, TlsOptions};
 use proactor::{DriverKind, Handle, Server, Transport};
 use tls_support::*;
+use util::poll_once;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

@@ -32,7 +32,10 @@ struct Input {
 
 fn server_options() -> TlsOptions {
     static CFG: OnceLock<(String, String)> = OnceLock::new();
-    let (c, k) = CFG.get_or_init(|| tls::self_signed(&["localhost"]).unwrap());
+    let (c, k) = CFG.get_or_init(|| {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    });
     TlsOptions::server(tls::server_config_from_pem(c.as_bytes(), k.as_bytes()).unwrap())
         .handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(5))

@@ -20,6 +20,9 @@ mod slots;
 pub(crate) mod socket;
 pub mod uring;
 
+#[cfg(test)]
+mod tests_accept;
+
 use std::fmt;
 use std::io;
 use std::net::Shutdown;

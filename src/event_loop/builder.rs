@@ -20,6 +20,20 @@ const DEFAULT_URING_ENTRIES: u32 = 1024;
 /// `PROACTOR_DRIVER` environment variable (`uring`, `poll`, `sim`), or
 /// `uring` with a logged fallback to `poll` when the kernel refuses io_uring.
 /// An explicit choice never falls back: it fails with the kernel's error.
+///
+/// # Examples
+///
+/// A loop on the simulator, whose seed decides every scheduling choice
+/// (completion order, short reads and writes, cancel races), so a run
+/// replays exactly:
+///
+/// ```
+/// use proactor::{DriverKind, EventLoop};
+///
+/// let event_loop = EventLoop::builder().driver(DriverKind::Sim).sim_seed(17).build()?;
+/// assert_eq!(event_loop.handle().driver_kind(), DriverKind::Sim);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Default, Clone)]
 pub struct Builder {
     driver: Option<DriverKind>,
@@ -75,7 +89,11 @@ impl Builder {
         self
     }
 
-    /// The driver this builder would pick, before any fallback.
+    /// The driver this builder would pick, before any fallback: `None`
+    /// means the default (`uring`, falling back to `poll`).
+    ///
+    /// # Errors
+    /// `PROACTOR_DRIVER` names no driver (`InvalidInput`).
     pub fn requested_driver(&self) -> io::Result<Option<DriverKind>> {
         if let Some(k) = self.driver {
             return Ok(Some(k));
@@ -90,6 +108,12 @@ impl Builder {
     }
 
     /// Creates the loop.
+    ///
+    /// # Errors
+    /// `PROACTOR_DRIVER` names no driver (`InvalidInput`), or the driver
+    /// cannot start: the kernel refuses an explicitly chosen `uring`
+    /// (`EPERM`, `ENOSYS`, for example under seccomp), or the epoll
+    /// instance of `poll` cannot be created.
     pub fn build(self) -> io::Result<EventLoop> {
         let requested = self.requested_driver()?;
         let entries = self.uring_entries.unwrap_or(DEFAULT_URING_ENTRIES);
@@ -105,9 +129,9 @@ impl Builder {
                 }
             },
         };
-        let lp = EventLoop::from_driver(driver);
-        *lp.handle.inner.exception_handler.borrow_mut() = self.exception_handler;
-        Ok(lp)
+        let event_loop = EventLoop::from_driver(driver);
+        *event_loop.handle.inner.exception_handler.borrow_mut() = self.exception_handler;
+        Ok(event_loop)
     }
 
     /// The sim settings: the given config, with `PROACTOR_SIM_SEED` overriding the seed.

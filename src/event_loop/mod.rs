@@ -26,7 +26,6 @@ use std::future::Future;
 use std::io;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -60,7 +59,7 @@ pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
 /// The furthest a timer is ever scheduled: longer delays mean "never" and
 /// are clamped here, so no deadline arithmetic can overflow `Instant`.
-pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How many idle receive buffers the loop keeps for reuse.
 const RECV_POOL_MAX: usize = 64;
 /// How long [`EventLoop::close`] waits for aborted connections to release
@@ -70,6 +69,27 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// An event loop. Not `Send`: it runs on the thread that built it.
 ///
 /// Dropping it closes it (see [`EventLoop::close`]).
+///
+/// # Examples
+///
+/// Callbacks, a timer and a task on one loop:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use proactor::EventLoop;
+///
+/// let event_loop = EventLoop::new()?; // uring, or poll where io_uring is refused
+/// let handle = event_loop.handle();
+/// handle.call_soon(|| println!("runs first"));
+/// let stopper = handle.clone();
+/// handle.call_later(Duration::from_millis(10), move || stopper.stop());
+/// event_loop.run_forever()?; // until the timer stops it
+///
+/// let task = handle.spawn(async { 6 * 7 });
+/// assert_eq!(event_loop.run_until_complete(task)?, Ok(42));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct EventLoop {
     handle: Handle,
 }
@@ -400,8 +420,8 @@ impl Handle {
     }
 
     /// Schedules `f` to run `delay` from now; never early (L1). A delay too
-    /// large for the clock (`Duration::MAX`, "never") is clamped to
-    /// [`FAR_FUTURE`] from now: the timer stays pending and cancellable.
+    /// large for the clock (`Duration::MAX`, "never") is clamped to 100
+    /// years from now: the timer stays pending and cancellable.
     pub fn call_later(&self, delay: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
         let now = self.now();
         let mut delay = delay.min(FAR_FUTURE);
@@ -574,12 +594,4 @@ impl RemoteHandle {
     pub fn call_soon_threadsafe(&self, f: impl FnOnce() + Send + 'static) {
         self.remote.call_soon(Box::new(f));
     }
-}
-
-/// Polls a future once with a no-op waker context; used by tests of futures.
-#[doc(hidden)]
-pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
-    std::pin::Pin::new(f).poll(&mut cx)
 }

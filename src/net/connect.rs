@@ -4,57 +4,15 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_channel::oneshot;
 
 use crate::address::Address;
-use crate::driver::{Op, OpKey, SockOpt, SocketId};
+use crate::driver::{Op, OpKey, SocketId};
 use crate::event_loop::{Handle, WeakHandle};
+use crate::net::SocketOptions;
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
-
-/// Socket settings for [`Handle::create_connection_with`].
-#[derive(Clone, Debug)]
-pub struct ConnectOptions {
-    /// `TCP_NODELAY` (default on, as asyncio does).
-    pub nodelay: bool,
-    /// `SO_SNDBUF`, if set.
-    pub send_buffer: Option<usize>,
-    /// `SO_RCVBUF`, if set.
-    pub recv_buffer: Option<usize>,
-    /// `SO_LINGER`, if set; `Some(ZERO)` makes `abort()` reset the connection.
-    pub linger: Option<Duration>,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        ConnectOptions {
-            nodelay: true,
-            send_buffer: None,
-            recv_buffer: None,
-            linger: None,
-        }
-    }
-}
-
-impl ConnectOptions {
-    pub(crate) fn apply(&self, h: &Handle, socket: SocketId) -> io::Result<()> {
-        h.with_driver(|d| {
-            d.set_option(socket, SockOpt::NoDelay(self.nodelay))?;
-            if let Some(n) = self.send_buffer {
-                d.set_option(socket, SockOpt::SendBuffer(n))?;
-            }
-            if let Some(n) = self.recv_buffer {
-                d.set_option(socket, SockOpt::RecvBuffer(n))?;
-            }
-            if let Some(l) = self.linger {
-                d.set_option(socket, SockOpt::Linger(Some(l)))?;
-            }
-            Ok(())
-        })
-    }
-}
 
 impl Handle {
     /// Connects to `addr` and starts `protocol` on the new transport.
@@ -65,12 +23,41 @@ impl Handle {
     /// # Errors
     /// The socket could not be created, or the connect failed (refused,
     /// unreachable, timed out: the error names the address).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use proactor::{Address, BaseProtocol, EventLoop, Protocol, Transport};
+    ///
+    /// /// Sends one line, then closes (after the line is sent).
+    /// struct Hello;
+    ///
+    /// impl BaseProtocol for Hello {
+    ///     fn connection_made(&mut self, transport: Transport) {
+    ///         transport.write(b"hello\r\n");
+    ///         transport.close();
+    ///     }
+    /// }
+    ///
+    /// impl Protocol for Hello {
+    ///     fn data_received(&mut self, _data: &[u8]) {}
+    /// }
+    ///
+    /// let event_loop = EventLoop::new()?;
+    /// let handle = event_loop.handle();
+    /// # let addr: Address = "127.0.0.1:0".parse()?;
+    /// # let server = handle.create_server(addr, || Hello)?;
+    /// let addr = server.local_addr(); // or "127.0.0.1:7878".parse()?, "unix:/tmp/s".parse()?
+    /// let transport = event_loop.run_until_complete(handle.create_connection(addr, Hello))??;
+    /// println!("connected to {:?}", transport.peer_addr());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_connection(
         &self,
         addr: impl Into<Address>,
         protocol: impl Into<AnyProtocol>,
     ) -> impl Future<Output = io::Result<Transport>> {
-        self.create_connection_with(addr.into(), protocol.into(), ConnectOptions::default())
+        self.create_connection_with(addr.into(), protocol.into(), SocketOptions::default())
     }
 
     /// [`Handle::create_connection`] with socket options.
@@ -81,7 +68,7 @@ impl Handle {
         &self,
         addr: Address,
         protocol: AnyProtocol,
-        options: ConnectOptions,
+        options: SocketOptions,
     ) -> impl Future<Output = io::Result<Transport>> {
         let started = self.connect_socket(addr, options);
         let h = self.clone();
@@ -98,7 +85,7 @@ impl Handle {
     pub(crate) fn connect_socket(
         &self,
         addr: Address,
-        options: ConnectOptions,
+        options: SocketOptions,
     ) -> io::Result<Connecting> {
         let socket = self.with_driver(|d| d.open_stream(&addr))?;
         if let Err(e) = options.apply(self, socket) {
@@ -116,7 +103,7 @@ impl Handle {
                 let result = match c.result {
                     Ok(_) => Ok(ConnectedSocket {
                         socket: Some(socket),
-                        lp: h.downgrade(),
+                        handle: h.downgrade(),
                     }),
                     Err(e) => {
                         h.with_driver(|d| d.close(socket));
@@ -131,7 +118,7 @@ impl Handle {
         Ok(Connecting {
             rx,
             key,
-            lp: self.downgrade(),
+            handle: self.downgrade(),
             finished: false,
         })
     }
@@ -142,7 +129,7 @@ impl Handle {
 pub(crate) struct Connecting {
     rx: oneshot::Receiver<io::Result<ConnectedSocket>>,
     key: OpKey,
-    lp: WeakHandle,
+    handle: WeakHandle,
     finished: bool,
 }
 
@@ -162,7 +149,7 @@ impl Future for Connecting {
 impl Drop for Connecting {
     fn drop(&mut self) {
         if !self.finished {
-            if let Some(h) = self.lp.upgrade() {
+            if let Some(h) = self.handle.upgrade() {
                 h.cancel(self.key);
             }
         }
@@ -175,7 +162,7 @@ impl Drop for Connecting {
 #[derive(Debug)]
 pub(crate) struct ConnectedSocket {
     socket: Option<SocketId>,
-    lp: WeakHandle,
+    handle: WeakHandle,
 }
 
 impl ConnectedSocket {
@@ -189,7 +176,7 @@ impl ConnectedSocket {
 
 impl Drop for ConnectedSocket {
     fn drop(&mut self) {
-        if let (Some(socket), Some(h)) = (self.socket.take(), self.lp.upgrade()) {
+        if let (Some(socket), Some(h)) = (self.socket.take(), self.handle.upgrade()) {
             h.with_driver(|d| d.close(socket));
         }
     }

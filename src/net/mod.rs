@@ -1,7 +1,8 @@
 //! `create_server` and `create_connection` for TCP (IPv4, IPv6) and Unix paths.
 
 mod connect;
+mod options;
 mod server;
 
-pub use connect::ConnectOptions;
-pub use server::{Server, ServerOptions};
+pub use options::{ServerOptions, SocketOptions};
+pub use server::{Server, WaitClosed};

@@ -15,31 +15,13 @@ use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
 use crate::event_loop::{
     guarded, ExceptionContext, ExceptionSource, Handle, Resource, TimerHandle, WeakHandle,
 };
-use crate::net::ConnectOptions;
+use crate::net::ServerOptions;
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
 /// First pause after an accept error; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Settings for [`Handle::create_server_with`].
-#[derive(Clone, Debug)]
-pub struct ServerOptions {
-    /// `listen(2)` backlog.
-    pub backlog: u32,
-    /// Options applied to each accepted socket.
-    pub socket: ConnectOptions,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        ServerOptions {
-            backlog: 1024,
-            socket: ConnectOptions::default(),
-        }
-    }
-}
 
 /// Builds the transport for an accepted socket (plain by default; the TLS
 /// layer supplies one that wraps the protocol).
@@ -53,13 +35,13 @@ pub struct Server {
 }
 
 struct Inner {
-    lp: WeakHandle,
+    handle: WeakHandle,
     listener: SocketId,
     addr: Address,
     factory: Box<dyn Fn() -> AnyProtocol>,
     starter: Starter,
     options: ServerOptions,
-    st: RefCell<State>,
+    state: RefCell<State>,
     /// Our entry in the loop's resources (closed when the loop closes).
     resource_key: Cell<Option<usize>>,
 }
@@ -85,11 +67,11 @@ struct State {
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.inner.st.borrow();
+        let state = self.inner.state.borrow();
         f.debug_struct("Server")
             .field("addr", &self.inner.addr)
-            .field("closed", &st.closed)
-            .field("connections", &st.connections.len())
+            .field("closed", &state.closed)
+            .field("connections", &state.connections.len())
             .finish()
     }
 }
@@ -97,6 +79,48 @@ impl fmt::Debug for Server {
 impl Handle {
     /// Listens on `addr` and runs a protocol from `factory` on every accepted
     /// connection. Port 0 picks a free port: see [`Server::local_addr`].
+    ///
+    /// The server accepts from the next loop step on, until
+    /// [`Server::close`]. A failed accept never stops it (L3): an error of
+    /// one incoming connection is skipped, resource exhaustion (`EMFILE`,
+    /// `ENOBUFS`...) pauses accepting: 10 ms, doubling up to 1 s. A panic in
+    /// `factory` refuses that one connection (L5).
+    ///
+    /// # Errors
+    /// The listening socket cannot be created, bound (address in use, no
+    /// permission, a Unix path that exists) or put in listening mode.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use proactor::{Address, BaseProtocol, EventLoop, Protocol, Transport};
+    ///
+    /// /// Writes back what it receives.
+    /// #[derive(Default)]
+    /// struct Echo(Option<Transport>);
+    ///
+    /// impl BaseProtocol for Echo {
+    ///     fn connection_made(&mut self, transport: Transport) {
+    ///         self.0 = Some(transport);
+    ///     }
+    /// }
+    ///
+    /// impl Protocol for Echo {
+    ///     fn data_received(&mut self, data: &[u8]) {
+    ///         if let Some(t) = &self.0 {
+    ///             t.write(data);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let event_loop = EventLoop::new()?;
+    /// let addr: Address = "127.0.0.1:0".parse()?;
+    /// let server = event_loop.handle().create_server(addr, Echo::default)?;
+    /// println!("listening on {}", server.local_addr());
+    /// // event_loop.run_forever()? would serve until `stop()`.
+    /// server.close();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn create_server<P, F>(&self, addr: impl Into<Address>, factory: F) -> io::Result<Server>
     where
         P: Into<AnyProtocol>,
@@ -110,6 +134,9 @@ impl Handle {
     }
 
     /// [`Handle::create_server`] with options.
+    ///
+    /// # Errors
+    /// As [`Handle::create_server`].
     pub fn create_server_with(
         &self,
         addr: Address,
@@ -131,13 +158,13 @@ impl Handle {
         let bound = self.with_driver(|d| d.local_addr(listener)).unwrap_or(addr);
         let server = Server {
             inner: Rc::new(Inner {
-                lp: self.downgrade(),
+                handle: self.downgrade(),
                 listener,
                 addr: bound,
                 factory,
                 starter,
                 options,
-                st: RefCell::new(State {
+                state: RefCell::new(State {
                     next_backoff: MIN_BACKOFF,
                     ..State::default()
                 }),
@@ -160,41 +187,41 @@ impl Server {
 
     /// Whether [`Server::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.st.borrow().closed
+        self.inner.state.borrow().closed
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
-        self.inner.st.borrow().accepted
+        self.inner.state.borrow().accepted
     }
 
     /// Accept errors survived so far (L3).
     pub fn accept_errors(&self) -> u64 {
-        self.inner.st.borrow().accept_errors
+        self.inner.state.borrow().accept_errors
     }
 
     /// Connections whose transport is still open.
     pub fn active_connections(&self) -> usize {
-        let mut st = self.inner.st.borrow_mut();
-        st.connections.retain(|t| !t.is_released());
-        st.connections.len()
+        let mut state = self.inner.state.borrow_mut();
+        state.connections.retain(|t| !t.is_released());
+        state.connections.len()
     }
 
     /// Stops accepting and closes the listening socket; existing connections
     /// go on (asyncio's `Server.close`).
     pub fn close(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if st.closed {
+        let mut state = self.inner.state.borrow_mut();
+        if state.closed {
             return;
         }
-        st.closed = true;
-        let accept = st.accept;
-        let backoff = st.backoff.take();
-        drop(st);
+        state.closed = true;
+        let accept = state.accept;
+        let backoff = state.backoff.take();
+        drop(state);
         if let Some(t) = backoff {
             t.cancel();
         }
-        match (accept, self.inner.lp.upgrade()) {
+        match (accept, self.inner.handle.upgrade()) {
             (Some(k), Some(h)) => h.cancel(k),
             _ => self.close_listener(),
         }
@@ -202,14 +229,14 @@ impl Server {
 
     /// Closes every connection gracefully.
     pub fn close_clients(&self) {
-        for t in self.inner.st.borrow().connections.clone() {
+        for t in self.inner.state.borrow().connections.clone() {
             t.close();
         }
     }
 
     /// Aborts every connection.
     pub fn abort_clients(&self) {
-        for t in self.inner.st.borrow().connections.clone() {
+        for t in self.inner.state.borrow().connections.clone() {
             t.abort();
         }
     }
@@ -223,13 +250,13 @@ impl Server {
     }
 
     fn close_listener(&self) {
-        let mut st = self.inner.st.borrow_mut();
-        if st.listener_closed {
+        let mut state = self.inner.state.borrow_mut();
+        if state.listener_closed {
             return;
         }
-        st.listener_closed = true;
-        drop(st);
-        if let Some(h) = self.inner.lp.upgrade() {
+        state.listener_closed = true;
+        drop(state);
+        if let Some(h) = self.inner.handle.upgrade() {
             if let Some(key) = self.inner.resource_key.take() {
                 h.unregister(key, false);
             }
@@ -244,7 +271,7 @@ impl Server {
     }
 
     fn notify(&self) {
-        let waiters = std::mem::take(&mut self.inner.st.borrow_mut().waiters);
+        let waiters = std::mem::take(&mut self.inner.state.borrow_mut().waiters);
         for w in waiters {
             w.wake();
         }
@@ -252,42 +279,42 @@ impl Server {
 
     /// Keeps one accept in flight.
     fn arm(&self) {
-        let Some(h) = self.inner.lp.upgrade() else {
+        let Some(h) = self.inner.handle.upgrade() else {
             return;
         };
-        let mut st = self.inner.st.borrow_mut();
-        if st.closed || st.accept.is_some() {
+        let mut state = self.inner.state.borrow_mut();
+        if state.closed || state.accept.is_some() {
             return;
         }
-        let me = self.clone();
-        st.accept = Some(h.submit(
+        let server = self.clone();
+        state.accept = Some(h.submit(
             Op::Accept {
                 listener: self.inner.listener,
                 accepted: None,
             },
-            Box::new(move |c| me.on_accept(c)),
+            Box::new(move |c| server.on_accept(c)),
         ));
     }
 
     fn on_accept(&self, c: Completion) {
-        let Some(h) = self.inner.lp.upgrade() else {
+        let Some(h) = self.inner.handle.upgrade() else {
             return;
         };
-        self.inner.st.borrow_mut().accept = None;
+        self.inner.state.borrow_mut().accept = None;
         let accepted = match c.op {
             Op::Accept { accepted, .. } => accepted,
             _ => None,
         };
         match (c.result, accepted) {
             (Ok(_), Some((socket, _peer))) => {
-                if self.inner.st.borrow().closed {
+                if self.inner.state.borrow().closed {
                     // The accept won the race with close(): the connection was
                     // never handed to anyone, so close it cleanly.
                     h.with_driver(|d| d.close(socket));
                 } else {
                     self.start_connection(&h, socket);
                 }
-                self.inner.st.borrow_mut().next_backoff = MIN_BACKOFF;
+                self.inner.state.borrow_mut().next_backoff = MIN_BACKOFF;
                 self.arm();
             }
             (Err(e), _) if is_cancelled(&e) => {}
@@ -297,10 +324,10 @@ impl Server {
                 // next one at once. Backing off here would let any client
                 // stall the server by resetting.
                 tracing::debug!(addr = %self.inner.addr, error = %e, "accept: connection failed; next");
-                let mut st = self.inner.st.borrow_mut();
-                st.accept_errors += 1;
-                st.next_backoff = MIN_BACKOFF;
-                drop(st);
+                let mut state = self.inner.state.borrow_mut();
+                state.accept_errors += 1;
+                state.next_backoff = MIN_BACKOFF;
+                drop(state);
                 self.arm();
             }
             (Err(e), _) => {
@@ -312,7 +339,7 @@ impl Server {
                 return;
             }
         }
-        if self.inner.st.borrow().closed {
+        if self.inner.state.borrow().closed {
             self.close_listener();
         }
     }
@@ -335,36 +362,36 @@ impl Server {
             }
         };
         let t = (self.inner.starter)(h, socket, protocol);
-        let me = self.clone();
-        t.on_release(Box::new(move || me.notify()));
-        let mut st = self.inner.st.borrow_mut();
-        st.accepted += 1;
-        st.connections.retain(|t| !t.is_released());
-        st.connections.push(t);
+        let server = self.clone();
+        t.on_release(Box::new(move || server.notify()));
+        let mut state = self.inner.state.borrow_mut();
+        state.accepted += 1;
+        state.connections.retain(|t| !t.is_released());
+        state.connections.push(t);
     }
 
     /// L3: resource exhaustion (or a broken listener) never ends the server;
     /// wait, then accept again. The pause doubles up to [`MAX_BACKOFF`] and
     /// starts over after a successful accept.
     fn backoff(&self, h: &Handle, error: io::Error) {
-        let mut st = self.inner.st.borrow_mut();
-        st.accept_errors += 1;
-        if st.closed {
-            drop(st);
+        let mut state = self.inner.state.borrow_mut();
+        state.accept_errors += 1;
+        if state.closed {
+            drop(state);
             self.close_listener();
             return;
         }
-        let delay = st.next_backoff;
-        st.next_backoff = (delay * 2).min(MAX_BACKOFF);
+        let delay = state.next_backoff;
+        state.next_backoff = (delay * 2).min(MAX_BACKOFF);
         if classify_accept_error(&error) == AcceptError::Resources {
             tracing::warn!(addr = %self.inner.addr, %error, ?delay, "accept: out of resources; backing off");
         } else {
             tracing::error!(addr = %self.inner.addr, %error, ?delay, "accept failed; backing off");
         }
-        let me = self.clone();
-        st.backoff = Some(h.call_later(delay, move || {
-            me.inner.st.borrow_mut().backoff = None;
-            me.arm();
+        let server = self.clone();
+        state.backoff = Some(h.call_later(delay, move || {
+            server.inner.state.borrow_mut().backoff = None;
+            server.arm();
         }));
     }
 }
@@ -380,12 +407,12 @@ impl Future for WaitClosed {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.server;
         let done =
-            s.is_closed() && s.inner.st.borrow().listener_closed && s.active_connections() == 0;
+            s.is_closed() && s.inner.state.borrow().listener_closed && s.active_connections() == 0;
         if done {
             return Poll::Ready(());
         }
         // Connections wake us when they are released (see `start_connection`).
-        s.inner.st.borrow_mut().waiters.push(cx.waker().clone());
+        s.inner.state.borrow_mut().waiters.push(cx.waker().clone());
         Poll::Pending
     }
 }

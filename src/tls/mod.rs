@@ -8,7 +8,7 @@
 //! sans-IO `engine`): every byte the raw transport delivers is fed to it,
 //! in every state (T1);
 //! the plaintext that comes out is pushed into the TLS transport's
-//! [`Delivery`](crate::transport) — the same machinery plain transports use,
+//! `Delivery` — the same machinery plain transports use,
 //! so the application sees the same contract (R1–R4, L4); encrypted output is
 //! written to the raw transport after every engine step.
 //!
@@ -48,7 +48,7 @@
 //! `data_received`.
 #![forbid(unsafe_code)]
 
-pub mod config;
+mod config;
 pub mod dangerous;
 mod ending;
 mod engine;
@@ -67,13 +67,13 @@ use std::time::Duration;
 use crate::address::Address;
 use crate::driver::SocketId;
 use crate::event_loop::Handle;
-use crate::net::{ConnectOptions, Server, ServerOptions};
+use crate::net::{Server, ServerOptions, SocketOptions};
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
 
 pub use config::{
-    client_config_webpki, client_config_with_ca_file, client_config_with_ca_pem, self_signed,
-    server_config_from_pem, server_config_from_pem_files,
+    certs_from_pem, client_config_webpki, client_config_with_ca_file, client_config_with_ca_pem,
+    key_from_pem, provider, server_config_from_pem, server_config_from_pem_files,
 };
 pub use error::TlsError;
 pub(crate) use options::Role;
@@ -109,10 +109,87 @@ impl Handle {
     /// before the returned future resolves. The TLS transport starts with
     /// reading enabled.
     ///
-    /// On failure (bad options: `InvalidInput` at once; handshake error or
-    /// timeout; connection lost) the raw connection is closed and `protocol`
-    /// hears nothing. Dropping the future before it resolves aborts the
-    /// connection.
+    /// On failure the raw connection is closed and `protocol` hears nothing.
+    /// Dropping the future before it resolves aborts the connection.
+    ///
+    /// # Errors
+    /// Bad options (a zero timeout: `InvalidInput`) or a closing `transport`
+    /// (`NotConnected`), at once; then a failed handshake or its timeout (a
+    /// [`TlsError`] inside the `io::Error`, see [`TlsError::of`];
+    /// [`TlsError::HandshakeTimeout`] after
+    /// [`TlsOptions::handshake_timeout`]), or the connection lost during it.
+    ///
+    /// # Examples
+    ///
+    /// The server side of a STARTTLS line protocol: plaintext lines until
+    /// `STARTTLS`, then TLS on the same connection. Bytes after the command
+    /// in the same read belong to the TLS stream (the client's ClientHello
+    /// may already be there), so they go to the engine as
+    /// [`TlsOptions::unconsumed`], never to the application (T3).
+    /// `examples/smtp_starttls.rs` is a complete server.
+    ///
+    /// ```no_run
+    /// use proactor::tls::server_config_from_pem_files;
+    /// use proactor::{Address, BaseProtocol, EventLoop, Protocol, TlsOptions, Transport};
+    ///
+    /// /// The application protocol, once the connection is secure.
+    /// struct App;
+    ///
+    /// impl BaseProtocol for App {}
+    ///
+    /// impl Protocol for App {
+    ///     fn data_received(&mut self, _data: &[u8]) { /* over TLS */ }
+    /// }
+    ///
+    /// struct Plaintext {
+    ///     transport: Option<Transport>,
+    ///     tls: Option<TlsOptions>,
+    ///     buf: Vec<u8>,
+    /// }
+    ///
+    /// impl BaseProtocol for Plaintext {
+    ///     fn connection_made(&mut self, transport: Transport) {
+    ///         self.transport = Some(transport);
+    ///     }
+    /// }
+    ///
+    /// impl Protocol for Plaintext {
+    ///     fn data_received(&mut self, data: &[u8]) {
+    ///         let Some(t) = self.transport.clone() else { return };
+    ///         self.buf.extend_from_slice(data);
+    ///         let Some(end) = self.buf.iter().position(|&b| b == b'\n') else {
+    ///             return; // no complete line yet
+    ///         };
+    ///         if self.buf[..end].trim_ascii() != b"STARTTLS" {
+    ///             t.abort(); // this sketch knows one command
+    ///             return;
+    ///         }
+    ///         let (Some(h), Some(tls)) = (t.loop_handle(), self.tls.take()) else {
+    ///             return;
+    ///         };
+    ///         t.write(b"READY\r\n"); // goes out in plaintext, before the handshake
+    ///         let rest = self.buf.split_off(end + 1);
+    ///         let upgrade = h.start_tls(&t, App, tls.unconsumed(rest).call_connection_made(true));
+    ///         h.spawn(async move {
+    ///             if let Err(e) = upgrade.await {
+    ///                 eprintln!("STARTTLS failed: {e}");
+    ///             }
+    ///         });
+    ///     }
+    /// }
+    ///
+    /// let tls = TlsOptions::server(server_config_from_pem_files("cert.pem", "key.pem")?);
+    /// let event_loop = EventLoop::new()?;
+    /// let addr: Address = "127.0.0.1:2525".parse()?;
+    /// let server = event_loop.handle().create_server(addr, move || Plaintext {
+    ///     transport: None,
+    ///     tls: Some(tls.clone()),
+    ///     buf: Vec::new(),
+    /// })?;
+    /// event_loop.run_forever()?;
+    /// # drop(server);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn start_tls(
         &self,
         transport: &Transport,
@@ -155,6 +232,11 @@ impl Handle {
     /// `protocol` hears nothing and the socket is closed (after the alert,
     /// if any, went out or the shutdown timeout passed); dropping the future
     /// before it resolves closes it too.
+    ///
+    /// # Errors
+    /// Bad options (server options, a zero timeout: `InvalidInput`), the
+    /// errors of [`Handle::create_connection`], then as
+    /// [`Handle::start_tls`]: the handshake failed or timed out.
     pub fn create_tls_connection(
         &self,
         addr: impl Into<Address>,
@@ -174,7 +256,7 @@ impl Handle {
                 ));
             }
             let tls = TlsTransport::new(self, options, protocol, false, true)?;
-            Ok((tls, self.connect_socket(addr, ConnectOptions::default())?))
+            Ok((tls, self.connect_socket(addr, SocketOptions::default())?))
         });
         async move {
             let ((tls, rx), connecting) = started?;
@@ -191,6 +273,10 @@ impl Handle {
     /// accepted connection. Each protocol is told `connection_made` once its
     /// handshake completed; a failed handshake is logged, that connection is
     /// closed, and its protocol hears nothing (T6).
+    ///
+    /// # Errors
+    /// Bad options (client options, a zero timeout: `InvalidInput`), or as
+    /// [`Handle::create_server`].
     pub fn create_tls_server<P, F>(
         &self,
         addr: impl Into<Address>,
@@ -210,6 +296,9 @@ impl Handle {
     }
 
     /// [`Handle::create_tls_server`] with server options.
+    ///
+    /// # Errors
+    /// As [`Handle::create_tls_server`].
     pub fn create_tls_server_with(
         &self,
         addr: Address,

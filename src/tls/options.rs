@@ -48,6 +48,10 @@ pub struct TlsOptions {
 impl TlsOptions {
     /// Client side, verifying the server as `server_name` (a DNS name or an
     /// IP address, also sent as SNI for DNS names).
+    ///
+    /// # Errors
+    /// `server_name` is neither a valid DNS name nor an IP address
+    /// (`InvalidInput`).
     pub fn client(config: Arc<ClientConfig>, server_name: &str) -> io::Result<TlsOptions> {
         let server_name = ServerName::try_from(server_name.to_string()).map_err(|e| {
             io::Error::new(

@@ -1,28 +1,8 @@
 //! Stream transports: the read state machine, the write queue, water marks,
 //! `close`/`abort`/`write_eof`, and protocol dispatch that is safe to re-enter.
 //!
-//! A [`Transport`] is a cheap clonable handle. Its methods only change state
-//! and queue work (an op to submit, an event to deliver); they never call the
-//! protocol themselves, so any of them may be called from any callback (L4).
-//!
-//! # Write flow control (W2)
-//! `pause_writing()` is due when the buffered size rises strictly above the
-//! high mark, `resume_writing()` when it falls to the low mark or below. Like
-//! every event they are delivered after the running callback returns, not
-//! inside `write()` as in asyncio, and every crossing is delivered: when the
-//! size goes above the high mark and back to the low one before the
-//! transport dispatches (a write, then the completion of an earlier send, in
-//! one loop turn), the protocol is told `pause_writing()` and then
-//! `resume_writing()`, back to back, in that order. Calls alternate, start
-//! with a pause, and stop once `connection_lost` is due; a protocol installed
-//! with `set_protocol` starts from the current state (told `pause_writing`
-//! first if writing is paused). So a producer may stop at the mark and rely
-//! on the matching `resume_writing`.
-//!
-//! asyncio's `while not self.paused: transport.write(chunk)` relies on
-//! `pause_writing()` running inside `write()`; port it with the exact size:
-//! `while t.get_write_buffer_size() <= high { t.write(chunk) }`, continued
-//! from `resume_writing()`.
+//! The public face is [`Transport`], whose docs hold the write flow control
+//! rules (W2).
 
 mod delivery;
 mod flow;
@@ -63,6 +43,74 @@ pub struct TlsInfo {
 }
 
 /// A handle to a stream transport (TCP, Unix, or TLS over either).
+///
+/// A `Transport` is a cheap clonable handle. Its methods only change state
+/// and queue work (an op to submit, an event to deliver); they never call the
+/// protocol themselves, so any of them may be called from any callback (L4).
+///
+/// # Write flow control (W2)
+/// `pause_writing()` is due when the buffered size rises strictly above the
+/// high mark, `resume_writing()` when it falls to the low mark or below. Like
+/// every event they are delivered after the running callback returns, not
+/// inside `write()` as in asyncio, and every crossing is delivered: when the
+/// size goes above the high mark and back to the low one before the
+/// transport dispatches (a write, then the completion of an earlier send, in
+/// one loop turn), the protocol is told `pause_writing()` and then
+/// `resume_writing()`, back to back, in that order. Calls alternate, start
+/// with a pause, and stop once `connection_lost` is due; a protocol installed
+/// with `set_protocol` starts from the current state (told `pause_writing`
+/// first if writing is paused). So a producer may stop at the mark and rely
+/// on the matching `resume_writing`.
+///
+/// asyncio's `while not self.paused: transport.write(chunk)` relies on
+/// `pause_writing()` running inside `write()`; port it with the exact size:
+/// `while t.get_write_buffer_size() <= high { t.write(chunk) }`, continued
+/// from `resume_writing()`.
+///
+/// # Examples
+///
+/// A producer that sends a large payload without buffering it all, then
+/// half-closes:
+///
+/// ```
+/// use proactor::{BaseProtocol, Protocol, Transport};
+///
+/// struct Producer {
+///     transport: Option<Transport>,
+///     chunks_left: usize,
+/// }
+///
+/// impl Producer {
+///     /// Writes until the buffer is above the high-water mark; the matching
+///     /// `resume_writing` calls this again.
+///     fn pump(&mut self) {
+///         let Some(t) = &self.transport else { return };
+///         let (_low, high) = t.get_write_buffer_limits();
+///         while self.chunks_left > 0 && t.get_write_buffer_size() <= high {
+///             t.write(&[0u8; 16 * 1024]);
+///             self.chunks_left -= 1;
+///         }
+///         if self.chunks_left == 0 {
+///             let _ = t.write_eof(); // after the flush: the peer sees EOF
+///         }
+///     }
+/// }
+///
+/// impl BaseProtocol for Producer {
+///     fn connection_made(&mut self, transport: Transport) {
+///         self.transport = Some(transport);
+///         self.pump();
+///     }
+///
+///     fn resume_writing(&mut self) {
+///         self.pump();
+///     }
+/// }
+///
+/// impl Protocol for Producer {
+///     fn data_received(&mut self, _data: &[u8]) {}
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Transport(pub(crate) Rc<dyn TransportImpl>);
 
@@ -96,7 +144,12 @@ impl Transport {
     }
 
     /// Half-closes after the queued data is sent; the peer sees EOF and may
-    /// still send (W3). Errors if the transport cannot (TLS).
+    /// still send (W3). A no-op once the transport is closing or already
+    /// half-closed.
+    ///
+    /// # Errors
+    /// `Unsupported` on a TLS transport, which cannot half-close (see
+    /// [`Transport::can_write_eof`]).
     pub fn write_eof(&self) -> io::Result<()> {
         self.0.write_eof()
     }
@@ -124,7 +177,9 @@ impl Transport {
 
     /// Sets the water marks (W2). `None` for both gives the defaults (64 KiB,
     /// 16 KiB); only `low` gives high = 4 × low; only `high` gives low = high / 4.
-    /// Fails with `InvalidInput` unless high ≥ low.
+    ///
+    /// # Errors
+    /// `InvalidInput` unless high ≥ low.
     pub fn set_write_buffer_limits(
         &self,
         high: Option<usize>,

@@ -133,7 +133,11 @@ fn sim_seeds() -> Vec<u64> {
 /// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM.
 pub fn cert() -> &'static (String, String) {
     static CERT: OnceLock<(String, String)> = OnceLock::new();
-    CERT.get_or_init(|| tls::self_signed(&["localhost", "127.0.0.1"]).expect("rcgen"))
+    CERT.get_or_init(|| {
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).expect("rcgen");
+        (ck.cert.pem(), ck.signing_key.serialize_pem())
+    })
 }
 
 /// Writes the certificate and key to files (for external peers).

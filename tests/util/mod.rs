@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use proactor::driver::sim::SimConfig;
+use proactor::SimConfig;
 use proactor::{DriverKind, EventLoop, Handle};
 
 #[allow(unused_imports)]
@@ -206,4 +206,11 @@ pub fn open_fds() -> usize {
 /// The default listen address for a driver.
 pub fn localhost() -> proactor::Address {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// Polls a future once with a no-op waker (its wake-ups are not needed:
+/// the caller polls again).
+pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(f).poll(&mut cx)
 }

@@ -113,7 +113,8 @@ pub struct SimConfig {
     /// [`SimConfig::faults`]: it only models how the kernel reports a reset
     /// the application caused. Default 0 (Linux).
     pub reset_accept_abort_prob: f64,
-    /// Number of recent trace lines kept for [`Driver::trace`]. Default 200.
+    /// Number of recent trace lines kept for
+    /// [`Handle::driver_trace`](crate::Handle::driver_trace). Default 200.
     pub trace_lines: usize,
 }
 
@@ -334,16 +335,6 @@ impl SimDriver {
         }
     }
 
-    /// The configuration this driver runs with.
-    pub fn config(&self) -> &SimConfig {
-        &self.config
-    }
-
-    /// The seed (print it when a test fails: it replays the run exactly).
-    pub fn seed(&self) -> u64 {
-        self.config.seed
-    }
-
     /// A hash of the whole trace so far (every line, not only the retained
     /// ones): two runs with the same seed and calls have the same hash.
     pub fn full_trace_hash(&self) -> u64 {
@@ -353,16 +344,6 @@ impl SimDriver {
     /// Number of trace lines written so far.
     pub fn trace_len(&self) -> u64 {
         self.trace.total()
-    }
-
-    /// Scheduler steps taken so far.
-    pub fn steps(&self) -> u64 {
-        self.step
-    }
-
-    /// Virtual time elapsed since the driver was created.
-    pub fn elapsed(&self) -> Duration {
-        self.elapsed
     }
 
     /// Sockets still open (listeners, streams, unaccepted connections): a

@@ -12,7 +12,7 @@ use crate::tls::config::{client_config_with_ca_pem, self_signed, server_config_f
 fn configs() -> &'static (Arc<ClientConfig>, Arc<ServerConfig>) {
     static CONFIGS: OnceLock<(Arc<ClientConfig>, Arc<ServerConfig>)> = OnceLock::new();
     CONFIGS.get_or_init(|| {
-        let (cert, key) = self_signed(&["localhost"]).unwrap();
+        let (cert, key) = self_signed(&["localhost"]);
         (
             client_config_with_ca_pem(cert.as_bytes()).unwrap(),
             server_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap(),

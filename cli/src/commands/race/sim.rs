@@ -6,11 +6,12 @@
 
 use proactor::DriverKind;
 
+use super::report::{RaceReport, SimSummary};
 use super::workload;
-use crate::cli::RaceArgs;
-use crate::report::{RaceReport, SimSummary};
-use crate::tls::Security;
-use crate::{progress, Failure};
+use crate::args::RaceArgs;
+use crate::failure::{build_loop, Failure};
+use crate::progress;
+use crate::security::RaceSecurity;
 
 /// Seeds when neither `--seeds` nor PROACTOR_SIM_SEEDS says.
 const DEFAULT_SEEDS: u64 = 1;
@@ -28,7 +29,7 @@ fn env_u64(name: &str) -> Result<Option<u64>, Failure> {
     }
 }
 
-pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure> {
+pub fn sweep(args: &RaceArgs, security: &RaceSecurity) -> Result<RaceReport, Failure> {
     let replay = env_u64("PROACTOR_SIM_SEED")?;
     let seeds: Vec<u64> = match replay {
         Some(s) => {
@@ -57,8 +58,8 @@ pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure
     };
     let bar = progress::bar(seeds.len() as u64, "seeds");
     for &seed in &seeds {
-        let lp = crate::build_loop(Some(DriverKind::Sim), Some(seed))?;
-        let outcome = workload::run(&lp, args, security, None)?;
+        let event_loop = build_loop(Some(DriverKind::Sim), Some(seed))?;
+        let outcome = workload::run(&event_loop, args, security, None)?;
         let failed = outcome.errors().next().is_some()
             || outcome.clients.iter().any(|c| c.verified != planned);
         summary.seeds += 1;
@@ -72,7 +73,7 @@ pub fn sweep(args: &RaceArgs, security: &Security) -> Result<RaceReport, Failure
                 "proactor: seed {seed} failed; replay it with: PROACTOR_SIM_SEED={seed} {}",
                 replay_command(args)
             );
-            if let Some(trace) = lp.handle().driver_trace() {
+            if let Some(trace) = event_loop.handle().driver_trace() {
                 eprintln!("--- sim trace of seed {seed} (most recent last) ---\n{trace}");
             }
         }

@@ -10,11 +10,11 @@ use indicatif::ProgressBar;
 use proactor::{Address, DriverKind, DriverStats, EventLoop, RunError, Server};
 
 use super::client::{Client, ClientReport, Plan, Shared};
-use crate::cli::RaceArgs;
-use crate::echo::{EchoCounters, EchoProtocol};
-use crate::starttls::{StarttlsClient, StarttlsEcho};
-use crate::tls::Security;
-use crate::Failure;
+use crate::args::RaceArgs;
+use crate::failure::Failure;
+use crate::protocols::starttls::OnFailure;
+use crate::protocols::EchoCounters;
+use crate::security::RaceSecurity;
 
 /// How long the server may take to release its connections after the race.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -57,39 +57,25 @@ pub fn plans(args: &RaceArgs) -> Vec<Plan> {
         .collect()
 }
 
-/// Runs the race on `lp`. Fails only for set-up errors (cannot listen);
+/// Runs the race on `event_loop`. Fails only for set-up errors (cannot listen);
 /// everything that goes wrong during the run is in the [`Outcome`].
 pub fn run(
-    lp: &EventLoop,
+    event_loop: &EventLoop,
     args: &RaceArgs,
-    security: &Security,
+    security: &RaceSecurity,
     bar: Option<&ProgressBar>,
 ) -> Result<Outcome, Failure> {
-    let h = lp.handle();
+    let h = event_loop.handle();
     let counters = Rc::new(EchoCounters::default());
-    let (server, addr): (Option<Server>, Address) = match &args.connect {
-        Some(a) => (None, a.clone()),
-        None => {
-            let c = counters.clone();
+    let (server, addr): (Option<Server>, Address) = match (&security.server, &args.connect) {
+        (Some(server_security), _) => {
             let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-            let s = match security {
-                Security::Plain => h.create_server(loopback, move || EchoProtocol::new(c.clone())),
-                Security::Tls(pair) => h.create_tls_server(
-                    loopback,
-                    move || EchoProtocol::new(c.clone()),
-                    pair.server.clone(),
-                ),
-                Security::Starttls(pair) => {
-                    let options = pair.server.clone();
-                    h.create_server(loopback, move || {
-                        StarttlsEcho::new(c.clone(), options.clone())
-                    })
-                }
-            }
-            .map_err(|e| Failure::setup(format!("cannot listen on {loopback}: {e}")))?;
+            let s = server_security.serve_echo(&h, loopback.into(), counters.clone())?;
             let addr = s.local_addr();
             (Some(s), addr)
         }
+        (None, Some(a)) => (None, a.clone()),
+        (None, None) => return Err(Failure::setup("a race needs a server or --connect")),
     };
 
     let (clients, done): (Vec<Shared>, Vec<_>) = plans(args)
@@ -105,27 +91,16 @@ pub fn run(
     let race = {
         let h = h.clone();
         let clients = clients.clone();
-        let security = security.clone();
+        let connects: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let failed = c.clone();
+                let on_failure: OnFailure = Rc::new(move |why| failed.borrow_mut().fail(why));
+                let app = Client::protocol(c).into();
+                security.client.connect(&h, addr.clone(), app, on_failure)
+            })
+            .collect();
         async move {
-            let connects = clients.iter().map(|c| {
-                let addr = addr.clone();
-                let h = h.clone();
-                let c = c.clone();
-                let security = security.clone();
-                async move {
-                    match &security {
-                        Security::Plain => h.create_connection(addr, Client::protocol(&c)).await,
-                        Security::Tls(pair) => {
-                            h.create_tls_connection(addr, Client::protocol(&c), pair.client.clone())
-                                .await
-                        }
-                        Security::Starttls(pair) => {
-                            let p = StarttlsClient::new(c.clone(), pair.client.clone());
-                            h.create_connection(addr, p).await
-                        }
-                    }
-                }
-            });
             let results = join_all(connects).await;
             for (c, r) in clients.iter().zip(results) {
                 if let Err(e) = r {
@@ -139,7 +114,7 @@ pub fn run(
             }
         }
     };
-    let result = lp.run_until_complete(race);
+    let result = event_loop.run_until_complete(race);
     let seconds = start.elapsed().as_secs_f64();
     timeout.cancel();
     let error = match result {
@@ -148,7 +123,7 @@ pub fn run(
         Err(e) => Some(e.to_string()),
     };
     if let Some(s) = &server {
-        shut_down(lp, s);
+        shut_down(event_loop, s);
     }
     Ok(Outcome {
         driver: h.driver_kind(),
@@ -162,15 +137,15 @@ pub fn run(
 
 /// Closes the server and lets its connections finish, within a grace period,
 /// so the driver's counters are final and nothing is left in flight.
-fn shut_down(lp: &EventLoop, server: &Server) {
-    let h = lp.handle();
+fn shut_down(event_loop: &EventLoop, server: &Server) {
+    let h = event_loop.handle();
     server.close();
     server.close_clients();
     let grace = h.call_later(SHUTDOWN_GRACE, {
         let h = h.clone();
         move || h.stop()
     });
-    if lp.run_until_complete(server.wait_closed()).is_err() {
+    if event_loop.run_until_complete(server.wait_closed()).is_err() {
         tracing::warn!("the echo server did not release its connections within {SHUTDOWN_GRACE:?}");
     }
     grace.cancel();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cli::BenchArgs;
-use crate::Failure;
+use crate::args::BenchArgs;
+use crate::failure::Failure;
 
 #[derive(Debug)]
 struct Row {

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use futures_channel::oneshot;
 use proactor::DriverKind;
 
-use crate::echo::{EchoCounters, EchoProtocol};
+use crate::protocols::{EchoCounters, EchoProtocol};
 
 /// A server running on its thread; dropping it stops the server.
 #[derive(Debug)]
@@ -75,14 +75,14 @@ fn proactor_server(
     ready: mpsc::Sender<Result<SocketAddr, String>>,
     stop: oneshot::Receiver<()>,
 ) {
-    let lp = match proactor::EventLoop::builder().driver(kind).build() {
-        Ok(lp) => lp,
+    let event_loop = match proactor::EventLoop::builder().driver(kind).build() {
+        Ok(event_loop) => event_loop,
         Err(e) => {
             let _ = ready.send(Err(format!("the {kind} driver is unavailable: {e}")));
             return;
         }
     };
-    let h = lp.handle();
+    let h = event_loop.handle();
     let counters = Rc::new(EchoCounters::default());
     let server = match h.create_server(loopback(), move || EchoProtocol::new(counters.clone())) {
         Ok(s) => s,
@@ -98,7 +98,7 @@ fn proactor_server(
     let _ = ready.send(Ok(addr));
     // The oneshot's waker is thread-safe: sending from the bench thread wakes
     // the loop out of the kernel (L2).
-    if let Err(e) = lp.run_until_complete(stop) {
+    if let Err(e) = event_loop.run_until_complete(stop) {
         tracing::warn!(%e, "proactor bench server stopped");
     }
     server.close();

@@ -3,16 +3,19 @@
 //! seeded pattern while a loop timer pauses and resumes its reading, and every
 //! echoed byte is checked. On `sim` it runs once per seed.
 
-pub mod client;
+mod client;
+mod report;
 mod sim;
-pub mod workload;
+mod workload;
 
 use clap::Parser;
 use proactor::{DriverKind, EventLoop};
 
-use crate::cli::{Cli, Command, RaceArgs};
-use crate::report::RaceReport;
-use crate::{progress, tls, Failure};
+use crate::args::{Cli, Command, RaceArgs};
+use crate::failure::{build_loop, Failure};
+use crate::progress;
+use crate::security::RaceSecurity;
+use report::RaceReport;
 
 /// The arguments of a bare `proactor` (no subcommand): a default race.
 pub fn default_args() -> RaceArgs {
@@ -27,7 +30,7 @@ pub fn default_args() -> RaceArgs {
 }
 
 pub fn run(args: &RaceArgs) -> Result<(), Failure> {
-    let security = tls::race_security(args)?;
+    let security = RaceSecurity::from_args(args)?;
     let requested = {
         let mut b = EventLoop::builder();
         if let Some(k) = args.driver {
@@ -48,10 +51,10 @@ pub fn run(args: &RaceArgs) -> Result<(), Failure> {
     if args.seeds.is_some() {
         return Err(Failure::setup("--seeds only applies to --driver sim"));
     }
-    let lp = crate::build_loop(args.driver, None)?;
+    let event_loop = build_loop(args.driver, None)?;
     let planned = args.packets * args.size as u64;
     let bar = progress::bar(planned * args.connections, "race");
-    let outcome = workload::run(&lp, args, &security, bar.as_ref())?;
+    let outcome = workload::run(&event_loop, args, &security, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -7,8 +7,9 @@
 use proactor::DriverKind;
 use serde_json::{json, Value};
 
+use super::workload::Outcome;
+use crate::args::RaceArgs;
 use crate::pattern::StreamHash;
-use crate::race::workload::Outcome;
 
 /// At most this many error messages are kept for the report.
 const MAX_ERRORS: usize = 10;
@@ -55,7 +56,7 @@ pub struct RaceReport {
 }
 
 impl RaceReport {
-    pub fn new(driver: DriverKind, args: &crate::cli::RaceArgs, security: &'static str) -> Self {
+    pub fn new(driver: DriverKind, args: &RaceArgs, security: &'static str) -> Self {
         RaceReport {
             driver,
             mode: if args.connect.is_some() {

@@ -1,15 +1,10 @@
-//! The echo server: a flow-controlled echo protocol, used by `proactor echo`
-//! and as the server side of `proactor race`.
+//! The flow-controlled echo protocol of `proactor echo`, of the server side
+//! of `proactor race`, and of the proactor servers of `proactor bench`.
 
 use std::cell::Cell;
-use std::io::Write;
 use std::rc::Rc;
 
-use proactor::{Address, BaseProtocol, EventLoop, Protocol, Transport};
-
-use crate::cli::EchoArgs;
-use crate::tls;
-use crate::Failure;
+use proactor::{BaseProtocol, Protocol, Transport};
 
 /// Counters shared by every connection of one echo server.
 #[derive(Debug, Default)]
@@ -76,39 +71,4 @@ impl Protocol for EchoProtocol {
                 .set(self.counters.echoed.get() + data.len() as u64);
         }
     }
-}
-
-/// `proactor echo`: serves until killed.
-pub fn run(args: &EchoArgs) -> Result<(), Failure> {
-    let tls = tls::ServerTls::from_args(&args.tls, args.starttls)?;
-    let lp = crate::build_loop(args.driver, None)?;
-    let h = lp.handle();
-    let addr: Address = args.listen.clone();
-    let counters = Rc::new(EchoCounters::default());
-    let server = match &tls {
-        Some(tls) => tls.serve(&h, addr.clone(), counters.clone(), args.starttls)?,
-        None => {
-            let c = counters.clone();
-            h.create_server(addr.clone(), move || EchoProtocol::new(c.clone()))
-                .map_err(|e| Failure::setup(format!("cannot listen on {addr}: {e}")))?
-        }
-    };
-    println!(
-        "proactor echo: listening on {} (driver {}{})",
-        server.local_addr(),
-        h.driver_kind(),
-        match (&tls, args.starttls) {
-            (Some(_), true) => ", STARTTLS",
-            (Some(_), false) => ", TLS",
-            _ => "",
-        }
-    );
-    // Scripts wait for the line above before connecting.
-    let _ = std::io::stdout().flush();
-    run_forever(&lp)
-}
-
-fn run_forever(lp: &EventLoop) -> Result<(), Failure> {
-    lp.run_forever()
-        .map_err(|e| Failure::run(format!("event loop failed: {e}")))
 }

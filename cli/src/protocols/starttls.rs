@@ -5,12 +5,12 @@
 //! `READY`/`STARTTLS` in the same read belong to the TLS stream and are
 //! handed to `start_tls` as unconsumed (T3), never echoed as plaintext.
 
+use std::fmt;
 use std::rc::Rc;
 
-use proactor::{BaseProtocol, Protocol, TlsOptions, Transport};
+use proactor::{AnyProtocol, BaseProtocol, Protocol, TlsOptions, Transport};
 
-use crate::echo::{EchoCounters, EchoProtocol};
-use crate::race::client::{Client, Shared};
+use super::echo::{EchoCounters, EchoProtocol};
 
 /// Longest line the plaintext phase accepts; a longer one is an error, so a
 /// peer cannot make us buffer without bound before the upgrade.
@@ -100,20 +100,34 @@ enum Stage {
     Upgrading,
 }
 
-/// Client side: the plaintext exchange, then the race workload over TLS.
-#[derive(Debug)]
+/// Told why a client's connection failed where no future reports it: the
+/// plaintext exchange, or the handshake of the upgrade.
+pub type OnFailure = Rc<dyn Fn(String)>;
+
+/// Client side: the plaintext exchange, then `app` over TLS.
 pub struct StarttlsClient {
-    client: Shared,
+    app: Option<AnyProtocol>,
+    on_failure: OnFailure,
     options: Option<TlsOptions>,
     transport: Option<Transport>,
     stage: Stage,
     buf: Vec<u8>,
 }
 
+impl fmt::Debug for StarttlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StarttlsClient")
+            .field("stage", &self.stage)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
 impl StarttlsClient {
-    pub fn new(client: Shared, options: TlsOptions) -> Self {
+    pub fn new(app: AnyProtocol, options: TlsOptions, on_failure: OnFailure) -> Self {
         StarttlsClient {
-            client,
+            app: Some(app),
+            on_failure,
             options: Some(options),
             transport: None,
             stage: Stage::AwaitHello,
@@ -122,24 +136,24 @@ impl StarttlsClient {
     }
 
     fn fail(&mut self, why: String) {
-        self.client.borrow_mut().fail(why);
+        (self.on_failure)(why);
         if let Some(t) = &self.transport {
             t.abort();
         }
     }
 
     fn upgrade(&mut self, t: &Transport, rest: Vec<u8>) {
-        let (Some(h), Some(options)) = (t.loop_handle(), self.options.take()) else {
+        let (Some(h), Some(options), Some(app)) =
+            (t.loop_handle(), self.options.take(), self.app.take())
+        else {
             return;
         };
         self.stage = Stage::Upgrading;
-        let fut = h.start_tls(t, Client::protocol(&self.client), options.unconsumed(rest));
-        let client = self.client.clone();
+        let fut = h.start_tls(t, app, options.unconsumed(rest));
+        let on_failure = self.on_failure.clone();
         h.spawn(async move {
             if let Err(e) = fut.await {
-                client
-                    .borrow_mut()
-                    .fail(format!("STARTTLS handshake failed: {e}"));
+                on_failure(format!("STARTTLS handshake failed: {e}"));
             }
         });
     }
@@ -159,7 +173,7 @@ impl BaseProtocol for StarttlsClient {
                 Some(e) => format!("connection lost before STARTTLS: {e}"),
                 None => "connection closed before STARTTLS".to_string(),
             };
-            self.client.borrow_mut().fail(why);
+            (self.on_failure)(why);
         }
     }
 }

@@ -1,27 +1,10 @@
-//! `proactor`: the data-loss torture run (`race`), an echo server (`echo`)
-//! and a side-by-side echo benchmark (`bench`).
-//!
-//! Exit status: 0 when everything was verified, 1 when a run lost or
-//! corrupted bytes or failed, 2 for bad arguments or set-up errors, 3 when the
-//! requested driver is unavailable on this machine (so CI can skip it).
-
-mod bench;
-mod cli;
-mod echo;
-mod pattern;
-mod progress;
-mod race;
-mod report;
-mod starttls;
-mod tls;
+//! Why a command failed, which decides the exit status, and the loop every
+//! command builds the same way.
 
 use std::fmt;
 use std::process::ExitCode;
 
-use clap::Parser;
 use proactor::{DriverKind, EventLoop};
-
-use cli::{Cli, Command};
 
 /// Why a command failed; decides the exit status.
 #[derive(Debug)]
@@ -55,7 +38,7 @@ impl Failure {
         }
     }
 
-    fn exit_code(&self) -> ExitCode {
+    pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self.kind {
             FailureKind::Run => 1,
             FailureKind::Setup => 2,
@@ -90,33 +73,4 @@ pub fn build_loop(driver: Option<DriverKind>, sim_seed: Option<u64>) -> Result<E
             None => format!("no driver is available here: {e}"),
         },
     })
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    // Warnings (such as the io_uring fallback) go to stderr so that stdout
-    // stays the report, with JSON on its last line.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-fn main() -> ExitCode {
-    init_tracing();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => race::run(&race::default_args()),
-        Some(Command::Race(args)) => race::run(&args),
-        Some(Command::Echo(args)) => echo::run(&args),
-        Some(Command::Bench(args)) => bench::run(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("proactor: {f}");
-            f.exit_code()
-        }
-    }
 }
