@@ -58,8 +58,8 @@ use socket2::{SockAddr, Socket};
 
 use super::socket;
 use super::{
-    cancelled_error, is_cancelled, Completion, Driver, DriverKind, DriverStats, Op, OpKey,
-    RemoteWaker, Slots, SockOpt, SocketId,
+    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
+    SockOpt, SocketId,
 };
 use crate::address::Address;
 
@@ -94,7 +94,7 @@ struct Entry {
     user: usize,
     op: Op,
     state: State,
-    /// A cancel was requested (and counted once as `cancelled` or `cancel_races`).
+    /// A cancel was requested (only the first request counts).
     cancel_requested: bool,
     /// A connect returned `EINPROGRESS`: retries check `SO_ERROR`, never connect again.
     connecting: bool,
@@ -222,13 +222,6 @@ impl PollDriver {
         let Some(e) = self.ops.get_mut(key) else {
             return;
         };
-        if e.cancel_requested {
-            if matches!(&result, Err(err) if is_cancelled(err)) {
-                self.stats.cancelled += 1;
-            } else {
-                self.stats.cancel_races += 1;
-            }
-        }
         e.state = State::Done(result);
         self.ready.push_back(key);
     }
@@ -238,7 +231,6 @@ impl PollDriver {
         let Some(e) = self.ops.get_mut(key) else {
             return Attempt::Done(Err(invalid("stale op key")));
         };
-        let stats = &mut self.stats;
         match &mut e.op {
             Op::Accept { listener, accepted } => match retry_eintr(|| accept4(listener.0)) {
                 Ok((fd, peer)) => match socket::adopt_accepted(fd, true) {
@@ -296,9 +288,6 @@ impl PollDriver {
                 let len = buf.len();
                 let spare = buf.spare_capacity_mut();
                 let room = spare.len();
-                if room == 0 {
-                    return Attempt::Done(Err(invalid("recv buffer has no spare capacity")));
-                }
                 let s = borrow(socket.0);
                 match retry_eintr(|| s.recv(spare)) {
                     Ok(n) => {
@@ -308,9 +297,6 @@ impl PollDriver {
                         // `len`), so `len + n` bytes are initialised and within
                         // the capacity.
                         unsafe { buf.set_len(len + n) };
-                        if n < room {
-                            stats.short_reads += 1;
-                        }
                         Attempt::Done(Ok(n))
                     }
                     Err(err) if is_would_block(&err) => Attempt::WouldBlock,
@@ -322,11 +308,9 @@ impl PollDriver {
                 bufs,
                 offset,
             } => {
-                let Some(first) = bufs.first() else {
-                    return Attempt::Done(Ok(0));
-                };
-                let Some(head) = first.get(*offset..) else {
-                    return Attempt::Done(Err(invalid("send offset beyond the first buffer")));
+                // `Op::immediate_result` checked the offset.
+                let Some(head) = bufs.first().and_then(|first| first.get(*offset..)) else {
+                    return Attempt::Done(Err(io::Error::from_raw_os_error(libc::EINVAL)));
                 };
                 let mut iov = Vec::with_capacity(bufs.len().min(MAX_IOVECS));
                 iov.push(IoSlice::new(head));
@@ -336,16 +320,10 @@ impl PollDriver {
                         .take(MAX_IOVECS - 1)
                         .map(|b| IoSlice::new(b)),
                 );
-                let offered: usize = iov.iter().map(|s| s.len()).sum();
                 let s = borrow(socket.0);
                 // MSG_NOSIGNAL: a peer that went away gives EPIPE, never SIGPIPE.
                 match retry_eintr(|| s.send_vectored_with_flags(&iov, libc::MSG_NOSIGNAL)) {
-                    Ok(n) => {
-                        if n < offered {
-                            stats.short_writes += 1;
-                        }
-                        Attempt::Done(Ok(n))
-                    }
+                    Ok(n) => Attempt::Done(Ok(n)),
                     Err(err) if is_would_block(&err) => Attempt::WouldBlock,
                     Err(err) => Attempt::Done(Err(err)),
                 }
@@ -468,7 +446,6 @@ impl PollDriver {
     /// ready. Returns whether the wait was interrupted (remote wake or signal).
     /// On error, completions already produced stay queued for the next wait.
     fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.stats.waits += 1;
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(true),
@@ -504,7 +481,8 @@ impl Driver for PollDriver {
     }
 
     fn submit(&mut self, op: Op, user: usize) -> OpKey {
-        self.stats.submitted += 1;
+        self.stats.count_submit();
+        let immediate = op.immediate_result();
         let key = self.ops.insert(Entry {
             user,
             op,
@@ -512,7 +490,10 @@ impl Driver for PollDriver {
             cancel_requested: false,
             connecting: false,
         });
-        self.queued.push_back(key);
+        match immediate {
+            Some(result) => self.finish(key, result),
+            None => self.queued.push_back(key),
+        }
         key
     }
 
@@ -520,22 +501,23 @@ impl Driver for PollDriver {
         let Some(e) = self.ops.get_mut(key) else {
             return; // stale: its completion was already returned
         };
-        self.stats.cancel_requests += 1;
         if e.cancel_requested {
             return; // already resolved or pending: one outcome per op
         }
         e.cancel_requested = true;
+        self.stats.count_cancel_request();
         match e.state {
             // Never reached the kernel: truly cancelled.
             State::Queued => self.finish(key, Err(cancelled_error())),
             // Decided at the next wait (see `resolve_cancels`).
             State::Parked => self.cancels.push(key),
             // Already happened: the completion keeps its real result.
-            State::Done(_) => self.stats.cancel_races += 1,
+            State::Done(_) => {}
         }
     }
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.stats.count_wait();
         self.resolve_cancels();
         self.attempt_queued();
 
@@ -574,13 +556,14 @@ impl Driver for PollDriver {
                 // Unreachable: only `finish` queues keys, after setting Done.
                 State::Queued | State::Parked => Err(invalid("op returned before completing")),
             };
-            self.stats.completed += 1;
-            out.push(Completion {
+            let completion = Completion {
                 user: e.user,
                 key,
                 op: e.op,
                 result,
-            });
+            };
+            self.stats.count_completion(&completion, e.cancel_requested);
+            out.push(completion);
         }
         Ok(())
     }
@@ -651,6 +634,7 @@ impl RemoteWaker for PollWaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::is_cancelled;
     use bytes::Bytes;
     use std::io::Write;
     use std::net::{Shutdown, TcpListener, TcpStream};
@@ -986,7 +970,7 @@ mod tests {
         let s = h.d.stats();
         assert_eq!(s.cancelled, 2, "{s:?}");
         assert_eq!(s.cancel_races, 0, "{s:?}");
-        assert_eq!(s.cancel_requests, 3, "{s:?}");
+        assert_eq!(s.cancel_requests, 2, "{s:?}");
         h.d.close(server);
         h.d.close(listener);
         h.assert_quiescent();

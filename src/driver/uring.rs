@@ -144,7 +144,7 @@ struct Slot {
     op: Op,
     user: usize,
     side: Side,
-    /// Spare capacity offered to a receive (for `short_reads`).
+    /// Spare capacity offered to a receive: the most the kernel may write.
     offered: usize,
     /// Whether `cancel` was called for this op.
     cancel_requested: bool,
@@ -590,7 +590,6 @@ impl UringDriver {
     /// or `timeout`. Never blocks longer than `timeout`, and never blocks at
     /// all while the kernel refuses SQEs for lack of resources.
     fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stats.waits += 1;
         let res = match self.flush_pending() {
             Err(e) => Err(e),
             // The kernel takes no more SQEs for now: wait briefly for
@@ -739,16 +738,13 @@ impl UringDriver {
             Side::Accept(addr) => Some(addr.take()),
             _ => None,
         };
-        self.stats.completed += 1;
         let result = if cancel_requested && (res == -libc::ECANCELED || res == -libc::EINTR) {
             // Truly cancelled: nothing was transferred.
-            self.stats.cancelled += 1;
             Err(cancelled_error())
         } else {
             if cancel_requested {
                 // The op finished anyway (cancel said ENOENT/EALREADY, or lost
                 // the race): its real result goes to the owner (O2).
-                self.stats.cancel_races += 1;
                 tracing::trace!(?key, res, ?cancel_result, "uring: cancel race");
             }
             if res < 0 {
@@ -772,33 +768,34 @@ impl UringDriver {
                         // spare capacity starting at `buf.len()`, and `n` is at
                         // most the spare capacity we offered.
                         unsafe { buf.set_len(buf.len() + n.min(offered)) };
-                        if n < offered {
-                            self.stats.short_reads += 1;
-                        }
                         Ok(n)
                     }
-                    Op::Send { .. } => {
-                        if n < op.send_len() {
-                            self.stats.short_writes += 1;
-                        }
-                        Ok(n)
-                    }
+                    Op::Send { .. } => Ok(n),
                     Op::Connect { .. } | Op::Shutdown { .. } => Ok(0),
                 }
             }
         };
-        Completion {
+        let completion = Completion {
             user,
             key,
             op,
             result,
-        }
+        };
+        self.stats.count_completion(&completion, cancel_requested);
+        completion
     }
 
     /// Builds the SQE for the op in `key`'s slot, or completes it at once.
     fn start(&mut self, key: OpKey) {
         let ud = Slots::<Slot>::encode(key);
         let slot = self.slots.get_mut(key).expect("slot just inserted");
+        if let Some(result) = slot.op.immediate_result() {
+            let res = match result {
+                Ok(n) => i32::try_from(n).unwrap_or(i32::MAX),
+                Err(e) => -errno(&e),
+            };
+            return self.complete_later(key, res);
+        }
         let entry = match &mut slot.op {
             Op::Accept { listener, .. } => {
                 let mut addr = AcceptAddr::new();
@@ -830,9 +827,6 @@ impl UringDriver {
             },
             Op::Recv { socket, buf } => {
                 let spare = (buf.capacity() - buf.len()).min(u32::MAX as usize);
-                if spare == 0 {
-                    return self.complete_later(key, -libc::EINVAL);
-                }
                 slot.offered = spare;
                 let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
                 opcode::Recv::new(types::Fd(socket.0), ptr, spare as u32).build()
@@ -842,9 +836,6 @@ impl UringDriver {
                 bufs,
                 offset,
             } => {
-                if bufs.first().map_or(*offset > 0, |b| *offset > b.len()) {
-                    return self.complete_later(key, -libc::EINVAL);
-                }
                 let mut segments = bufs
                     .iter()
                     .enumerate()
@@ -934,7 +925,7 @@ impl Driver for UringDriver {
             cancel_requested: false,
             cancel_result: None,
         });
-        self.stats.submitted += 1;
+        self.stats.count_submit();
         if key.index >= self.max_index {
             // Its key would collide with the marker bits of `user_data`:
             // complete it with an error, without the kernel (O1).
@@ -959,7 +950,7 @@ impl Driver for UringDriver {
             return;
         }
         slot.cancel_requested = true;
-        self.stats.cancel_requests += 1;
+        self.stats.count_cancel_request();
         if self.ready.iter().any(|&(k, _)| k == key) {
             return; // finished without the kernel; its result stands
         }
@@ -971,6 +962,7 @@ impl Driver for UringDriver {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.stats.count_wait();
         let before = out.len();
         while let Some((key, res)) = self.ready.pop_front() {
             if let Some(slot) = self.slots.remove(key) {

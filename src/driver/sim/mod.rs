@@ -394,9 +394,7 @@ impl SimDriver {
         match &p.op {
             Op::Accept { listener, .. } => self.net.accept_ready(listener.0),
             Op::Connect { .. } | Op::Shutdown { .. } => true,
-            Op::Recv { socket, buf } => {
-                buf.capacity() == buf.len() || self.net.recv_ready(socket.0)
-            }
+            Op::Recv { socket, .. } => self.net.recv_ready(socket.0),
             Op::Send { socket, .. } => self.net.send_ready(socket.0, p.op.send_len()),
         }
     }
@@ -419,7 +417,6 @@ impl SimDriver {
         let net = &mut self.net;
         let rngs = &mut self.rngs;
         let trace = &mut self.trace;
-        let stats = &mut self.stats;
         match &mut p.op {
             Op::Accept { listener, accepted } => {
                 let l = listener.0;
@@ -480,9 +477,6 @@ impl SimDriver {
             }
             Op::Recv { socket, buf } => {
                 let fd = socket.0;
-                if buf.capacity() == buf.len() {
-                    return Some(Err(os_err(libc::EINVAL)));
-                }
                 if net.is_live(fd) {
                     if rngs.fault.chance(reset_p) && net.reset(fd) {
                         trace.push(format!("step {step}: fault reset sock={fd} (recv)"));
@@ -490,21 +484,14 @@ impl SimDriver {
                         trace.push(format!("step {step}: fault half-close peer of sock={fd}"));
                     }
                 }
-                let spare = buf.capacity() - buf.len();
                 let io = &mut rngs.io;
-                let r = net.recv(fd, buf, |avail| {
+                net.recv(fd, buf, |avail| {
                     if io.chance(short_p) {
                         io.split(avail)
                     } else {
                         avail
                     }
-                })?;
-                if let Ok(n) = r {
-                    if n > 0 && n < spare {
-                        stats.short_reads += 1;
-                    }
-                }
-                Some(r)
+                })
             }
             Op::Send {
                 socket,
@@ -515,25 +502,14 @@ impl SimDriver {
                 if net.is_live(fd) && rngs.fault.chance(reset_p) && net.reset(fd) {
                     trace.push(format!("step {step}: fault reset sock={fd} (send)"));
                 }
-                let offered = bufs
-                    .iter()
-                    .map(|b| b.len())
-                    .sum::<usize>()
-                    .saturating_sub(*offset);
                 let io = &mut rngs.io;
-                let r = net.send(fd, bufs, *offset, |max| {
+                net.send(fd, bufs, *offset, |max| {
                     if io.chance(short_p) {
                         io.split(max)
                     } else {
                         max
                     }
-                })?;
-                if let Ok(n) = r {
-                    if n < offered {
-                        stats.short_writes += 1;
-                    }
-                }
-                Some(r)
+                })
             }
             Op::Shutdown { socket, how } => Some(net.shutdown(socket.0, *how).map(|()| 0)),
         }
@@ -574,7 +550,6 @@ impl SimDriver {
         if let Some(p) = self.ops.get_mut(key) {
             if let Cancel::Late(_) = p.cancel {
                 p.cancel = Cancel::Settled;
-                self.stats.cancel_races += 1;
                 note = " [cancel lost the race]";
             }
         }
@@ -587,7 +562,6 @@ impl SimDriver {
         if let Some(p) = self.ops.get_mut(key) {
             p.cancel = Cancel::Settled;
         }
-        self.stats.cancelled += 1;
         self.finish(key, Err(cancelled_error()), note);
     }
 
@@ -652,7 +626,6 @@ impl SimDriver {
     /// One scheduler step: completes some of the ready ops, in seeded order.
     fn step(&mut self) {
         self.step += 1;
-        self.stats.waits += 1;
         self.elapsed += self.config.step_time;
         let races = self.config.races;
         self.idle_faults();
@@ -738,13 +711,15 @@ impl SimDriver {
             let State::Done(result) = p.state else {
                 unreachable!("done queue holds done ops");
             };
-            self.stats.completed += 1;
-            out.push(Completion {
+            let completion = Completion {
                 user: p.user,
                 key,
                 op: p.op,
                 result,
-            });
+            };
+            self.stats
+                .count_completion(&completion, p.cancel != Cancel::None);
+            out.push(completion);
         }
     }
 }
@@ -759,7 +734,7 @@ impl Driver for SimDriver {
     }
 
     fn submit(&mut self, op: Op, user: usize) -> OpKey {
-        self.stats.submitted += 1;
+        self.stats.count_submit();
         let detail = match &op {
             Op::Recv { buf, .. } => format!(" cap={}", buf.capacity() - buf.len()),
             Op::Send { .. } => format!(" len={}", op.send_len()),
@@ -768,6 +743,7 @@ impl Driver for SimDriver {
             Op::Accept { .. } => String::new(),
         };
         let line = format!("submit {} sock={}{detail}", op.name(), op_socket(&op));
+        let immediate = op.immediate_result();
         let key = self.ops.insert(Pending {
             op,
             user,
@@ -778,11 +754,13 @@ impl Driver for SimDriver {
         });
         self.active.push(key);
         self.log(format_args!("{line} {} user={user}", key_str(key)));
+        if let Some(result) = immediate {
+            self.finish(key, result, " [no I/O]");
+        }
         key
     }
 
     fn cancel(&mut self, key: OpKey) {
-        self.stats.cancel_requests += 1;
         let ks = key_str(key);
         let Some(p) = self.ops.get(key) else {
             self.log(format_args!("cancel {ks}: stale key, ignored"));
@@ -792,10 +770,10 @@ impl Driver for SimDriver {
             self.log(format_args!("cancel {ks}: already requested, ignored"));
             return;
         }
+        self.stats.count_cancel_request();
         if let State::Done(_) = p.state {
             // Produced but not yet returned: the completion stands (O2).
             self.ops.get_mut(key).expect("live").cancel = Cancel::Settled;
-            self.stats.cancel_races += 1;
             self.log(format_args!("cancel {ks}: already complete, result stands"));
             return;
         }
@@ -806,7 +784,6 @@ impl Driver for SimDriver {
                 let p = self.ops.get_mut(key).expect("live");
                 p.cancel = Cancel::Settled;
                 if self.complete_now(key) {
-                    self.stats.cancel_races += 1;
                     return;
                 }
                 // Could not run after all (cannot happen: it was ready).
@@ -832,6 +809,7 @@ impl Driver for SimDriver {
     }
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.stats.count_wait();
         self.activate();
         while self.done.is_empty() && self.any_progressable() {
             self.step();
@@ -847,7 +825,6 @@ impl Driver for SimDriver {
         }
         match timeout {
             Some(d) => {
-                self.stats.waits += 1;
                 let jitter = if d.is_zero() || !self.config.races {
                     Duration::ZERO
                 } else {
@@ -864,7 +841,6 @@ impl Driver for SimDriver {
                 }
             }
             None => {
-                self.stats.waits += 1;
                 self.log(format_args!("idle: blocking until remote wake"));
                 self.waker.block();
                 self.log(format_args!("remote wake"));
