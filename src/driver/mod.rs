@@ -14,6 +14,8 @@
 //!
 //! All `unsafe` code that touches the kernel lives under this module.
 
+#[cfg(test)]
+mod contract;
 pub mod poll;
 pub mod sim;
 mod slots;

@@ -96,7 +96,7 @@ struct Entry {
     state: State,
     /// A cancel was requested (only the first request counts).
     cancel_requested: bool,
-    /// A connect returned `EINPROGRESS`: retries check `SO_ERROR`, never connect again.
+    /// A connect returned `EINPROGRESS`: it is in progress until a retry says otherwise.
     connecting: bool,
 }
 
@@ -248,40 +248,34 @@ impl PollDriver {
             },
             Op::Connect { socket, addr } => {
                 let s = borrow(socket.0);
-                if e.connecting {
-                    // Connection in progress: its outcome is in SO_ERROR. A
-                    // retry may be spurious (a cancel, the other direction's
-                    // readiness), so "no error" only counts once connected.
-                    return match s.take_error() {
-                        Ok(Some(err)) | Err(err) => Attempt::Done(Err(err)),
-                        Ok(None) => match s.peer_addr() {
-                            Ok(_) => Attempt::Done(Ok(0)),
-                            Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) => {
-                                Attempt::WouldBlock
-                            }
-                            Err(err) => Attempt::Done(Err(err)),
-                        },
-                    };
-                }
                 let sa = match addr.to_sockaddr() {
                     Ok(sa) => sa,
                     Err(err) => return Attempt::Done(Err(err)),
                 };
-                match s.connect(&sa) {
-                    Ok(()) => Attempt::Done(Ok(0)),
+                // A connection in progress is finished as io_uring finishes
+                // it: by calling connect(2) again, which says EALREADY while
+                // it is still going (a retry may be spurious: a cancel, the
+                // other direction's readiness), 0 once it is established
+                // (moving the socket to the connected state, so a later
+                // connect says EISCONN, as on `uring`), or its error.
+                match (s.connect(&sa), e.connecting) {
+                    (Ok(()), _) => Attempt::Done(Ok(0)),
+                    (Err(err), true) if err.raw_os_error() == Some(libc::EALREADY) => {
+                        Attempt::WouldBlock
+                    }
+                    (Err(err), true) if err.raw_os_error() == Some(libc::EISCONN) => {
+                        Attempt::Done(Ok(0))
+                    }
                     // EINTR: the connection goes on asynchronously, like EINPROGRESS.
-                    Err(err)
-                        if matches!(
-                            err.raw_os_error(),
-                            Some(libc::EINPROGRESS) | Some(libc::EINTR)
-                        ) =>
+                    (Err(err), _)
+                        if matches!(err.raw_os_error(), Some(libc::EINPROGRESS | libc::EINTR)) =>
                     {
                         e.connecting = true;
                         Attempt::WouldBlock
                     }
                     // EAGAIN from a Unix connect (listener backlog full) means
                     // no connection was started: reported as the error.
-                    Err(err) => Attempt::Done(Err(err)),
+                    (Err(err), _) => Attempt::Done(Err(err)),
                 }
             }
             Op::Recv { socket, buf } => {
