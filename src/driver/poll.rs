@@ -47,16 +47,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use socket2::{SockAddr, Socket};
+use socket2::SockAddr;
 
-use super::socket;
+use super::socket::{self, Sockets};
 use super::{
     cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
     SockOpt, SocketId,
@@ -65,9 +64,6 @@ use crate::address::Address;
 
 /// Token of the remote waker; sockets use their fd as token.
 const WAKER: Token = Token(usize::MAX);
-
-/// At most this many iovecs per `sendmsg` (well under `IOV_MAX`).
-const MAX_IOVECS: usize = 64;
 
 /// How many readiness events one `epoll_wait` may return.
 const EVENTS_CAPACITY: usize = 1024;
@@ -85,7 +81,9 @@ pub struct PollDriver {
     cancels: Vec<OpKey>,
     /// Completions produced, not returned yet (production order).
     ready: VecDeque<OpKey>,
-    sockets: HashMap<RawFd, SockState>,
+    /// Ops parked on each socket (registered with epoll once, lazily).
+    queues: HashMap<RawFd, Queues>,
+    sockets: Sockets,
     stats: DriverStats,
 }
 
@@ -115,13 +113,13 @@ enum Dir {
 }
 
 #[derive(Debug, Default)]
-struct SockState {
+struct Queues {
     registered: bool,
     reads: VecDeque<OpKey>,
     writes: VecDeque<OpKey>,
 }
 
-impl SockState {
+impl Queues {
     fn queue(&mut self, dir: Dir) -> &mut VecDeque<OpKey> {
         match dir {
             Dir::Read => &mut self.reads,
@@ -145,14 +143,6 @@ fn park_target(op: &Op) -> Option<(RawFd, Dir)> {
         Op::Send { socket, .. } => Some((socket.0, Dir::Write)),
         Op::Shutdown { .. } => None,
     }
-}
-
-/// Borrows a driver-owned fd as a socket2 socket that never closes it.
-fn borrow(fd: RawFd) -> ManuallyDrop<Socket> {
-    // SAFETY: the driver owns `fd` from creation until `close`, and ops only
-    // run on sockets that are not closed (the caller's contract). ManuallyDrop
-    // guarantees this temporary never closes the fd.
-    ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) })
 }
 
 fn is_would_block(e: &io::Error) -> bool {
@@ -212,7 +202,8 @@ impl PollDriver {
             queued: VecDeque::new(),
             cancels: Vec::new(),
             ready: VecDeque::new(),
-            sockets: HashMap::new(),
+            queues: HashMap::new(),
+            sockets: Sockets::new(true),
             stats: DriverStats::default(),
         })
     }
@@ -233,21 +224,16 @@ impl PollDriver {
         };
         match &mut e.op {
             Op::Accept { listener, accepted } => match retry_eintr(|| accept4(listener.0)) {
-                Ok((fd, peer)) => match socket::adopt_accepted(fd, true) {
-                    Ok(id) => {
-                        *accepted = Some((id, Address::from_sockaddr(&peer)));
-                        Attempt::Done(Ok(0))
-                    }
-                    Err(err) => {
-                        socket::close(SocketId(fd));
-                        Attempt::Done(Err(err))
-                    }
-                },
+                Ok((fd, peer)) => {
+                    self.sockets.accepted(*listener, SocketId(fd));
+                    *accepted = Some((SocketId(fd), Address::from_sockaddr(&peer)));
+                    Attempt::Done(Ok(0))
+                }
                 Err(err) if is_would_block(&err) => Attempt::WouldBlock,
                 Err(err) => Attempt::Done(Err(err)),
             },
             Op::Connect { socket, addr } => {
-                let s = borrow(socket.0);
+                let s = socket::borrow(*socket);
                 let sa = match addr.to_sockaddr() {
                     Ok(sa) => sa,
                     Err(err) => return Attempt::Done(Err(err)),
@@ -282,7 +268,7 @@ impl PollDriver {
                 let len = buf.len();
                 let spare = buf.spare_capacity_mut();
                 let room = spare.len();
-                let s = borrow(socket.0);
+                let s = socket::borrow(*socket);
                 match retry_eintr(|| s.recv(spare)) {
                     Ok(n) => {
                         debug_assert!(n <= room);
@@ -302,19 +288,10 @@ impl PollDriver {
                 bufs,
                 offset,
             } => {
-                // `Op::immediate_result` checked the offset.
-                let Some(head) = bufs.first().and_then(|first| first.get(*offset..)) else {
-                    return Attempt::Done(Err(io::Error::from_raw_os_error(libc::EINVAL)));
-                };
-                let mut iov = Vec::with_capacity(bufs.len().min(MAX_IOVECS));
-                iov.push(IoSlice::new(head));
-                iov.extend(
-                    bufs[1..]
-                        .iter()
-                        .take(MAX_IOVECS - 1)
-                        .map(|b| IoSlice::new(b)),
-                );
-                let s = borrow(socket.0);
+                let iov: Vec<IoSlice<'_>> = socket::send_slices(bufs, *offset)
+                    .map(IoSlice::new)
+                    .collect();
+                let s = socket::borrow(*socket);
                 // MSG_NOSIGNAL: a peer that went away gives EPIPE, never SIGPIPE.
                 match retry_eintr(|| s.send_vectored_with_flags(&iov, libc::MSG_NOSIGNAL)) {
                     Ok(n) => Attempt::Done(Ok(n)),
@@ -323,7 +300,7 @@ impl PollDriver {
                 }
             }
             Op::Shutdown { socket, how } => {
-                Attempt::Done(borrow(socket.0).shutdown(*how).map(|()| 0))
+                Attempt::Done(socket::borrow(*socket).shutdown(*how).map(|()| 0))
             }
         }
     }
@@ -335,7 +312,7 @@ impl PollDriver {
         if let Some(e) = self.ops.get_mut(key) {
             e.state = State::Parked;
         }
-        let sock = self.sockets.entry(fd).or_default();
+        let sock = self.queues.entry(fd).or_default();
         if !sock.registered {
             let token = Token(usize::try_from(fd).unwrap_or(usize::MAX - 1));
             let registered = self.poll.registry().register(
@@ -358,7 +335,7 @@ impl PollDriver {
     fn drain(&mut self, fd: RawFd, dir: Dir) {
         loop {
             let Some(key) = self
-                .sockets
+                .queues
                 .get_mut(&fd)
                 .and_then(|s| s.queue(dir).front().copied())
             else {
@@ -367,7 +344,7 @@ impl PollDriver {
             match self.attempt(key) {
                 Attempt::WouldBlock => return,
                 Attempt::Done(result) => {
-                    if let Some(s) = self.sockets.get_mut(&fd) {
+                    if let Some(s) = self.queues.get_mut(&fd) {
                         s.queue(dir).pop_front();
                     }
                     self.finish(key, result);
@@ -392,7 +369,7 @@ impl PollDriver {
             };
             self.drain(fd, dir);
             if matches!(self.ops.get(key).map(|e| &e.state), Some(State::Parked)) {
-                if let Some(q) = self.sockets.get_mut(&fd).map(|s| s.queue(dir)) {
+                if let Some(q) = self.queues.get_mut(&fd).map(|s| s.queue(dir)) {
                     q.retain(|k| *k != key);
                 }
                 // Removing an op that never got past EAGAIN keeps the invariant:
@@ -414,7 +391,7 @@ impl PollDriver {
             let target = park_target(&e.op);
             if let Some((fd, dir)) = target {
                 let behind = self
-                    .sockets
+                    .queues
                     .get_mut(&fd)
                     .is_some_and(|s| !s.queue(dir).is_empty());
                 if behind {
@@ -575,15 +552,15 @@ impl Driver for PollDriver {
     }
 
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
-        socket::listen(addr, backlog, true)
+        self.sockets.listen(addr, backlog)
     }
 
     fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
-        socket::open_stream(addr, true)
+        self.sockets.open_stream(addr)
     }
 
     fn close(&mut self, socket: SocketId) {
-        if let Some(state) = self.sockets.remove(&socket.0) {
+        if let Some(state) = self.queues.remove(&socket.0) {
             debug_assert!(
                 state.reads.is_empty() && state.writes.is_empty(),
                 "close({socket:?}) with ops parked on it"
@@ -597,7 +574,13 @@ impl Driver for PollDriver {
                 self.finish(key, Err(io::Error::from_raw_os_error(libc::EBADF)));
             }
         }
-        socket::close(socket);
+        // A socket with SO_LINGER > 0 would block this thread in close(2),
+        // even non-blocking. `Sockets::close` clears the linger first: the
+        // peer sees the same (the data, then FIN), and a helper thread to
+        // wait in close(2) instead would add a thread and a queue for no
+        // difference the peer or the caller could see. (`uring` has the
+        // kernel wait instead: IORING_OP_CLOSE on io-wq.)
+        self.sockets.close(socket);
     }
 
     fn local_addr(&self, socket: SocketId) -> io::Result<Address> {
@@ -609,7 +592,7 @@ impl Driver for PollDriver {
     }
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
-        socket::set_option(socket, opt)
+        self.sockets.set_option(socket, opt)
     }
 }
 

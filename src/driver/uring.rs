@@ -35,7 +35,7 @@
 //! `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0, whose close(2) would
 //! block the loop thread).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::Shutdown as How;
@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, EnterFlags, IoUring, Probe};
 
-use super::socket;
+use super::socket::{self, Sockets};
 use super::{
     cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
     SockOpt, SocketId,
@@ -67,8 +67,6 @@ const CLOSE_UD: u64 = INTERNAL_BIT | 4;
 /// Op indices must stay below this so the marker bits never collide with a
 /// key; an op beyond it completes with `ENOBUFS` without reaching the kernel.
 const MAX_INDEX: u32 = 1 << 30;
-/// Most iovecs one send hands to the kernel (well under `IOV_MAX`).
-const MAX_IOV: usize = 64;
 /// Completion entries per submission entry. The SQ only bounds what is
 /// submitted in one go; the ops in flight (a receive per connection, sends,
 /// accepts) are many more, and each will post a CQE. The kernel's default is
@@ -216,8 +214,8 @@ pub struct UringDriver {
     send_supported: bool,
     /// `IORING_OP_CLOSE` is available (5.6+).
     close_supported: bool,
-    /// Sockets with `SO_LINGER` > 0, whose close(2) would block the thread.
-    lingering: HashSet<i32>,
+    /// The sockets this driver owns (Unix listener paths, lingering sockets).
+    sockets: Sockets,
     /// `IORING_OP_CLOSE`s in the kernel.
     closes_in_flight: usize,
     setup: &'static str,
@@ -390,7 +388,7 @@ impl UringDriver {
             shutdown_supported,
             send_supported,
             close_supported,
-            lingering: HashSet::new(),
+            sockets: Sockets::new(false),
             closes_in_flight: 0,
             setup,
             closing: false,
@@ -754,10 +752,7 @@ impl UringDriver {
                 match &mut op {
                     Op::Accept { listener, accepted } => {
                         let id = SocketId(res);
-                        if self.lingering.contains(&listener.0) {
-                            // Accepted sockets inherit SO_LINGER.
-                            self.lingering.insert(res);
-                        }
+                        self.sockets.accepted(*listener, id);
                         let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
                         *accepted = Some((id, peer));
                         Ok(0)
@@ -836,11 +831,7 @@ impl UringDriver {
                 bufs,
                 offset,
             } => {
-                let mut segments = bufs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| &b[if i == 0 { *offset } else { 0 }..])
-                    .filter(|b| !b.is_empty());
+                let mut segments = socket::send_slices(bufs, *offset);
                 if let (Some(only), None, true) =
                     (segments.next(), segments.next(), self.send_supported)
                 {
@@ -852,18 +843,11 @@ impl UringDriver {
                         .flags(libc::MSG_NOSIGNAL)
                         .build()
                 } else {
-                    let iov: Box<[libc::iovec]> = bufs
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| {
-                            let skip = if i == 0 { *offset } else { 0 };
-                            libc::iovec {
-                                iov_base: b[skip..].as_ptr() as *mut libc::c_void,
-                                iov_len: b.len() - skip,
-                            }
+                    let iov: Box<[libc::iovec]> = socket::send_slices(bufs, *offset)
+                        .map(|b| libc::iovec {
+                            iov_base: b.as_ptr() as *mut libc::c_void,
+                            iov_len: b.len(),
                         })
-                        .filter(|v| v.iov_len > 0)
-                        .take(MAX_IOV)
                         .collect();
                     // SAFETY: msghdr is a plain C struct; all-zero is a valid
                     // value (null pointers, zero lengths).
@@ -992,11 +976,11 @@ impl Driver for UringDriver {
     }
 
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
-        socket::listen(addr, backlog, false)
+        self.sockets.listen(addr, backlog)
     }
 
     fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
-        socket::open_stream(addr, false)
+        self.sockets.open_stream(addr)
     }
 
     /// Closes at once, except a socket with `SO_LINGER` > 0: its close(2)
@@ -1004,27 +988,22 @@ impl Driver for UringDriver {
     /// the linger time passes). That one goes to the kernel as an
     /// `IORING_OP_CLOSE` run by an io-wq worker (`IOSQE_ASYNC`), which does
     /// the waiting; the peer sees the same as after a blocking close (the
-    /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6) the
-    /// linger is cleared first: Linux sends the queued data and FIN in the
-    /// background all the same, only the wait is skipped.
+    /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6)
+    /// [`Sockets::close`] clears the linger first, as on `poll`.
     fn close(&mut self, socket: SocketId) {
-        if self.lingering.remove(&socket.0) {
-            if self.close_supported {
-                let entry = opcode::Close::new(types::Fd(socket.0))
-                    .build()
-                    .flags(squeue::Flags::ASYNC)
-                    .user_data(CLOSE_UD);
-                // SAFETY: IORING_OP_CLOSE carries no pointers; the fd stays
-                // open (and unused: its owner let it go) until the op runs.
-                unsafe { self.push(entry) };
-                self.closes_in_flight += 1;
-                return;
-            }
-            if let Err(e) = socket::set_option(socket, SockOpt::Linger(None)) {
-                tracing::warn!("uring: could not clear SO_LINGER before close: {e}");
-            }
+        if self.close_supported && self.sockets.lingers(socket) {
+            self.sockets.forget(socket);
+            let entry = opcode::Close::new(types::Fd(socket.0))
+                .build()
+                .flags(squeue::Flags::ASYNC)
+                .user_data(CLOSE_UD);
+            // SAFETY: IORING_OP_CLOSE carries no pointers; the fd stays
+            // open (and unused: its owner let it go) until the op runs.
+            unsafe { self.push(entry) };
+            self.closes_in_flight += 1;
+            return;
         }
-        socket::close(socket)
+        self.sockets.close(socket)
     }
 
     fn local_addr(&self, socket: SocketId) -> io::Result<Address> {
@@ -1036,16 +1015,7 @@ impl Driver for UringDriver {
     }
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
-        socket::set_option(socket, opt)?;
-        if let SockOpt::Linger(l) = opt {
-            // SO_LINGER counts whole seconds: less than one is a reset.
-            if l.is_some_and(|d| d.as_secs() > 0) {
-                self.lingering.insert(socket.0);
-            } else {
-                self.lingering.remove(&socket.0);
-            }
-        }
-        Ok(())
+        self.sockets.set_option(socket, opt)
     }
 }
 

@@ -75,7 +75,6 @@ pub(super) fn remote_wake_interrupts_a_wait(h: &mut Harness) {
 /// not read yet, never blocks the loop thread (Linux blocks in close(2)
 /// for the linger time, non-blocking socket or not); the peer still gets
 /// every byte, then EOF.
-#[allow(dead_code)] // runs once `poll` closes without blocking (next commit)
 pub(super) fn close_with_a_linger_never_blocks_the_loop(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);

@@ -139,7 +139,7 @@ contract!(
     // ops.rs: O1, results, addresses
     echo_over_ipv4,
     echo_over_ipv6,
-    echo_over_unix,
+    echo_over_unix_and_close_unlinks_the_path,
     one_completion_per_op,
     invalid_arguments_complete_with_the_same_errors,
     connect_to_a_closed_listener_is_refused,
@@ -154,7 +154,7 @@ contract!(
     // lifecycle.rs: waits, wakes, close, drop (O3)
     wait_honours_its_timeout,
     remote_wake_interrupts_a_wait,
-    // close_with_a_linger_never_blocks_the_loop: with the poll fix, next commit
+    close_with_a_linger_never_blocks_the_loop,
     drop_with_ops_in_flight_releases_their_buffers,
     no_descriptor_left_after_a_thousand_sockets,
 );

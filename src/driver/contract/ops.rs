@@ -124,10 +124,21 @@ pub(super) fn socket_path(h: &Harness) -> std::path::PathBuf {
     path
 }
 
-pub(super) fn echo_over_unix(h: &mut Harness) {
+/// Over a Unix socket; closing the listener unlinks its path (the driver
+/// does, no longer `net::Server`), so the path can be listened on again.
+pub(super) fn echo_over_unix_and_close_unlinks_the_path(h: &mut Harness) {
     let path = socket_path(h);
-    echo_over(h, &Address::Unix(path.clone()));
-    let _ = std::fs::remove_file(&path);
+    let addr = Address::Unix(path.clone());
+    echo_over(h, &addr);
+    assert!(
+        !path.exists(),
+        "closing the listener left {}",
+        path.display()
+    );
+    let again = h.listen(&addr);
+    assert_eq!(h.driver.local_addr(again).unwrap(), addr);
+    h.driver.close(again);
+    assert!(!path.exists());
 }
 
 /// Many ops parked on the same sockets, some cancelled, then the peers send
@@ -299,15 +310,20 @@ pub(super) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
     h.assert_quiescent();
 }
 
-/// Connecting where nobody listens any more is refused.
+/// Connecting where nobody listens any more is refused: `ECONNREFUSED`
+/// over TCP, `ENOENT` for a Unix path (the listener's close unlinked it;
+/// `sim` said `ECONNREFUSED`).
 pub(super) fn connect_to_a_closed_listener_is_refused(h: &mut Harness) {
-    let listener = h.listen(&localhost());
-    let addr = h.driver.local_addr(listener).unwrap();
-    h.driver.close(listener);
-    let socket = h.driver.open_stream(&addr).unwrap();
-    let err = h.run(Op::Connect { socket, addr }).result.unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
-    h.driver.close(socket);
+    let unix = Address::Unix(socket_path(h));
+    for (addr, errno) in [(localhost(), libc::ECONNREFUSED), (unix, libc::ENOENT)] {
+        let listener = h.listen(&addr);
+        let addr = h.driver.local_addr(listener).unwrap();
+        h.driver.close(listener);
+        let socket = h.driver.open_stream(&addr).unwrap();
+        let err = h.run(Op::Connect { socket, addr }).result.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(errno), "{err}");
+        h.driver.close(socket);
+    }
     h.assert_quiescent();
 }
 

@@ -48,6 +48,7 @@ pub(super) fn errno_name(err: &io::Error) -> String {
         Some(libc::EADDRINUSE) => "EADDRINUSE",
         Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT",
         Some(libc::ENOTSOCK) => "ENOTSOCK",
+        Some(libc::ENOENT) => "ENOENT",
         _ => return err.to_string(),
     };
     name.to_string()
@@ -456,7 +457,12 @@ impl Network {
         }
         let family = s.family;
         let Some(lfd) = self.find_listener(target) else {
-            return Err(os_err(libc::ECONNREFUSED));
+            // Nobody listens. A Unix path nobody listens on has no socket
+            // file either (the drivers unlink it as they close the listener).
+            return Err(os_err(match target {
+                Address::Unix(_) => libc::ENOENT,
+                Address::Inet(_) => libc::ECONNREFUSED,
+            }));
         };
         let Some(Sock::Listener(l)) = self.sockets.get(&lfd) else {
             unreachable!("find_listener returns listeners");
