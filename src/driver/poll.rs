@@ -610,717 +610,88 @@ impl RemoteWaker for PollWaker {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::driver::is_cancelled;
+    //! What only `poll` promises; the contract is in `driver::contract`.
+
+    use std::time::Duration;
+
     use bytes::Bytes;
-    use std::io::Write;
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::path::PathBuf;
 
-    const DEADLINE: Duration = Duration::from_secs(20);
+    use super::PollDriver;
+    use crate::driver::contract::{recv_bytes, Harness};
+    use crate::driver::{is_cancelled, Op};
 
-    /// A driver plus completions reaped but not claimed yet.
-    struct H {
-        d: PollDriver,
-        pending: Vec<Completion>,
+    fn harness(test: &'static str) -> Harness {
+        Harness::new(Box::new(PollDriver::new().unwrap()), test)
     }
 
-    impl H {
-        fn new() -> H {
-            H {
-                d: PollDriver::new().unwrap(),
-                pending: Vec::new(),
-            }
-        }
-
-        /// Waits for the one completion of the op submitted with `user`.
-        fn complete(&mut self, user: usize) -> Completion {
-            let start = Instant::now();
-            loop {
-                if let Some(i) = self.pending.iter().position(|c| c.user == user) {
-                    return self.pending.remove(i);
-                }
-                assert!(
-                    start.elapsed() < DEADLINE,
-                    "timed out waiting for op {user}"
-                );
-                self.d
-                    .wait(Some(Duration::from_millis(100)), &mut self.pending)
-                    .unwrap();
-            }
-        }
-
-        /// O1 at quiescence.
-        fn assert_quiescent(&self) {
-            assert!(self.pending.is_empty(), "unclaimed: {:?}", self.pending);
-            assert_eq!(self.d.in_flight(), 0);
-            let s = self.d.stats();
-            assert_eq!(s.submitted, s.completed, "{s:?}");
-        }
-
-        /// listener + connected (client, server) through the driver.
-        fn pair(&mut self, addr: &Address) -> (SocketId, SocketId, SocketId) {
-            let listener = self.d.listen(addr, 128).unwrap();
-            let (client, server) = self.connect_to(listener);
-            (listener, client, server)
-        }
-
-        fn connect_to(&mut self, listener: SocketId) -> (SocketId, SocketId) {
-            let addr = self.d.local_addr(listener).unwrap();
-            let client = self.d.open_stream(&addr).unwrap();
-            self.d.submit(
-                Op::Connect {
-                    socket: client,
-                    addr: addr.clone(),
-                },
-                1_000_001,
-            );
-            self.d.submit(
-                Op::Accept {
-                    listener,
-                    accepted: None,
-                },
-                1_000_002,
-            );
-            let c = self.complete(1_000_001);
-            assert_eq!(c.result.unwrap(), 0);
-            let a = self.complete(1_000_002);
-            assert_eq!(a.result.unwrap(), 0);
-            let Op::Accept {
-                accepted: Some((server, peer)),
-                ..
-            } = a.op
-            else {
-                panic!("accept without socket");
-            };
-            if let Address::Inet(p) = peer {
-                assert_eq!(
-                    Address::Inet(p),
-                    self.d.local_addr(client).unwrap(),
-                    "accepted peer address"
-                );
-            }
-            (client, server)
-        }
-
-        fn send_all(&mut self, socket: SocketId, data: &[u8]) {
-            let mut sent = 0;
-            while sent < data.len() {
-                let bufs = vec![Bytes::copy_from_slice(&data[sent..])];
-                self.d.submit(
-                    Op::Send {
-                        socket,
-                        bufs,
-                        offset: 0,
-                    },
-                    2_000_000,
-                );
-                sent += self.complete(2_000_000).result.unwrap();
-            }
-        }
-
-        fn recv(&mut self, socket: SocketId, cap: usize) -> io::Result<Vec<u8>> {
-            self.d.submit(
-                Op::Recv {
-                    socket,
-                    buf: Vec::with_capacity(cap),
-                },
-                3_000_000,
-            );
-            let c = self.complete(3_000_000);
-            let Op::Recv { buf, .. } = c.op else {
-                panic!("not a recv")
-            };
-            let n = c.result?;
-            assert_eq!(buf.len(), n);
-            Ok(buf)
-        }
-
-        fn recv_exact(&mut self, socket: SocketId, len: usize) -> Vec<u8> {
-            let mut got = Vec::new();
-            while got.len() < len {
-                let chunk = self.recv(socket, len - got.len()).unwrap();
-                assert!(!chunk.is_empty(), "unexpected EOF");
-                got.extend_from_slice(&chunk);
-            }
-            got
+    fn recv(socket: crate::driver::SocketId, room: usize) -> Op {
+        Op::Recv {
+            socket,
+            buf: Vec::with_capacity(room),
         }
     }
 
-    fn pattern(len: usize, seed: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| ((i * 31 + seed * 7) % 251) as u8)
-            .collect()
-    }
-
-    fn echo(h: &mut H, client: SocketId, server: SocketId) {
-        for (round, len) in [1usize, 100, 4096, 16384, 7].into_iter().enumerate() {
-            let msg = pattern(len, round);
-            h.send_all(client, &msg);
-            let got = h.recv_exact(server, len);
-            assert_eq!(got, msg);
-            h.send_all(server, &got);
-            assert_eq!(h.recv_exact(client, len), msg);
-        }
-        // Half-close: the server reads EOF, then still answers.
-        h.d.submit(
-            Op::Shutdown {
-                socket: client,
-                how: Shutdown::Write,
-            },
-            5,
-        );
-        assert_eq!(h.complete(5).result.unwrap(), 0);
-        assert!(h.recv(server, 16).unwrap().is_empty(), "EOF expected");
-        h.send_all(server, b"bye");
-        assert_eq!(h.recv_exact(client, 3), b"bye");
-    }
-
+    /// An op cancelled before its first attempt never reaches the kernel:
+    /// `ECANCELED` even though data is there, and the data stays.
     #[test]
-    fn tcp_echo_through_driver() {
-        let mut h = H::new();
-        assert_eq!(h.d.kind(), DriverKind::Poll);
-        let (listener, client, server) = h.pair(&"127.0.0.1:0".parse().unwrap());
-        echo(&mut h, client, server);
-        for s in [client, server, listener] {
-            h.d.close(s);
-        }
+    fn cancel_before_the_attempt_is_ecanceled_and_leaves_the_data() {
+        let mut h = harness("cancel_before_the_attempt");
+        let listener = h.listen(&"127.0.0.1:0".parse().unwrap());
+        let (ours, peer) = h.accept_peer(listener);
+        h.peer_write(&peer, b"hello");
+        let key = h.driver.submit(recv(ours, 64), 0);
+        h.driver.cancel(key);
+        assert!(is_cancelled(&recv_bytes(h.complete(key)).unwrap_err()));
+        assert_eq!(h.recv_exact(ours, 5), b"hello");
+        let s = h.driver.stats();
+        assert_eq!((s.cancel_requests, s.cancelled), (1, 1), "{s:?}");
+        h.peer_close(peer);
+        h.close_all(&[ours, listener]);
         h.assert_quiescent();
-        assert!(h.d.stats().waits > 0);
     }
 
+    /// Ops parked on one socket run in submission order (one queue per
+    /// direction), also when one in the middle is cancelled.
     #[test]
-    fn ipv6_echo_if_available() {
-        let mut h = H::new();
-        let Ok(listener) = h.d.listen(&"[::1]:0".parse().unwrap(), 16) else {
-            eprintln!("IPv6 loopback unavailable: skipped");
-            return;
-        };
+    fn parked_ops_complete_in_submission_order() {
+        let mut h = harness("parked_ops_complete_in_submission_order");
+        let listener = h.listen(&"127.0.0.1:0".parse().unwrap());
         let (client, server) = h.connect_to(listener);
-        echo(&mut h, client, server);
-        for s in [client, server, listener] {
-            h.d.close(s);
-        }
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn unix_socket_echo() {
-        let path: PathBuf = std::env::temp_dir().join(format!(
-            "proactor-poll-{}-{:?}.sock",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        let mut h = H::new();
-        let (listener, client, server) = h.pair(&Address::Unix(path.clone()));
-        assert_eq!(
-            h.d.local_addr(listener).unwrap(),
-            Address::Unix(path.clone())
-        );
-        h.d.set_option(client, SockOpt::NoDelay(true)).unwrap();
-        echo(&mut h, client, server);
-        for s in [client, server, listener] {
-            h.d.close(s);
-        }
-        let _ = std::fs::remove_file(&path);
-        h.assert_quiescent();
-    }
-
-    /// A std peer connected to a driver listener (so the test can write
-    /// without running the driver).
-    fn std_peer(h: &mut H) -> (SocketId, SocketId, TcpStream) {
-        let listener = h.d.listen(&"127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        let addr = h.d.local_addr(listener).unwrap().as_inet().unwrap();
-        let peer = TcpStream::connect(addr).unwrap();
-        h.d.submit(
-            Op::Accept {
-                listener,
-                accepted: None,
-            },
-            9,
-        );
-        let Op::Accept {
-            accepted: Some((server, _)),
-            ..
-        } = h.complete(9).op
-        else {
-            panic!("accept failed")
-        };
-        (listener, server, peer)
-    }
-
-    fn recv_result(c: Completion) -> io::Result<Vec<u8>> {
-        let Op::Recv { buf, .. } = c.op else {
-            panic!("not a recv")
-        };
-        let n = c.result?;
-        assert_eq!(buf.len(), n);
-        Ok(buf)
-    }
-
-    /// bpo-33694 on purpose: the recv parked, the data arrives, then the recv
-    /// is cancelled. Whatever the outcome, not one byte may be lost.
-    #[test]
-    fn cancel_race_loses_nothing() {
-        let mut h = H::new();
-        let (listener, server, mut peer) = std_peer(&mut h);
-        let mut sent = Vec::new();
-        let mut received = Vec::new();
-        let iterations = 2000;
-        for i in 0..iterations {
-            let key = h.d.submit(
-                Op::Recv {
-                    socket: server,
-                    buf: Vec::with_capacity(1 + i % 300),
-                },
-                i,
-            );
-            // The recv is attempted: parks, or takes leftover bytes at once.
-            h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-            // Every fourth round sends nothing: a true cancel.
-            if i % 4 != 3 {
-                let chunk = pattern(1 + i % 97, i);
-                peer.write_all(&chunk).unwrap();
-                sent.extend_from_slice(&chunk);
-            }
-            h.d.cancel(key);
-            match recv_result(h.complete(i)) {
-                Ok(bytes) => received.extend_from_slice(&bytes),
-                Err(e) => assert!(is_cancelled(&e), "unexpected {e}"),
-            }
-        }
-        peer.shutdown(Shutdown::Write).unwrap();
-        loop {
-            let chunk = h.recv(server, 4096).unwrap();
-            if chunk.is_empty() {
-                break;
-            }
-            received.extend_from_slice(&chunk);
-        }
-        assert_eq!(received.len(), sent.len());
-        assert!(received == sent, "bytes lost or reordered");
-        let s = h.d.stats();
-        eprintln!("{s:?}");
-        assert!(s.cancel_races > 0, "the race never happened: {s:?}");
-        assert!(s.cancelled > 0, "no true cancel: {s:?}");
-        assert!(s.cancel_races + s.cancelled <= s.cancel_requests);
-        h.d.close(server);
-        h.d.close(listener);
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn cancel_parked_or_unattempted_recv_is_ecanceled() {
-        let mut h = H::new();
-        let (listener, server, mut peer) = std_peer(&mut h);
-
-        // Parked, no data: truly cancelled.
-        let key = h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::with_capacity(64),
-            },
-            1,
-        );
-        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-        assert!(h.pending.is_empty(), "recv completed without data");
-        h.d.cancel(key);
-        h.d.cancel(key); // a second request changes nothing
-        let err = recv_result(h.complete(1)).unwrap_err();
-        assert!(is_cancelled(&err), "{err}");
-        h.d.cancel(key); // stale: ignored
-
-        // Not attempted yet: cancelled even though data is there; the data stays.
-        peer.write_all(b"hello").unwrap();
-        let key = h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::with_capacity(64),
-            },
-            2,
-        );
-        h.d.cancel(key);
-        assert!(is_cancelled(&recv_result(h.complete(2)).unwrap_err()));
-        assert_eq!(h.recv_exact(server, 5), b"hello");
-
-        let s = h.d.stats();
-        assert_eq!(s.cancelled, 2, "{s:?}");
-        assert_eq!(s.cancel_races, 0, "{s:?}");
-        assert_eq!(s.cancel_requests, 2, "{s:?}");
-        h.d.close(server);
-        h.d.close(listener);
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn tiny_send_buffer_short_writes_in_order() {
-        let mut h = H::new();
-        let (listener, client, server) = h.pair(&"127.0.0.1:0".parse().unwrap());
-        h.d.set_option(client, SockOpt::SendBuffer(4096)).unwrap();
-        let chunks: Vec<Bytes> = (0..300)
-            .map(|i| Bytes::from(pattern(1000 + i * 13, i)))
+        let keys: Vec<_> = (0..5)
+            .map(|_| h.driver.submit(recv(server, 4), 0))
             .collect();
-        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let mut remaining: VecDeque<Bytes> = chunks.into();
-        let mut offset = 0;
-        let mut received = Vec::new();
-        let (mut sending, mut receiving) = (false, false);
-        let start = Instant::now();
-        while received.len() < expected.len() {
-            assert!(start.elapsed() < DEADLINE, "stuck");
-            if !sending && !remaining.is_empty() {
-                h.d.submit(
-                    Op::Send {
-                        socket: client,
-                        bufs: remaining.iter().cloned().collect(),
-                        offset,
-                    },
-                    1,
-                );
-                sending = true;
-            }
-            if !receiving {
-                h.d.submit(
-                    Op::Recv {
-                        socket: server,
-                        buf: Vec::with_capacity(3000),
-                    },
-                    2,
-                );
-                receiving = true;
-            }
-            h.d.wait(Some(Duration::from_millis(100)), &mut h.pending)
-                .unwrap();
-            for c in std::mem::take(&mut h.pending) {
-                match c.user {
-                    1 => {
-                        sending = false;
-                        let mut n = c.result.unwrap();
-                        assert!(n > 0);
-                        while n > 0 {
-                            let avail = remaining[0].len() - offset;
-                            if n >= avail {
-                                n -= avail;
-                                remaining.pop_front();
-                                offset = 0;
-                            } else {
-                                offset += n;
-                                n = 0;
-                            }
-                        }
-                    }
-                    2 => {
-                        receiving = false;
-                        received.extend_from_slice(&recv_result(c).unwrap());
-                    }
-                    _ => unreachable!(),
-                }
-            }
-        }
-        eprintln!("{:?} {:?}", start.elapsed(), h.d.stats());
-        assert!(received == expected, "bytes lost or reordered");
-        let s = h.d.stats();
-        assert!(s.short_writes > 0, "{s:?}");
-        assert!(s.short_reads > 0, "{s:?}");
-        assert!(!sending && !receiving);
-        h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::with_capacity(16),
-            },
-            2,
+        h.turn(Duration::ZERO);
+        h.driver.cancel(keys[2]);
+        h.send_bufs(
+            client,
+            vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")],
+            0,
         );
-        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-        h.d.close(client);
-        // The parked recv sees EOF.
-        assert!(recv_result(h.complete(2)).unwrap().is_empty());
-        h.d.close(server);
-        h.d.close(listener);
-        h.assert_quiescent();
-    }
-
-    /// Several ops parked on the same sockets, some cancelled: every submit
-    /// yields exactly one completion, reads complete in submission order, and
-    /// hangup wakes the parked ones with EOF.
-    #[test]
-    fn exactly_one_completion_per_submit() {
-        let mut h = H::new();
-        let listener = h.d.listen(&"127.0.0.1:0".parse().unwrap(), 64).unwrap();
-        let pairs: Vec<_> = (0..20).map(|_| h.connect_to(listener)).collect();
-        let mut keys = Vec::new();
-        for (p, &(_, server)) in pairs.iter().enumerate() {
-            for r in 0..5 {
-                let user = p * 10 + r;
-                let key = h.d.submit(
-                    Op::Recv {
-                        socket: server,
-                        buf: Vec::with_capacity(4),
-                    },
-                    user,
-                );
-                keys.push((user, key));
-            }
-        }
-        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-        assert!(h.pending.is_empty());
-        // Cancel the third recv of each pair (parked behind the first two).
-        for &(user, key) in &keys {
-            if user % 10 == 2 {
-                h.d.cancel(key);
-            }
-        }
-        for (p, &(client, _)) in pairs.iter().enumerate() {
-            h.d.submit(
-                Op::Send {
-                    socket: client,
-                    bufs: vec![Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")],
-                    offset: 0,
-                },
-                1000 + p,
-            );
-        }
-        for p in 0..pairs.len() {
-            assert_eq!(h.complete(1000 + p).result.unwrap(), 8);
-            assert_eq!(recv_result(h.complete(p * 10)).unwrap(), b"abcd");
-            assert_eq!(recv_result(h.complete(p * 10 + 1)).unwrap(), b"efgh");
-        }
-        for (p, &(client, _)) in pairs.iter().enumerate() {
-            h.d.close(client);
-            let third = recv_result(h.complete(p * 10 + 2));
-            assert!(is_cancelled(&third.unwrap_err()));
-            for r in 3..5 {
-                assert!(recv_result(h.complete(p * 10 + r)).unwrap().is_empty());
-            }
-        }
-        for &(_, server) in &pairs {
-            h.d.close(server);
-        }
-        h.d.close(listener);
-        h.assert_quiescent();
-        let s = h.d.stats();
-        assert_eq!(s.cancelled, 20, "{s:?}");
-        assert_eq!(s.submitted, 20 * 2 + 20 * 5 + 20);
-    }
-
-    #[test]
-    fn remote_wake_interrupts_wait_forever() {
-        let mut h = H::new();
-        let waker = h.d.remote_waker();
-        // A wake before the wait makes it return at once.
-        waker.wake();
-        h.d.wait(None, &mut h.pending).unwrap();
-        let remote = h.d.remote_waker();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            remote.wake();
-        });
-        let start = Instant::now();
-        h.d.wait(None, &mut h.pending).unwrap();
-        let took = start.elapsed();
-        t.join().unwrap();
-        assert!(
-            took >= Duration::from_millis(150),
-            "returned early: {took:?}"
-        );
-        assert!(took < Duration::from_secs(5), "wake ignored: {took:?}");
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn wait_honours_timeout_and_zero() {
-        let mut h = H::new();
-        let (listener, server, peer) = std_peer(&mut h);
-        h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::with_capacity(8),
-            },
-            1,
-        );
-        let start = Instant::now();
-        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(1));
-        let start = Instant::now();
-        h.d.wait(Some(Duration::from_millis(150)), &mut h.pending)
-            .unwrap();
-        let took = start.elapsed();
-        assert!(h.pending.is_empty());
-        assert!(took >= Duration::from_millis(150), "early: {took:?}");
-        assert!(took < Duration::from_secs(5), "late: {took:?}");
-        h.d.close(listener);
-        drop(peer); // EOF wakes the parked recv
-        assert!(recv_result(h.complete(1)).unwrap().is_empty());
-        h.d.close(server);
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn connect_refused() {
-        let mut h = H::new();
-        let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let addr = Address::Inet(addr);
-        let s = h.d.open_stream(&addr).unwrap();
-        h.d.submit(Op::Connect { socket: s, addr }, 1);
-        let err = h.complete(1).result.unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
-        h.d.close(s);
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn peer_reset_gives_econnreset_and_no_sigpipe() {
-        let mut h = H::new();
-        let (listener, server, peer) = std_peer(&mut h);
-        h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::with_capacity(64),
-            },
-            1,
-        );
-        h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-        assert!(h.pending.is_empty());
-        socket2::SockRef::from(&peer)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(peer); // RST
-        let err = recv_result(h.complete(1)).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
-        // Writing to the dead connection fails without killing the process.
-        h.d.submit(
-            Op::Send {
-                socket: server,
-                bufs: vec![Bytes::from_static(b"x")],
-                offset: 0,
-            },
-            2,
-        );
-        let err = h.complete(2).result.unwrap_err();
-        assert!(
-            matches!(
-                err.raw_os_error(),
-                Some(libc::EPIPE) | Some(libc::ECONNRESET)
-            ),
-            "{err}"
-        );
-        h.d.close(server);
-        h.d.close(listener);
-        h.assert_quiescent();
-    }
-
-    #[test]
-    fn bad_arguments_complete_with_errors() {
-        let mut h = H::new();
-        let (listener, client, server) = h.pair(&"127.0.0.1:0".parse().unwrap());
-        h.d.submit(
-            Op::Recv {
-                socket: server,
-                buf: Vec::new(),
-            },
-            1,
-        );
-        h.d.submit(
-            Op::Send {
-                socket: client,
-                bufs: vec![Bytes::from_static(b"ab")],
-                offset: 3,
-            },
-            2,
-        );
-        h.d.submit(
-            Op::Send {
-                socket: client,
-                bufs: Vec::new(),
-                offset: 0,
-            },
-            3,
-        );
+        h.driver.close(client);
+        let mut done = h.complete_all(&keys);
+        let order: Vec<_> = done
+            .iter()
+            .map(|c| c.key)
+            .filter(|k| *k != keys[2])
+            .collect();
+        let uncancelled: Vec<_> = keys.iter().copied().filter(|k| *k != keys[2]).collect();
+        assert_eq!(order, uncancelled, "completions out of submission order");
+        done.sort_by_key(|c| keys.iter().position(|k| *k == c.key));
+        let results: Vec<_> = done
+            .into_iter()
+            .map(|c| recv_bytes(c).map_err(|e| is_cancelled(&e)))
+            .collect();
         assert_eq!(
-            h.complete(1).result.unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
+            results,
+            [
+                Ok(b"abcd".to_vec()),
+                Ok(b"efgh".to_vec()),
+                Err(true),
+                Ok(Vec::new()),
+                Ok(Vec::new()),
+            ]
         );
-        assert_eq!(
-            h.complete(2).result.unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
-        assert_eq!(h.complete(3).result.unwrap(), 0);
-        for s in [client, server, listener] {
-            h.d.close(s);
-        }
+        h.close_all(&[server, listener]);
         h.assert_quiescent();
-    }
-
-    fn fd_count() -> usize {
-        std::fs::read_dir("/proc/self/fd").unwrap().count()
-    }
-
-    /// Runs `fd_leak_child` alone in a child process, where counting
-    /// `/proc/self/fd` is not disturbed by tests on other threads.
-    #[test]
-    fn no_fd_leak_after_1000_sockets() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "driver::poll::tests::fd_leak_child",
-                "--include-ignored",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env("PROACTOR_POLL_FD_CHILD", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "child failed:\n{stdout}\n{stderr}"
-        );
-    }
-
-    #[test]
-    #[ignore = "run in a child process by no_fd_leak_after_1000_sockets"]
-    fn fd_leak_child() {
-        if std::env::var_os("PROACTOR_POLL_FD_CHILD").is_none() {
-            return;
-        }
-        let before = fd_count();
-        let mut h = H::new();
-        let listener = h.d.listen(&"127.0.0.1:0".parse().unwrap(), 128).unwrap();
-        let mut sockets = 0;
-        for _round in 0..10 {
-            let mut open = Vec::new();
-            for i in 0..40 {
-                let (client, server) = h.connect_to(listener);
-                // Register some with epoll by parking a recv, then cancel it.
-                if i % 2 == 0 {
-                    let key = h.d.submit(
-                        Op::Recv {
-                            socket: server,
-                            buf: Vec::with_capacity(8),
-                        },
-                        77,
-                    );
-                    h.d.wait(Some(Duration::ZERO), &mut h.pending).unwrap();
-                    h.d.cancel(key);
-                    assert!(is_cancelled(&recv_result(h.complete(77)).unwrap_err()));
-                }
-                open.push(client);
-                open.push(server);
-                open.push(h.d.open_stream(&"127.0.0.1:1".parse().unwrap()).unwrap());
-            }
-            sockets += open.len();
-            for s in open {
-                h.d.close(s);
-            }
-        }
-        assert!(sockets >= 1000);
-        h.d.close(listener);
-        h.assert_quiescent();
-        drop(h);
-        assert_eq!(fd_count(), before, "fds leaked");
     }
 }

@@ -1110,12 +1110,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use bytes::Bytes;
 
     use super::*;
-    use crate::driver::is_cancelled;
+    use crate::driver::contract::{self, Harness};
 
     /// A driver, or `None` (with the reason printed) when io_uring is refused here.
     fn driver() -> Option<UringDriver> {
@@ -1195,442 +1192,6 @@ mod tests {
         }
     }
 
-    /// Accept + connect through the driver; returns (server side, client side).
-    fn connected(d: &mut UringDriver, addr: &Address) -> (SocketId, SocketId, Address) {
-        let listener = d.listen(addr, 16).unwrap();
-        let bound = d.local_addr(listener).unwrap();
-        let client = d.open_stream(&bound).unwrap();
-        let ka = d.submit(
-            Op::Accept {
-                listener,
-                accepted: None,
-            },
-            1,
-        );
-        let kc = d.submit(
-            Op::Connect {
-                socket: client,
-                addr: bound.clone(),
-            },
-            2,
-        );
-        let mut others = Vec::new();
-        let cc = wait_for(d, kc, &mut others);
-        cc.result.unwrap();
-        assert_eq!(cc.user, 2);
-        let ca = wait_for(d, ka, &mut others);
-        assert_eq!(ca.user, 1);
-        assert_eq!(ca.result.unwrap(), 0);
-        let (server, peer) = match ca.op {
-            Op::Accept {
-                accepted: Some(a), ..
-            } => a,
-            other => panic!("accept gave nothing: {other:?}"),
-        };
-        d.close(listener);
-        (server, client, peer)
-    }
-
-    fn echo_roundtrip(d: &mut UringDriver, server: SocketId, client: SocketId) {
-        // Vectored send with an offset into the first buffer.
-        let ks = d.submit(
-            Op::Send {
-                socket: client,
-                bufs: vec![
-                    Bytes::from_static(b"XXhello "),
-                    Bytes::from_static(b"world"),
-                ],
-                offset: 2,
-            },
-            3,
-        );
-        assert_eq!(run(d, ks).result.unwrap(), 11);
-        let mut got = Vec::new();
-        while got.len() < 11 {
-            let kr = d.submit(recv_op(server, 64), 4);
-            got.extend(recv_bytes(run(d, kr)).unwrap());
-        }
-        assert_eq!(got, b"hello world");
-        // Echo it back.
-        let ks = d.submit(
-            Op::Send {
-                socket: server,
-                bufs: vec![Bytes::from(got.clone())],
-                offset: 0,
-            },
-            5,
-        );
-        assert_eq!(run(d, ks).result.unwrap(), 11);
-        let mut back = Vec::new();
-        while back.len() < 11 {
-            let kr = d.submit(recv_op(client, 64), 6);
-            back.extend(recv_bytes(run(d, kr)).unwrap());
-        }
-        assert_eq!(back, got);
-        // Half-close: the peer sees EOF.
-        let kh = d.submit(
-            Op::Shutdown {
-                socket: client,
-                how: How::Write,
-            },
-            7,
-        );
-        run(d, kh).result.unwrap();
-        let kr = d.submit(recv_op(server, 64), 8);
-        assert_eq!(recv_bytes(run(d, kr)).unwrap(), b"");
-    }
-
-    #[test]
-    fn tcp_loopback_echo() {
-        let mut d = driver_or_skip!();
-        assert_eq!(d.kind(), DriverKind::Uring);
-        let (server, client, peer) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
-        assert_eq!(peer, d.local_addr(client).unwrap());
-        assert_eq!(d.peer_addr(server).unwrap(), d.local_addr(client).unwrap());
-        d.set_option(client, SockOpt::NoDelay(true)).unwrap();
-        echo_roundtrip(&mut d, server, client);
-        d.close(server);
-        d.close(client);
-        assert_quiescent(&d);
-        println!("{d:?}");
-    }
-
-    #[test]
-    fn unix_listen_connect() {
-        let mut d = driver_or_skip!();
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "proactor-uring-{}-{}.sock",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let (server, client, peer) = connected(&mut d, &Address::Unix(path.clone()));
-        assert_eq!(peer, Address::Unix(Default::default()));
-        d.set_option(client, SockOpt::NoDelay(true)).unwrap();
-        echo_roundtrip(&mut d, server, client);
-        d.close(server);
-        d.close(client);
-        let _ = std::fs::remove_file(&path);
-        assert_quiescent(&d);
-    }
-
-    #[test]
-    fn cancel_recv_without_data_is_ecanceled() {
-        let mut d = driver_or_skip!();
-        let (a, _b) = pair();
-        let k = d.submit(recv_op(a, 64), 9);
-        // Let it reach the kernel and park first.
-        let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        assert!(out.is_empty());
-        d.cancel(k);
-        d.cancel(k); // a second request changes nothing
-        let c = run(&mut d, k);
-        assert_eq!(c.user, 9);
-        let err = c.result.unwrap_err();
-        assert!(is_cancelled(&err), "{err}");
-        assert!(matches!(c.op, Op::Recv { ref buf, .. } if buf.is_empty() && buf.capacity() >= 64));
-        // Stale cancel: ignored.
-        d.cancel(k);
-        let s = d.stats();
-        assert_eq!((s.cancel_requests, s.cancelled, s.cancel_races), (1, 1, 0));
-        // Cancel queued in the same batch as its op.
-        let k = d.submit(recv_op(a, 64), 10);
-        d.cancel(k);
-        assert!(is_cancelled(&run(&mut d, k).result.unwrap_err()));
-        d.close(a);
-        assert_quiescent(&d);
-    }
-
-    /// bpo-33694 on io_uring: the data is there when the cancel is issued.
-    /// Either the cancel wins (ECANCELED, nothing consumed) or the bytes come
-    /// back; over many iterations not one byte is lost.
-    #[test]
-    fn cancel_race_never_loses_bytes() {
-        let mut d = driver_or_skip!();
-        let (a, mut b) = pair();
-        let mut written = Vec::new();
-        let mut received = Vec::new();
-        for i in 0..1000u32 {
-            if i % 3 != 2 {
-                let chunk: Vec<u8> = (0..(i % 97 + 1)).map(|j| (i + j) as u8).collect();
-                b.write_all(&chunk).unwrap();
-                written.extend_from_slice(&chunk);
-            }
-            let k = d.submit(recv_op(a, 4096), i as usize);
-            d.cancel(k);
-            match recv_bytes(run(&mut d, k)) {
-                Ok(bytes) => received.extend(bytes),
-                Err(e) => assert!(is_cancelled(&e), "{e}"),
-            }
-        }
-        while received.len() < written.len() {
-            let k = d.submit(recv_op(a, 1 << 16), 0);
-            received.extend(recv_bytes(run(&mut d, k)).unwrap());
-        }
-        assert_eq!(received, written, "bytes lost or reordered");
-        let s = d.stats();
-        println!("race stats: {s:?}");
-        assert!(s.cancel_races > 0, "no cancel race happened: {s:?}");
-        assert!(s.cancelled > 0, "no cancel won: {s:?}");
-        d.close(a);
-        assert_quiescent(&d);
-    }
-
-    /// The same with a writer thread, so data lands at every moment.
-    #[test]
-    fn cancel_race_with_concurrent_writer() {
-        let mut d = driver_or_skip!();
-        let (a, mut b) = pair();
-        let total = 2_000_000usize;
-        let writer = std::thread::spawn(move || {
-            let mut sent = 0usize;
-            let mut i = 0u64;
-            while sent < total {
-                let n = ((i * 7919) % 3000 + 1) as usize;
-                let n = n.min(total - sent);
-                let chunk: Vec<u8> = (sent..sent + n).map(|x| (x % 251) as u8).collect();
-                b.write_all(&chunk).unwrap();
-                sent += n;
-                i += 1;
-                if i % 64 == 0 {
-                    std::thread::yield_now();
-                }
-            }
-            b
-        });
-        let mut received = Vec::with_capacity(total);
-        let mut round = 0usize;
-        while received.len() < total {
-            let k = d.submit(recv_op(a, 8192), round);
-            if round % 2 == 0 {
-                d.cancel(k);
-            }
-            round += 1;
-            match recv_bytes(run(&mut d, k)) {
-                Ok(bytes) => {
-                    assert!(!bytes.is_empty(), "unexpected EOF");
-                    received.extend(bytes)
-                }
-                Err(e) => assert!(is_cancelled(&e), "{e}"),
-            }
-        }
-        let _b = writer.join().unwrap();
-        assert_eq!(received.len(), total);
-        assert!(
-            received
-                .iter()
-                .enumerate()
-                .all(|(i, &x)| x == (i % 251) as u8),
-            "bytes lost or reordered"
-        );
-        println!("concurrent race stats: {:?}", d.stats());
-        d.close(a);
-        assert_quiescent(&d);
-    }
-
-    fn advance(bufs: &mut Vec<Bytes>, offset: &mut usize, n: usize) {
-        let mut n = n + *offset;
-        while let Some(first) = bufs.first() {
-            if n >= first.len() {
-                n -= first.len();
-                bufs.remove(0);
-            } else {
-                break;
-            }
-        }
-        *offset = n;
-    }
-
-    #[test]
-    fn tiny_sndbuf_gives_short_writes_without_loss() {
-        let mut d = driver_or_skip!();
-        let (server, client, _) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
-        d.set_option(client, SockOpt::SendBuffer(4096)).unwrap();
-        let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
-        let mut bufs: Vec<Bytes> = data.chunks(65536).map(Bytes::copy_from_slice).collect();
-        let mut offset = 0usize;
-        let mut received = Vec::new();
-        let mut out = Vec::new();
-        // Fill the pipe before anyone reads: the first send must be short.
-        let ks = d.submit(
-            Op::Send {
-                socket: client,
-                bufs: bufs.clone(),
-                offset,
-            },
-            1,
-        );
-        let first = run(&mut d, ks);
-        let n = first.result.unwrap();
-        assert!(n > 0 && n < data.len(), "first send not short: {n}");
-        assert_eq!(d.stats().short_writes, 1);
-        advance(&mut bufs, &mut offset, n);
-        let mut send_key = None;
-        let mut recv_key = Some(d.submit(recv_op(server, 16384), 2));
-        while received.len() < data.len() {
-            if send_key.is_none() && !bufs.is_empty() {
-                send_key = Some(d.submit(
-                    Op::Send {
-                        socket: client,
-                        bufs: bufs.clone(),
-                        offset,
-                    },
-                    1,
-                ));
-            }
-            if recv_key.is_none() {
-                recv_key = Some(d.submit(recv_op(server, 16384), 2));
-            }
-            d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
-            for c in out.drain(..) {
-                if Some(c.key) == send_key {
-                    send_key = None;
-                    let n = c.result.unwrap();
-                    advance(&mut bufs, &mut offset, n);
-                } else if Some(c.key) == recv_key {
-                    recv_key = None;
-                    let got = recv_bytes(c).unwrap();
-                    assert!(!got.is_empty());
-                    received.extend(got);
-                } else {
-                    panic!("stray completion {c:?}");
-                }
-            }
-        }
-        assert!(send_key.is_none() && bufs.is_empty());
-        assert_eq!(received, data);
-        let s = d.stats();
-        println!("short write stats: {s:?}");
-        assert!(s.short_writes >= 1);
-        assert!(s.short_reads >= 1);
-        // The recv still armed (if any) is cancelled cleanly.
-        if let Some(k) = recv_key {
-            d.cancel(k);
-            assert!(is_cancelled(&run(&mut d, k).result.unwrap_err()));
-        }
-        d.close(server);
-        d.close(client);
-        assert_quiescent(&d);
-    }
-
-    #[test]
-    fn remote_wake_interrupts_wait_forever() {
-        let mut d = driver_or_skip!();
-        // Failsafe: if the wake never works, data arrives after 10 s and the
-        // assertion on elapsed time fails instead of the test hanging.
-        let (a, mut b) = pair();
-        let failsafe = d.submit(recv_op(a, 16), 0);
-        let waker = d.remote_waker();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            waker.wake();
-            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-                let _ = b.write_all(b"x");
-            }
-        });
-        let start = Instant::now();
-        let mut out = Vec::new();
-        d.wait(None, &mut out).unwrap();
-        let elapsed = start.elapsed();
-        assert!(out.is_empty(), "{out:?}");
-        assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
-        assert!(
-            elapsed < Duration::from_secs(5),
-            "wake did not interrupt wait: {elapsed:?}"
-        );
-        // A wake that comes before the wait also makes it return.
-        d.remote_waker().wake();
-        let start = Instant::now();
-        d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(2));
-        assert!(out.is_empty());
-        // And the waker is re-armed: wake again from a thread.
-        let waker = d.remote_waker();
-        let t2 = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            waker.wake();
-        });
-        let start = Instant::now();
-        d.wait(None, &mut out).unwrap();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        t2.join().unwrap();
-        d.cancel(failsafe);
-        let c = run(&mut d, failsafe);
-        assert!(is_cancelled(&c.result.unwrap_err()));
-        done_tx.send(()).unwrap();
-        t.join().unwrap();
-        d.close(a);
-        assert_quiescent(&d);
-    }
-
-    #[test]
-    fn wait_timeouts() {
-        let mut d = driver_or_skip!();
-        let mut out = Vec::new();
-        let start = Instant::now();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        assert!(start.elapsed() < Duration::from_millis(50));
-        let start = Instant::now();
-        d.wait(Some(Duration::from_millis(60)), &mut out).unwrap();
-        let e = start.elapsed();
-        assert!(
-            e >= Duration::from_millis(55) && e < Duration::from_secs(2),
-            "{e:?}"
-        );
-        assert!(out.is_empty());
-        assert_eq!(d.stats().waits, 2);
-    }
-
-    #[test]
-    fn connect_refused() {
-        let mut d = driver_or_skip!();
-        let addr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let addr = Address::Inet(addr);
-        let s = d.open_stream(&addr).unwrap();
-        let k = d.submit(Op::Connect { socket: s, addr }, 0);
-        let err = run(&mut d, k).result.unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
-        d.close(s);
-        assert_quiescent(&d);
-    }
-
-    #[test]
-    fn invalid_ops_complete_once_with_einval() {
-        let mut d = driver_or_skip!();
-        let (a, _b) = pair();
-        let k = d.submit(
-            Op::Recv {
-                socket: a,
-                buf: Vec::new(),
-            },
-            0,
-        );
-        d.cancel(k);
-        let err = run(&mut d, k).result.unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
-        let k = d.submit(
-            Op::Send {
-                socket: a,
-                bufs: vec![Bytes::from_static(b"ab")],
-                offset: 3,
-            },
-            0,
-        );
-        assert_eq!(
-            run(&mut d, k).result.unwrap_err().raw_os_error(),
-            Some(libc::EINVAL)
-        );
-        d.close(a);
-        assert_quiescent(&d);
-    }
-
     #[test]
     fn many_ops_beyond_ring_size() {
         // More ops than SQ entries: submit must flush the SQ and go on.
@@ -1660,36 +1221,6 @@ mod tests {
             assert_eq!(b.read(&mut buf).unwrap(), 0);
         }
         assert_quiescent(&d);
-    }
-
-    #[test]
-    fn drop_with_ops_in_flight_is_clean() {
-        let mut d = driver_or_skip!();
-        let (a, _b) = pair();
-        let (c, _e) = pair();
-        let listener = d.listen(&"127.0.0.1:0".parse().unwrap(), 4).unwrap();
-        d.submit(recv_op(a, 1 << 20), 0);
-        d.submit(
-            Op::Accept {
-                listener,
-                accepted: None,
-            },
-            1,
-        );
-        let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        // One more that only sits in the SQ.
-        d.submit(recv_op(c, 1 << 20), 2);
-        assert_eq!(d.in_flight(), 3);
-        let start = Instant::now();
-        drop(d);
-        assert!(
-            start.elapsed() < Duration::from_millis(900),
-            "drop had to time out"
-        );
-        socket::close(a);
-        socket::close(c);
-        socket::close(listener);
     }
 
     #[test]
@@ -1736,11 +1267,40 @@ mod tests {
         });
         d.wait(None, &mut out).unwrap();
         t.join().unwrap();
-        let (server, client, _) = connected(&mut d, &"127.0.0.1:0".parse().unwrap());
-        echo_roundtrip(&mut d, server, client);
-        d.close(server);
-        d.close(client);
         assert_quiescent(&d);
+        let mut h = Harness::new(Box::new(d), "fallbacks_for_older_kernels");
+        contract::ops::echo_over_ipv4(&mut h);
+    }
+
+    /// A socket with `SO_LINGER` > 0 is closed by an `IORING_OP_CLOSE` that
+    /// completes in the kernel (the contract's
+    /// `close_with_a_linger_never_blocks_the_loop` checks the rest).
+    #[test]
+    fn a_lingering_close_runs_in_the_kernel() {
+        let mut d = driver_or_skip!();
+        let (a, _b) = pair();
+        d.set_option(a, SockOpt::Linger(Some(Duration::from_secs(1))))
+            .unwrap();
+        d.close(a);
+        assert_eq!(d.closes_in_flight, 1);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.internal_in_flight() > 0 {
+            assert!(Instant::now() < deadline, "the close never completed");
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+        assert!(out.is_empty());
+        assert_quiescent(&d);
+    }
+
+    /// Kernels without `IORING_OP_CLOSE` (< 5.6) clear the linger before
+    /// close(2), as `poll` does: the contract case holds all the same.
+    #[test]
+    fn a_lingering_close_without_ioring_op_close_never_blocks() {
+        let mut d = driver_or_skip!();
+        d.close_supported = false;
+        let mut h = Harness::new(Box::new(d), "a_lingering_close_without_ioring_op_close");
+        contract::lifecycle::close_with_a_linger_never_blocks_the_loop(&mut h);
     }
 
     // ----- robustness (issue 7 item 6) -----
@@ -1849,62 +1409,6 @@ mod tests {
             "{} kernel timers still pending after 100 woken waits",
             d.fallback_timeouts
         );
-    }
-
-    /// 6f. Closing a socket with `SO_LINGER` > 0 and unsent data does not
-    /// block the loop thread; the data still reaches the peer, then EOF.
-    #[test]
-    fn close_with_linger_does_not_block_the_loop() {
-        let mut d = driver_or_skip!();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let peer = socket2::Socket::from(
-            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
-        );
-        peer.set_recv_buffer_size(4096).unwrap();
-        let (ours, _) = listener.accept().unwrap();
-        let ours = socket2::Socket::from(ours);
-        ours.set_send_buffer_size(4096).unwrap();
-        // Fill both buffers: the peer does not read yet.
-        ours.set_nonblocking(true).unwrap();
-        let chunk = [7u8; 4096];
-        let mut written = 0usize;
-        loop {
-            match ours.send(&chunk) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        ours.set_nonblocking(false).unwrap();
-        let s = SocketId(ours.into_raw_fd());
-        d.set_option(s, SockOpt::Linger(Some(Duration::from_secs(2))))
-            .unwrap();
-        let start = Instant::now();
-        d.close(s);
-        let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        let blocked = start.elapsed();
-        assert!(
-            blocked < Duration::from_millis(500),
-            "close blocked the loop thread for {blocked:?} (SO_LINGER 2 s, {written} bytes unsent)"
-        );
-        // Nothing is lost: the peer reads every byte, then EOF.
-        let mut peer = std::net::TcpStream::from(peer);
-        peer.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut got = Vec::new();
-        peer.read_to_end(&mut got).unwrap();
-        assert_eq!(got.len(), written);
-        assert!(got.iter().all(|&b| b == 7));
-        // The close itself completes in the kernel.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while d.internal_in_flight() > 0 {
-            assert!(Instant::now() < deadline, "the close never completed");
-            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
-        }
-        assert!(out.is_empty());
-        assert_quiescent(&d);
     }
 
     /// 6a. The SQ is full and `io_uring_enter` answers EBUSY; making room reaps

@@ -14,11 +14,11 @@ use rand::{Rng, SeedableRng};
 use super::harness::DEADLINE;
 use super::ops::localhost;
 use super::{pattern, recv_bytes, Harness, Peer};
-use crate::driver::{is_cancelled, Driver, DriverStats, Op, OpKey, SockOpt, SocketId};
+use crate::driver::{is_cancelled, Driver, DriverKind, DriverStats, Op, OpKey, SockOpt, SocketId};
 
 /// A receive and an accept that wait in the kernel are truly cancelled; a
 /// second request changes nothing, and a stale key is ignored.
-pub(super) fn cancel_of_a_blocked_op_is_ecanceled(h: &mut Harness) {
+pub(crate) fn cancel_of_a_blocked_op_is_ecanceled(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (client, server) = h.connect_to(listener);
     let recv = h.driver.submit(
@@ -56,12 +56,51 @@ pub(super) fn cancel_of_a_blocked_op_is_ecanceled(h: &mut Harness) {
     h.assert_quiescent();
 }
 
+/// A connect the kernel keeps in progress (the listener's accept queue is
+/// full, so its SYNs are dropped) is truly cancelled: a retry while it is
+/// in progress (on `poll` the cancel itself retries it) never mistakes it
+/// for connected.
+pub(crate) fn cancel_of_a_connect_in_progress_is_ecanceled(h: &mut Harness) {
+    if h.kind() == DriverKind::Sim {
+        h.skip("sim refuses a connect at once when the backlog is full: none stays in progress");
+        return;
+    }
+    let listener = h.driver.listen(&localhost(), 1).unwrap();
+    let addr = h.driver.local_addr(listener).unwrap();
+    let mut sockets = vec![listener];
+    let blocked = loop {
+        assert!(sockets.len() < 64, "the accept queue never filled");
+        let socket = h.driver.open_stream(&addr).unwrap();
+        sockets.push(socket);
+        let key = h.driver.submit(
+            Op::Connect {
+                socket,
+                addr: addr.clone(),
+            },
+            0,
+        );
+        let start = Instant::now();
+        while !h.has_completion(key) && start.elapsed() < Duration::from_millis(200) {
+            h.turn(Duration::from_millis(20));
+        }
+        if !h.has_completion(key) {
+            break key;
+        }
+        h.complete(key).result.expect("connect");
+    };
+    h.driver.cancel(blocked);
+    let err = h.complete(blocked).result.unwrap_err();
+    assert!(is_cancelled(&err), "{err}");
+    h.close_all(&sockets);
+    h.assert_quiescent();
+}
+
 /// bpo-33694 on purpose, in three shapes: the data is there before the
 /// receive and its cancel are submitted together; the data arrives while the
 /// receive waits, before the cancel; no data comes at all. Either the cancel
 /// wins (`ECANCELED`, nothing consumed) or the bytes come back; over many
 /// rounds both happen, and not one byte is lost.
-pub(super) fn cancel_racing_completion_returns_the_bytes(h: &mut Harness) {
+pub(crate) fn cancel_racing_completion_returns_the_bytes(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     let mut sent = Vec::new();
@@ -119,7 +158,7 @@ pub(super) fn cancel_racing_completion_returns_the_bytes(h: &mut Harness) {
 
 /// The same against a thread that writes all the time, so data lands at
 /// every moment of the cancel.
-pub(super) fn cancel_racing_a_concurrent_writer_loses_nothing(h: &mut Harness) {
+pub(crate) fn cancel_racing_a_concurrent_writer_loses_nothing(h: &mut Harness) {
     const TOTAL: usize = 2_000_000;
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
@@ -183,7 +222,7 @@ pub(super) fn cancel_racing_a_concurrent_writer_loses_nothing(h: &mut Harness) {
 /// receives, half-closes) with cancels requested at random: what completed
 /// anyway is used, what was truly cancelled is redone, and every byte comes
 /// back.
-pub(super) fn echo_with_random_cancels_loses_nothing(h: &mut Harness) {
+pub(crate) fn echo_with_random_cancels_loses_nothing(h: &mut Harness) {
     let outcome = echo_with_cancels(&mut *h.driver, 7, 100_000, 0.2);
     assert_eq!(outcome.received, 100_000);
     h.assert_quiescent();

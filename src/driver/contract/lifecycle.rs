@@ -11,7 +11,7 @@ use crate::driver::{is_cancelled, DriverKind, Op, SockOpt};
 
 /// `wait(ZERO)` never blocks; a timeout passes on the driver's clock
 /// (virtual on `sim`) without a completion; a completion ends a long wait.
-pub(super) fn wait_honours_its_timeout(h: &mut Harness) {
+pub(crate) fn wait_honours_its_timeout(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     let recv = h.driver.submit(
@@ -45,7 +45,7 @@ pub(super) fn wait_honours_its_timeout(h: &mut Harness) {
 
 /// A remote wake from another thread ends a wait without a limit, whether
 /// it comes before the wait or during it, and again after that.
-pub(super) fn remote_wake_interrupts_a_wait(h: &mut Harness) {
+pub(crate) fn remote_wake_interrupts_a_wait(h: &mut Harness) {
     let mut out = Vec::new();
     let start = Instant::now();
     h.driver.remote_waker().wake();
@@ -75,7 +75,7 @@ pub(super) fn remote_wake_interrupts_a_wait(h: &mut Harness) {
 /// not read yet, never blocks the loop thread (Linux blocks in close(2)
 /// for the linger time, non-blocking socket or not); the peer still gets
 /// every byte, then EOF.
-pub(super) fn close_with_a_linger_never_blocks_the_loop(h: &mut Harness) {
+pub(crate) fn close_with_a_linger_never_blocks_the_loop(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     h.peer_set_option(&peer, SockOpt::RecvBuffer(4096));
@@ -148,7 +148,7 @@ impl AsRef<[u8]> for Watched {
 /// and not submitted yet) returns promptly and releases every buffer the
 /// driver owned. (`uring` cancels and reaps them first: the kernel never
 /// writes into freed memory.)
-pub(super) fn drop_with_ops_in_flight_releases_their_buffers(h: &mut Harness) {
+pub(crate) fn drop_with_ops_in_flight_releases_their_buffers(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     let watch = Arc::new(());
@@ -213,7 +213,7 @@ const FD_CHILD: &str = "PROACTOR_DRIVER_FD_CHILD";
 /// A thousand sockets opened, connected, parked on, cancelled and closed
 /// leave no descriptor behind (counted in a child process of its own, where
 /// tests on other threads do not open any).
-pub(super) fn no_descriptor_left_after_a_thousand_sockets(h: &mut Harness) {
+pub(crate) fn no_descriptor_left_after_a_thousand_sockets(h: &mut Harness) {
     if h.kind() == DriverKind::Sim {
         h.skip("no descriptors; the sim tests count open_sockets() instead");
         return;

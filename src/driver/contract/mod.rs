@@ -12,10 +12,10 @@
 //! `PROACTOR_CONTRACT_SEEDS` sets how many sim seeds each case runs (8),
 //! `PROACTOR_SIM_SEED` replays one.
 
-mod cancel;
+pub(crate) mod cancel;
 mod harness;
-mod lifecycle;
-mod ops;
+pub(crate) mod lifecycle;
+pub(crate) mod ops;
 
 pub(crate) use cancel::echo_with_cancels;
 pub(crate) use harness::{pattern, recv_bytes, Harness, Peer};
@@ -148,6 +148,7 @@ contract!(
     peer_reset_gives_econnreset_and_no_sigpipe,
     // cancel.rs: O2
     cancel_of_a_blocked_op_is_ecanceled,
+    cancel_of_a_connect_in_progress_is_ecanceled,
     cancel_racing_completion_returns_the_bytes,
     cancel_racing_a_concurrent_writer_loses_nothing,
     echo_with_random_cancels_loses_nothing,

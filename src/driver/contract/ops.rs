@@ -12,7 +12,7 @@ use super::{pattern, recv_bytes, Harness};
 use crate::address::Address;
 use crate::driver::{is_cancelled, Op, OpKey, SockOpt, SocketId};
 
-pub(super) fn localhost() -> Address {
+pub(crate) fn localhost() -> Address {
     "127.0.0.1:0".parse().expect("address")
 }
 
@@ -62,7 +62,8 @@ fn connected_pair(h: &mut Harness, addr: &Address) -> (SocketId, SocketId, Socke
 }
 
 /// Both directions at several sizes, a vectored send with an offset, then a
-/// half-close: the server reads EOF and still answers.
+/// half-close: the server reads EOF and still answers, and the client's
+/// sends fail with `EPIPE`.
 fn echo(h: &mut Harness, client: SocketId, server: SocketId) {
     h.send_bufs(
         client,
@@ -89,6 +90,12 @@ fn echo(h: &mut Harness, client: SocketId, server: SocketId) {
     assert!(h.recv(server, 16).unwrap().is_empty(), "EOF expected");
     h.send_all(server, b"bye");
     assert_eq!(h.recv_exact(client, 3), b"bye");
+    let late = h.run(Op::Send {
+        socket: client,
+        bufs: vec![Bytes::from_static(b"late")],
+        offset: 0,
+    });
+    assert_eq!(late.result.unwrap_err().raw_os_error(), Some(libc::EPIPE));
 }
 
 fn echo_over(h: &mut Harness, addr: &Address) {
@@ -98,11 +105,11 @@ fn echo_over(h: &mut Harness, addr: &Address) {
     h.assert_quiescent();
 }
 
-pub(super) fn echo_over_ipv4(h: &mut Harness) {
+pub(crate) fn echo_over_ipv4(h: &mut Harness) {
     echo_over(h, &localhost());
 }
 
-pub(super) fn echo_over_ipv6(h: &mut Harness) {
+pub(crate) fn echo_over_ipv6(h: &mut Harness) {
     let addr: Address = "[::1]:0".parse().unwrap();
     if h.kind() != crate::DriverKind::Sim && std::net::TcpListener::bind("[::1]:0").is_err() {
         h.skip("no IPv6 loopback on this machine");
@@ -112,7 +119,7 @@ pub(super) fn echo_over_ipv6(h: &mut Harness) {
 }
 
 /// A fresh socket path in the temporary directory.
-pub(super) fn socket_path(h: &Harness) -> std::path::PathBuf {
+pub(crate) fn socket_path(h: &Harness) -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "proactor-contract-{}-{}-{}.sock",
@@ -126,7 +133,7 @@ pub(super) fn socket_path(h: &Harness) -> std::path::PathBuf {
 
 /// Over a Unix socket; closing the listener unlinks its path (the driver
 /// does, no longer `net::Server`), so the path can be listened on again.
-pub(super) fn echo_over_unix_and_close_unlinks_the_path(h: &mut Harness) {
+pub(crate) fn echo_over_unix_and_close_unlinks_the_path(h: &mut Harness) {
     let path = socket_path(h);
     let addr = Address::Unix(path.clone());
     echo_over(h, &addr);
@@ -144,7 +151,7 @@ pub(super) fn echo_over_unix_and_close_unlinks_the_path(h: &mut Harness) {
 /// Many ops parked on the same sockets, some cancelled, then the peers send
 /// and close: every submit yields exactly one completion, and the bytes come
 /// out in the order the completions do.
-pub(super) fn one_completion_per_op(h: &mut Harness) {
+pub(crate) fn one_completion_per_op(h: &mut Harness) {
     const PAIRS: usize = 20;
     const RECVS: usize = 5;
     let listener = h.listen(&localhost());
@@ -208,7 +215,7 @@ pub(super) fn one_completion_per_op(h: &mut Harness) {
 /// buffers and an offset was `Ok(0)` on `poll` and `EINVAL` on `uring`; an
 /// offset beyond the first buffer sent later buffers' bytes on `sim`; `poll`
 /// reported `InvalidInput` without an errno.)
-pub(super) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
+pub(crate) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (client, server) = h.connect_to(listener);
     let bound = h.driver.local_addr(listener).unwrap();
@@ -313,7 +320,7 @@ pub(super) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
 /// Connecting where nobody listens any more is refused: `ECONNREFUSED`
 /// over TCP, `ENOENT` for a Unix path (the listener's close unlinked it;
 /// `sim` said `ECONNREFUSED`).
-pub(super) fn connect_to_a_closed_listener_is_refused(h: &mut Harness) {
+pub(crate) fn connect_to_a_closed_listener_is_refused(h: &mut Harness) {
     let unix = Address::Unix(socket_path(h));
     for (addr, errno) in [(localhost(), libc::ECONNREFUSED), (unix, libc::ENOENT)] {
         let listener = h.listen(&addr);
@@ -329,7 +336,7 @@ pub(super) fn connect_to_a_closed_listener_is_refused(h: &mut Harness) {
 
 /// With a 4 KiB send buffer, a large send is short; sends and receives
 /// going on together move every byte, in order.
-pub(super) fn short_writes_and_reads_lose_nothing(h: &mut Harness) {
+pub(crate) fn short_writes_and_reads_lose_nothing(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (client, server) = h.connect_to(listener);
     h.driver
@@ -409,7 +416,7 @@ pub(super) fn short_writes_and_reads_lose_nothing(h: &mut Harness) {
 /// The peer writes and closes: the bytes, then EOF (again and again); our
 /// sends then fail with `EPIPE` (or `ECONNRESET`, once the peer's kernel
 /// answered one with a reset), never with `SIGPIPE`.
-pub(super) fn peer_close_gives_eof_after_the_data(h: &mut Harness) {
+pub(crate) fn peer_close_gives_eof_after_the_data(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     h.peer_write(&peer, b"hello world");
@@ -445,7 +452,7 @@ pub(super) fn peer_close_gives_eof_after_the_data(h: &mut Harness) {
 
 /// The peer resets (`SO_LINGER` 0) while our receive waits: it fails with
 /// `ECONNRESET`, and a send after it fails without `SIGPIPE`.
-pub(super) fn peer_reset_gives_econnreset_and_no_sigpipe(h: &mut Harness) {
+pub(crate) fn peer_reset_gives_econnreset_and_no_sigpipe(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     let recv = h.driver.submit(
