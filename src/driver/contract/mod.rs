@@ -47,10 +47,11 @@ fn sim_seeds() -> Vec<u64> {
     (0..var("PROACTOR_CONTRACT_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
 }
 
-/// A `uring` driver, or `None` with the reason printed where the kernel
-/// refuses io_uring (seccomp, `io_uring_disabled`, a kernel too old).
-pub(crate) fn uring_or_skip(test: &str) -> Option<UringDriver> {
-    match UringDriver::new(64) {
+/// A `uring` driver with `entries` SQ entries, or `None` with the reason
+/// printed where the kernel refuses io_uring (seccomp, `io_uring_disabled`,
+/// a kernel too old).
+pub(crate) fn uring_or_skip(test: &str, entries: u32) -> Option<UringDriver> {
+    match UringDriver::new(entries) {
         Ok(d) => Some(d),
         Err(e)
             if matches!(
@@ -82,7 +83,7 @@ pub(crate) fn run(backend: DriverKind, test: &'static str, case: fn(&mut Harness
     }
     match backend {
         DriverKind::Uring => {
-            if let Some(d) = uring_or_skip(test) {
+            if let Some(d) = uring_or_skip(test, 64) {
                 case(&mut Harness::new(Box::new(d), test));
             }
         }
