@@ -21,13 +21,7 @@ use crate::driver::{is_cancelled, Driver, DriverKind, DriverStats, Op, OpKey, So
 pub(crate) fn cancel_of_a_blocked_op_is_ecanceled(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (client, server) = h.connect_to(listener);
-    let recv = h.driver.submit(
-        Op::Recv {
-            socket: server,
-            buf: Vec::with_capacity(64),
-        },
-        0,
-    );
+    let recv = h.submit_recv(server, 64);
     let accept = h.driver.submit(
         Op::Accept {
             listener,
@@ -107,10 +101,7 @@ pub(crate) fn cancel_racing_completion_returns_the_bytes(h: &mut Harness) {
     let mut received = Vec::new();
     for round in 0..600 {
         let chunk = pattern(1 + round % 97, round);
-        let recv = Op::Recv {
-            socket: ours,
-            buf: Vec::with_capacity(1 + round % 300),
-        };
+        let room = 1 + round % 300;
         if round % 3 != 0 {
             // The next shapes need an empty socket: take what a truly
             // cancelled receive left.
@@ -121,17 +112,17 @@ pub(crate) fn cancel_racing_completion_returns_the_bytes(h: &mut Harness) {
             0 => {
                 h.peer_write(&peer, &chunk);
                 sent.extend_from_slice(&chunk);
-                h.driver.submit(recv, round)
+                h.submit_recv(ours, room)
             }
             1 => {
-                let key = h.driver.submit(recv, round);
+                let key = h.submit_recv(ours, room);
                 h.turn(Duration::ZERO);
                 h.peer_write(&peer, &chunk);
                 sent.extend_from_slice(&chunk);
                 key
             }
             _ => {
-                let key = h.driver.submit(recv, round);
+                let key = h.submit_recv(ours, room);
                 h.turn(Duration::ZERO);
                 key
             }
@@ -192,13 +183,7 @@ pub(crate) fn cancel_racing_a_concurrent_writer_loses_nothing(h: &mut Harness) {
     let start = Instant::now();
     while received.len() < TOTAL {
         assert!(start.elapsed() < DEADLINE, "stuck");
-        let key = h.driver.submit(
-            Op::Recv {
-                socket: ours,
-                buf: Vec::with_capacity(8192),
-            },
-            round,
-        );
+        let key = h.submit_recv(ours, 8192);
         if round % 2 == 0 {
             h.driver.cancel(key);
         }

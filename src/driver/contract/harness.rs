@@ -80,32 +80,17 @@ impl Harness {
 
     /// Waits for the one completion of `key`.
     pub(crate) fn complete(&mut self, key: OpKey) -> Completion {
-        let start = Instant::now();
-        loop {
-            if let Some(i) = self.pending.iter().position(|c| c.key == key) {
-                return self.pending.remove(i);
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{}: no completion for {key:?}\n{}",
-                self.test,
-                self.trace()
-            );
-            self.turn(TURN);
-        }
+        self.complete_all(&[key]).pop().expect("one completion")
     }
 
     /// Waits for the completions of all `keys`; returns them in the order
     /// the driver returned them.
     pub(crate) fn complete_all(&mut self, keys: &[OpKey]) -> Vec<Completion> {
         let start = Instant::now();
-        while !keys
-            .iter()
-            .all(|k| self.pending.iter().any(|c| c.key == *k))
-        {
+        while let Some(missing) = keys.iter().find(|k| !self.has_completion(**k)) {
             assert!(
                 start.elapsed() < DEADLINE,
-                "{}: completions missing\n{}",
+                "{}: no completion for {missing:?}\n{}",
                 self.test,
                 self.trace()
             );
@@ -117,6 +102,17 @@ impl Harness {
             .partition(|c| keys.contains(&c.key));
         self.pending = others;
         mine
+    }
+
+    /// Submits a receive of at most `room` bytes.
+    pub(crate) fn submit_recv(&mut self, socket: SocketId, room: usize) -> OpKey {
+        self.driver.submit(
+            Op::Recv {
+                socket,
+                buf: Vec::with_capacity(room),
+            },
+            0,
+        )
     }
 
     /// Submits `op` and waits for its completion.
@@ -201,10 +197,8 @@ impl Harness {
 
     /// One receive of at most `room` bytes.
     pub(crate) fn recv(&mut self, socket: SocketId, room: usize) -> io::Result<Vec<u8>> {
-        recv_bytes(self.run(Op::Recv {
-            socket,
-            buf: Vec::with_capacity(room),
-        }))
+        let key = self.submit_recv(socket, room);
+        recv_bytes(self.complete(key))
     }
 
     pub(crate) fn recv_exact(&mut self, socket: SocketId, len: usize) -> Vec<u8> {

@@ -14,13 +14,7 @@ use crate::driver::{is_cancelled, DriverKind, Op, SockOpt};
 pub(crate) fn wait_honours_its_timeout(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
-    let recv = h.driver.submit(
-        Op::Recv {
-            socket: ours,
-            buf: Vec::with_capacity(8),
-        },
-        0,
-    );
+    let recv = h.submit_recv(ours, 8);
     let start = Instant::now();
     h.turn(Duration::ZERO);
     assert!(start.elapsed() < Duration::from_secs(1));
@@ -152,13 +146,7 @@ pub(crate) fn drop_with_ops_in_flight_releases_their_buffers(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
     let watch = Arc::new(());
-    h.driver.submit(
-        Op::Recv {
-            socket: ours,
-            buf: Vec::with_capacity(1 << 20),
-        },
-        1,
-    );
+    h.submit_recv(ours, 1 << 20);
     h.driver.submit(
         Op::Accept {
             listener,
@@ -241,13 +229,7 @@ pub(crate) fn no_descriptor_left_after_a_thousand_sockets(h: &mut Harness) {
         for i in 0..40 {
             let (client, server) = h.connect_to(listener);
             if i % 2 == 0 {
-                let key = h.driver.submit(
-                    Op::Recv {
-                        socket: server,
-                        buf: Vec::with_capacity(8),
-                    },
-                    0,
-                );
+                let key = h.submit_recv(server, 8);
                 h.turn(Duration::ZERO);
                 h.driver.cancel(key);
                 assert!(is_cancelled(&h.complete(key).result.unwrap_err()));

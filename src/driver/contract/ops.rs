@@ -158,17 +158,7 @@ pub(crate) fn one_completion_per_op(h: &mut Harness) {
     let pairs: Vec<_> = (0..PAIRS).map(|_| h.connect_to(listener)).collect();
     let mut recvs: Vec<Vec<OpKey>> = Vec::new();
     for &(_, server) in &pairs {
-        let keys = (0..RECVS)
-            .map(|_| {
-                h.driver.submit(
-                    Op::Recv {
-                        socket: server,
-                        buf: Vec::with_capacity(4),
-                    },
-                    0,
-                )
-            })
-            .collect();
+        let keys = (0..RECVS).map(|_| h.submit_recv(server, 4)).collect();
         recvs.push(keys);
     }
     h.turn(Duration::ZERO);
@@ -376,13 +366,7 @@ pub(crate) fn short_writes_and_reads_lose_nothing(h: &mut Harness) {
             ));
         }
         if recv.is_none() {
-            recv = Some(h.driver.submit(
-                Op::Recv {
-                    socket: server,
-                    buf: Vec::with_capacity(16384),
-                },
-                2,
-            ));
+            recv = Some(h.submit_recv(server, 16384));
         }
         h.turn(Duration::from_millis(100));
         for c in h.take_pending() {
@@ -455,13 +439,7 @@ pub(crate) fn peer_close_gives_eof_after_the_data(h: &mut Harness) {
 pub(crate) fn peer_reset_gives_econnreset_and_no_sigpipe(h: &mut Harness) {
     let listener = h.listen(&localhost());
     let (ours, peer) = h.accept_peer(listener);
-    let recv = h.driver.submit(
-        Op::Recv {
-            socket: ours,
-            buf: Vec::with_capacity(64),
-        },
-        0,
-    );
+    let recv = h.submit_recv(ours, 64);
     h.turn(Duration::ZERO);
     assert!(h.take_pending().is_empty());
     h.peer_set_option(&peer, SockOpt::Linger(Some(Duration::ZERO)));

@@ -6,17 +6,10 @@ use bytes::Bytes;
 
 use super::PollDriver;
 use crate::driver::contract::{recv_bytes, Harness};
-use crate::driver::{is_cancelled, Op};
+use crate::driver::is_cancelled;
 
 fn harness(test: &'static str) -> Harness {
     Harness::new(Box::new(PollDriver::new().unwrap()), test)
-}
-
-fn recv(socket: crate::driver::SocketId, room: usize) -> Op {
-    Op::Recv {
-        socket,
-        buf: Vec::with_capacity(room),
-    }
 }
 
 /// An op cancelled before its first attempt never reaches the kernel:
@@ -27,7 +20,7 @@ fn cancel_before_the_attempt_is_ecanceled_and_leaves_the_data() {
     let listener = h.listen(&"127.0.0.1:0".parse().unwrap());
     let (ours, peer) = h.accept_peer(listener);
     h.peer_write(&peer, b"hello");
-    let key = h.driver.submit(recv(ours, 64), 0);
+    let key = h.submit_recv(ours, 64);
     h.driver.cancel(key);
     assert!(is_cancelled(&recv_bytes(h.complete(key)).unwrap_err()));
     assert_eq!(h.recv_exact(ours, 5), b"hello");
@@ -45,9 +38,7 @@ fn parked_ops_complete_in_submission_order() {
     let mut h = harness("parked_ops_complete_in_submission_order");
     let listener = h.listen(&"127.0.0.1:0".parse().unwrap());
     let (client, server) = h.connect_to(listener);
-    let keys: Vec<_> = (0..5)
-        .map(|_| h.driver.submit(recv(server, 4), 0))
-        .collect();
+    let keys: Vec<_> = (0..5).map(|_| h.submit_recv(server, 4)).collect();
     h.turn(Duration::ZERO);
     h.driver.cancel(keys[2]);
     h.send_bufs(

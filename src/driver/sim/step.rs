@@ -2,10 +2,19 @@
 //! which are deferred, when late cancels land, and which completions one
 //! `wait` returns.
 
-use super::{key_str, Cancel, SimDriver, State};
+use super::{key_str, Cancel, Pending, SimDriver, State};
 use crate::driver::{Completion, Op, OpKey};
 
 impl SimDriver {
+    /// The live ops (in submission order) for which `pred` holds.
+    fn live_where(&self, pred: impl Fn(&Pending) -> bool) -> Vec<OpKey> {
+        self.active
+            .iter()
+            .copied()
+            .filter(|&k| self.ops.get(k).is_some_and(&pred))
+            .collect()
+    }
+
     /// Whether the (live) op under `key` can complete now, ignoring latency.
     fn progressable(&self, key: OpKey) -> bool {
         let Some(p) = self.ops.get(key) else {
@@ -84,15 +93,9 @@ impl SimDriver {
 
         let step = self.step;
         let mut cands: Vec<OpKey> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|&k| {
-                self.ops
-                    .get(k)
-                    .is_some_and(|p| matches!(p.state, State::Active) && p.ready_at <= step)
-                    && self.op_ready(k)
-            })
+            .live_where(|p| matches!(p.state, State::Active) && p.ready_at <= step)
+            .into_iter()
+            .filter(|&k| self.op_ready(k))
             .collect();
         if races {
             self.rngs.sched.shuffle(&mut cands);
@@ -132,16 +135,7 @@ impl SimDriver {
         }
 
         // Late cancels whose time has come.
-        let due: Vec<OpKey> = self
-            .active
-            .iter()
-            .copied()
-            .filter(|&k| {
-                self.ops
-                    .get(k)
-                    .is_some_and(|p| matches!(p.cancel, Cancel::Late(at) if at <= step))
-            })
-            .collect();
+        let due = self.live_where(|p| matches!(p.cancel, Cancel::Late(at) if at <= step));
         for key in due {
             self.cancel_now(key, " [late cancel]");
         }

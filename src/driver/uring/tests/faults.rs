@@ -4,12 +4,13 @@
 //! completes exactly once, and nothing blocks or panics.
 
 use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::{assert_quiescent, cancel_all, driver, pair, recv_bytes, recv_op, run_all};
 use crate::driver::uring::ring::Fault;
 use crate::driver::uring::UringDriver;
-use crate::driver::Driver;
+use crate::driver::{Driver, OpKey, SocketId};
 
 thread_local! {
     /// `build_ring` skips this many of its setups (to test each one).
@@ -23,6 +24,45 @@ fn driver_on_setup(entries: u32, skip: usize) -> Option<UringDriver> {
     let d = driver(entries);
     SKIP_SETUPS.set(0);
     d
+}
+
+/// Receives on fresh socket pairs, submitted (not yet in the kernel), that
+/// no data reaches until the test writes to `peers`.
+#[derive(Default)]
+struct Idle {
+    keys: Vec<OpKey>,
+    sockets: Vec<SocketId>,
+    peers: Vec<UnixStream>,
+}
+
+impl Idle {
+    /// Adds `n` receives, with users from `first_user` on.
+    fn add(&mut self, d: &mut UringDriver, n: usize, first_user: usize) {
+        for user in first_user..first_user + n {
+            let (socket, peer) = pair();
+            self.keys.push(d.submit(recv_op(socket, 16), user));
+            self.sockets.push(socket);
+            self.peers.push(peer);
+        }
+    }
+
+    fn close(self, d: &mut UringDriver) {
+        for socket in self.sockets {
+            d.close(socket);
+        }
+    }
+}
+
+/// A ring of 8 SQ entries with its waker read in the kernel, and idle
+/// receives queued to fill its SQ (not submitted yet); `None` where the
+/// kernel refuses io_uring.
+fn with_full_sq() -> Option<(UringDriver, Idle)> {
+    let mut d = driver(8)?;
+    let sq = d.ring.params().sq_entries() as usize;
+    d.wait(Some(Duration::ZERO), &mut Vec::new()).unwrap();
+    let mut idle = Idle::default();
+    idle.add(&mut d, sq, 0);
+    Some((d, idle))
 }
 
 /// Plays `script` to the next `io_uring_enter`s, then lets them through.
@@ -50,15 +90,12 @@ fn busy_enter_while_rearming_the_waker_loses_no_completion() {
     d.wait(Some(Duration::ZERO), &mut out).unwrap(); // both are in the kernel
     assert!(out.is_empty());
     // Idle receives fill the SQ (not submitted yet).
-    let mut keys = vec![ka, kb];
-    let mut socks = vec![a, b];
-    let mut peers = Vec::new();
-    for i in 0..sq {
-        let (s, p) = pair();
-        keys.push(d.submit(recv_op(s, 16), 100 + i));
-        socks.push(s);
-        peers.push(p);
-    }
+    let mut idle = Idle {
+        keys: vec![ka, kb],
+        sockets: vec![a, b],
+        ..Idle::default()
+    };
+    idle.add(&mut d, sq, 100);
     d.remote_waker().wake();
     let mut writers = Some((pa, pb));
     let mut kept = Vec::new();
@@ -79,19 +116,14 @@ fn busy_enter_while_rearming_the_waker_loses_no_completion() {
             Box::new(|| Fault::Fail(libc::EINTR)),
         ],
     );
-    let (x, _px) = pair();
-    let kx = d.submit(recv_op(x, 16), 50);
-    keys.push(kx);
-    socks.push(x);
+    idle.add(&mut d, 1, 50);
     let done = run_all(&mut d, &[ka, kb], Duration::from_secs(2));
     for c in done {
         assert_eq!(recv_bytes(c).unwrap().len(), 1);
     }
-    keys.retain(|k| *k != ka && *k != kb);
-    cancel_all(&mut d, &keys);
-    for s in socks {
-        d.close(s);
-    }
+    idle.keys.retain(|k| *k != ka && *k != kb);
+    cancel_all(&mut d, &idle.keys);
+    idle.close(&mut d);
 }
 
 /// 6b. `submit` while the SQ is full and the kernel answers EBUSY (or
@@ -101,23 +133,14 @@ fn busy_enter_while_rearming_the_waker_loses_no_completion() {
 #[test]
 fn busy_enter_never_blocks_submit() {
     for errno in [libc::EBUSY, libc::EAGAIN] {
-        let Some(mut d) = driver(8) else { return };
-        let sq = d.ring.params().sq_entries() as usize;
+        let Some((mut d, mut idle)) = with_full_sq() else {
+            return;
+        };
         let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        let mut keys = Vec::new();
-        let mut socks = Vec::new();
-        let mut peers = Vec::new();
-        for i in 0..sq {
-            let (s, p) = pair();
-            keys.push(d.submit(recv_op(s, 16), i));
-            socks.push(s);
-            peers.push(p);
-        }
         // Failsafe: if submit blocks waiting for a completion, one
         // arrives after 3 s and the elapsed time fails the test instead
         // of a hang.
-        let mut failsafe = peers[0].try_clone().unwrap();
+        let mut failsafe = idle.peers[0].try_clone().unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             if done_rx.recv_timeout(Duration::from_secs(3)).is_err() {
@@ -131,7 +154,7 @@ fn busy_enter_never_blocks_submit() {
         let elapsed = start.elapsed();
         let _ = done_tx.send(());
         t.join().unwrap();
-        socks.push(x);
+        idle.sockets.push(x);
         assert!(
             elapsed < Duration::from_secs(1),
             "submit blocked the loop for {elapsed:?} (the kernel said errno {errno})"
@@ -159,10 +182,8 @@ fn busy_enter_never_blocks_submit() {
             .pop()
             .unwrap();
         assert_eq!(recv_bytes(c).unwrap(), b"x");
-        cancel_all(&mut d, &keys);
-        for s in socks {
-            d.close(s);
-        }
+        cancel_all(&mut d, &idle.keys);
+        idle.close(&mut d);
     }
 }
 
@@ -172,37 +193,25 @@ fn busy_enter_never_blocks_submit() {
 #[test]
 fn enter_failures_are_errors_not_panics() {
     for errno in [libc::EBADR, libc::ENXIO] {
-        let Some(mut d) = driver(8) else { return };
-        let sq = d.ring.params().sq_entries() as usize;
+        let Some((mut d, mut idle)) = with_full_sq() else {
+            return;
+        };
         let mut out = Vec::new();
-        d.wait(Some(Duration::ZERO), &mut out).unwrap();
-        let mut keys = Vec::new();
-        let mut socks = Vec::new();
-        let mut peers = Vec::new();
-        for i in 0..=sq {
-            let (s, p) = pair();
-            if i == sq {
-                script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
-            }
-            keys.push(d.submit(recv_op(s, 16), i));
-            socks.push(s);
-            peers.push(p);
-        }
+        script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
+        idle.add(&mut d, 1, 1000);
         script(&mut d, vec![Box::new(move || Fault::Fail(errno))]);
         let err = d
             .wait(Some(Duration::ZERO), &mut out)
             .expect_err("the failure is reported by wait");
         assert_eq!(err.raw_os_error(), Some(errno), "{err}");
         // The driver goes on: data arrives, cancels complete.
-        peers[0].write_all(b"z").unwrap();
-        let c = run_all(&mut d, &keys[..1], Duration::from_secs(5))
+        idle.peers[0].write_all(b"z").unwrap();
+        let c = run_all(&mut d, &idle.keys[..1], Duration::from_secs(5))
             .pop()
             .unwrap();
         assert_eq!(recv_bytes(c).unwrap(), b"z");
-        cancel_all(&mut d, &keys[1..]);
-        for s in socks {
-            d.close(s);
-        }
+        cancel_all(&mut d, &idle.keys[1..]);
+        idle.close(&mut d);
     }
 }
 
@@ -254,21 +263,14 @@ fn readable_at_once(mut d: UringDriver, n: usize) {
     let setup = d.setup;
     let cq = d.ring.params().cq_entries() as usize;
     assert!(n > cq, "the test must overflow the CQ ({cq} entries)");
-    let mut keys = Vec::with_capacity(n);
-    let mut socks = Vec::with_capacity(n);
-    let mut peers = Vec::with_capacity(n);
-    for i in 0..n {
-        let (s, p) = pair();
-        keys.push(d.submit(recv_op(s, 16), i));
-        socks.push(s);
-        peers.push(p);
-    }
+    let mut idle = Idle::default();
+    idle.add(&mut d, n, 0);
     let mut out = Vec::new();
     for _ in 0..4 {
         d.wait(Some(Duration::ZERO), &mut out).unwrap();
     }
     assert!(out.is_empty());
-    for p in &mut peers {
+    for p in &mut idle.peers {
         p.write_all(b"r").unwrap();
     }
     d.wait(Some(Duration::from_secs(5)), &mut out).unwrap();
@@ -289,7 +291,5 @@ fn readable_at_once(mut d: UringDriver, n: usize) {
         assert_eq!(recv_bytes(c).unwrap(), b"r");
     }
     assert_quiescent(&d);
-    for s in socks {
-        d.close(s);
-    }
+    idle.close(&mut d);
 }
