@@ -210,7 +210,6 @@ pub(crate) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
     let (client, server) = h.connect_to(listener);
     let bound = h.driver.local_addr(listener).unwrap();
     let unconnected = h.driver.open_stream(&bound).unwrap();
-    let not_open = SocketId(i32::MAX - 1);
     let send = |socket, bufs: &[&'static [u8]], offset| Op::Send {
         socket,
         bufs: bufs.iter().map(|b| Bytes::from_static(b)).collect(),
@@ -241,14 +240,6 @@ pub(crate) fn invalid_arguments_complete_with_the_same_errors(h: &mut Harness) {
             "send with everything skipped",
             send(client, &[b"ab"], 2),
             Ok(0),
-        ),
-        (
-            "recv on a socket that is not open",
-            Op::Recv {
-                socket: not_open,
-                buf: Vec::with_capacity(8),
-            },
-            Err(libc::EBADF),
         ),
         (
             "accept on a connected socket",

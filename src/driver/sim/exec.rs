@@ -9,14 +9,14 @@ use crate::driver::{cancelled_error, Op, OpKey};
 
 impl SimDriver {
     pub(super) fn op_ready(&self, key: OpKey) -> bool {
-        let Some(p) = self.ops.get(key) else {
+        let Some(pending) = self.ops.get(key) else {
             return false;
         };
-        match &p.op {
+        match &pending.op {
             Op::Accept { listener, .. } => self.net.accept_ready(listener.0),
             Op::Connect { .. } | Op::Shutdown { .. } => true,
             Op::Recv { socket, .. } => self.net.recv_ready(socket.0),
-            Op::Send { socket, .. } => self.net.send_ready(socket.0, p.op.send_len()),
+            Op::Send { socket, .. } => self.net.send_ready(socket.0, pending.op.send_len()),
         }
     }
 
@@ -34,11 +34,11 @@ impl SimDriver {
         let refuse_p = self.config.fault(self.config.connect_refuse_prob);
         let reset_abort_p = self.config.reset_accept_abort_prob;
         let step = self.step;
-        let p = self.ops.get_mut(key)?;
+        let pending = self.ops.get_mut(key)?;
         let net = &mut self.net;
         let rngs = &mut self.rngs;
         let trace = &mut self.trace;
-        match &mut p.op {
+        match &mut pending.op {
             Op::Accept { listener, accepted } => {
                 let l = listener.0;
                 if !net.accept_ready(l) {
@@ -139,23 +139,23 @@ impl SimDriver {
     /// Marks `key` done with `result` and moves it to the done queue.
     pub(super) fn finish(&mut self, key: OpKey, result: io::Result<usize>, note: &str) {
         let step = self.step;
-        let Some(p) = self.ops.get_mut(key) else {
+        let Some(pending) = self.ops.get_mut(key) else {
             return;
         };
-        let short = match (&p.op, &result) {
+        let short = match (&pending.op, &result) {
             (Op::Recv { buf, .. }, Ok(n)) if *n > 0 && buf.len() < buf.capacity() => " (short)",
-            (Op::Send { .. }, Ok(n)) if *n < p.op.send_len() => " (short)",
+            (Op::Send { .. }, Ok(n)) if *n < pending.op.send_len() => " (short)",
             _ => "",
         };
         let line = format!(
             "step {step}: complete {} sock={} {} user={} {}{short}{note}",
-            p.op.name(),
-            op_socket(&p.op),
+            pending.op.name(),
+            op_socket(&pending.op),
             key_str(key),
-            p.user,
+            pending.user,
             result_str(&result),
         );
-        p.state = State::Done(result);
+        pending.state = State::Done(result);
         self.trace.push(line);
         self.active.retain(|k| *k != key);
         self.done.push(key);
@@ -168,9 +168,9 @@ impl SimDriver {
             return false;
         };
         let mut note = "";
-        if let Some(p) = self.ops.get_mut(key) {
-            if let Cancel::Late(_) = p.cancel {
-                p.cancel = Cancel::Settled;
+        if let Some(pending) = self.ops.get_mut(key) {
+            if let Cancel::Late(_) = pending.cancel {
+                pending.cancel = Cancel::Settled;
                 note = " [cancel lost the race]";
             }
         }
@@ -180,8 +180,8 @@ impl SimDriver {
 
     /// Truly cancels `key`.
     pub(super) fn cancel_now(&mut self, key: OpKey, note: &str) {
-        if let Some(p) = self.ops.get_mut(key) {
-            p.cancel = Cancel::Settled;
+        if let Some(pending) = self.ops.get_mut(key) {
+            pending.cancel = Cancel::Settled;
         }
         self.finish(key, Err(cancelled_error()), note);
     }

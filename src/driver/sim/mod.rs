@@ -242,16 +242,16 @@ impl Driver for SimDriver {
 
     fn cancel(&mut self, key: OpKey) {
         let ks = key_str(key);
-        let Some(p) = self.ops.get(key) else {
+        let Some(pending) = self.ops.get(key) else {
             self.log(format_args!("cancel {ks}: stale key, ignored"));
             return;
         };
-        if p.cancel != Cancel::None {
+        if pending.cancel != Cancel::None {
             self.log(format_args!("cancel {ks}: already requested, ignored"));
             return;
         }
         self.stats.count_cancel_request();
-        if let State::Done(_) = p.state {
+        if let State::Done(_) = pending.state {
             // Produced but not yet returned: the completion stands (O2).
             self.ops.get_mut(key).expect("live").cancel = Cancel::Settled;
             self.log(format_args!("cancel {ks}: already complete, result stands"));
@@ -261,8 +261,8 @@ impl Driver for SimDriver {
         if self.op_ready(key) {
             if races && self.rngs.cancel.chance(self.config.cancel_race_prob) {
                 self.log(format_args!("cancel {ks}: op completes first (race)"));
-                let p = self.ops.get_mut(key).expect("live");
-                p.cancel = Cancel::Settled;
+                let pending = self.ops.get_mut(key).expect("live");
+                pending.cancel = Cancel::Settled;
                 if self.complete_now(key) {
                     return;
                 }

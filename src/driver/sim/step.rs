@@ -17,13 +17,13 @@ impl SimDriver {
 
     /// Whether the (live) op under `key` can complete now, ignoring latency.
     fn progressable(&self, key: OpKey) -> bool {
-        let Some(p) = self.ops.get(key) else {
+        let Some(pending) = self.ops.get(key) else {
             return false;
         };
-        if matches!(p.state, State::Done(_)) {
+        if matches!(pending.state, State::Done(_)) {
             return false;
         }
-        matches!(p.cancel, Cancel::Late(_)) || self.op_ready(key)
+        matches!(pending.cancel, Cancel::Late(_)) || self.op_ready(key)
     }
 
     pub(super) fn any_progressable(&self) -> bool {
@@ -35,15 +35,15 @@ impl SimDriver {
         let races = self.config.races;
         for i in 0..self.active.len() {
             let key = self.active[i];
-            let Some(p) = self.ops.get_mut(key) else {
+            let Some(pending) = self.ops.get_mut(key) else {
                 continue;
             };
-            if !matches!(p.state, State::Queued) {
+            if !matches!(pending.state, State::Queued) {
                 continue;
             }
             let latency = if !races {
                 0
-            } else if matches!(p.op, Op::Connect { .. }) {
+            } else if matches!(pending.op, Op::Connect { .. }) {
                 self.rngs
                     .sched
                     .between(1, u64::from(self.config.connect_latency_steps.max(1)))
@@ -52,8 +52,8 @@ impl SimDriver {
                     .sched
                     .between(0, u64::from(self.config.max_latency_steps))
             };
-            p.state = State::Active;
-            p.ready_at = self.step + 1 + latency;
+            pending.state = State::Active;
+            pending.ready_at = self.step + 1 + latency;
         }
     }
 
@@ -66,8 +66,10 @@ impl SimDriver {
         }
         for i in 0..self.active.len() {
             let key = self.active[i];
-            let Some(p) = self.ops.get(key) else { continue };
-            let Op::Recv { socket, .. } = p.op else {
+            let Some(pending) = self.ops.get(key) else {
+                continue;
+            };
+            let Op::Recv { socket, .. } = pending.op else {
                 continue;
             };
             let fd = socket.0;
@@ -92,27 +94,29 @@ impl SimDriver {
         self.idle_faults();
 
         let step = self.step;
-        let mut cands: Vec<OpKey> = self
-            .live_where(|p| matches!(p.state, State::Active) && p.ready_at <= step)
+        let mut candidates: Vec<OpKey> = self
+            .live_where(|pending| {
+                matches!(pending.state, State::Active) && pending.ready_at <= step
+            })
             .into_iter()
             .filter(|&k| self.op_ready(k))
             .collect();
         if races {
-            self.rngs.sched.shuffle(&mut cands);
+            self.rngs.sched.shuffle(&mut candidates);
         }
         let mut completed = 0usize;
         let mut deferred = Vec::new();
-        for &key in &cands {
+        for &key in &candidates {
             if !self.op_ready(key) {
                 continue;
             }
             if races {
                 let max = self.config.max_defer_steps;
-                let p = self.ops.get(key).expect("candidate is live");
-                if p.deferred < max && self.rngs.sched.chance(self.config.defer_prob) {
-                    let p = self.ops.get_mut(key).expect("candidate is live");
-                    p.deferred += 1;
-                    let line = format!("defer {} {}", p.op.name(), key_str(key));
+                let pending = self.ops.get(key).expect("candidate is live");
+                if pending.deferred < max && self.rngs.sched.chance(self.config.defer_prob) {
+                    let pending = self.ops.get_mut(key).expect("candidate is live");
+                    pending.deferred += 1;
+                    let line = format!("defer {} {}", pending.op.name(), key_str(key));
                     self.log(format_args!("{line}"));
                     deferred.push(key);
                     continue;
@@ -135,7 +139,8 @@ impl SimDriver {
         }
 
         // Late cancels whose time has come.
-        let due = self.live_where(|p| matches!(p.cancel, Cancel::Late(at) if at <= step));
+        let due =
+            self.live_where(|pending| matches!(pending.cancel, Cancel::Late(at) if at <= step));
         for key in due {
             self.cancel_now(key, " [late cancel]");
         }
@@ -151,20 +156,20 @@ impl SimDriver {
             self.log(format_args!("reap {keep}, hold back {held} completions"));
         }
         for key in ready {
-            let Some(p) = self.ops.remove(key) else {
+            let Some(pending) = self.ops.remove(key) else {
                 continue;
             };
-            let State::Done(result) = p.state else {
+            let State::Done(result) = pending.state else {
                 unreachable!("done queue holds done ops");
             };
             let completion = Completion {
-                user: p.user,
+                user: pending.user,
                 key,
-                op: p.op,
+                op: pending.op,
                 result,
             };
             self.stats
-                .count_completion(&completion, p.cancel != Cancel::None);
+                .count_completion(&completion, pending.cancel != Cancel::None);
             out.push(completion);
         }
     }

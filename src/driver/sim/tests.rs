@@ -145,8 +145,8 @@ fn cancel_of_reaped_late_completion_keeps_result() {
         ..SimConfig::with_seed(3)
     };
     let mut d = SimDriver::new(config);
-    let lst = d.listen(&localhost0(), 4).unwrap();
-    let addr = d.local_addr(lst).unwrap();
+    let listener = d.listen(&localhost0(), 4).unwrap();
+    let addr = d.local_addr(listener).unwrap();
     let c1 = d.open_stream(&addr).unwrap();
     let c2 = d.open_stream(&addr).unwrap();
     let k1 = d.submit(
@@ -215,10 +215,10 @@ fn idle_timeout_advances_virtual_clock_at_once() {
     d.wait(Some(Duration::ZERO), &mut out).unwrap();
     assert!(d.now() >= t1);
     // A blocked accept does not stop the clock from jumping.
-    let lst = d.listen(&localhost0(), 1).unwrap();
+    let listener = d.listen(&localhost0(), 1).unwrap();
     d.submit(
         Op::Accept {
-            listener: lst,
+            listener,
             accepted: None,
         },
         1,
@@ -253,18 +253,24 @@ fn run_until_n(d: &mut SimDriver, n: usize) -> Vec<Completion> {
 
 /// Connects a pair; returns (listener, client, server).
 fn pair(d: &mut SimDriver) -> (SocketId, SocketId, SocketId) {
-    let lst = d.listen(&localhost0(), 8).unwrap();
-    let addr = d.local_addr(lst).unwrap();
-    let cli = d.open_stream(&addr).unwrap();
-    d.submit(Op::Connect { socket: cli, addr }, CONNECT);
+    let listener = d.listen(&localhost0(), 8).unwrap();
+    let addr = d.local_addr(listener).unwrap();
+    let client = d.open_stream(&addr).unwrap();
+    d.submit(
+        Op::Connect {
+            socket: client,
+            addr,
+        },
+        CONNECT,
+    );
     d.submit(
         Op::Accept {
-            listener: lst,
+            listener,
             accepted: None,
         },
         ACCEPT,
     );
-    let mut srv = None;
+    let mut server = None;
     let mut out = Vec::new();
     let mut n = 0;
     while n < 2 {
@@ -274,11 +280,11 @@ fn pair(d: &mut SimDriver) -> (SocketId, SocketId, SocketId) {
             n += 1;
             c.result.unwrap();
             if let Op::Accept { accepted, .. } = c.op {
-                srv = Some(accepted.unwrap().0);
+                server = Some(accepted.unwrap().0);
             }
         }
     }
-    (lst, cli, srv.unwrap())
+    (listener, client, server.unwrap())
 }
 
 fn send_all(d: &mut SimDriver, s: SocketId, data: &[u8]) -> io::Result<()> {
@@ -357,10 +363,10 @@ fn addresses_and_ports_are_deterministic() {
     );
     // Client ports come from 50000 upward.
     let mut d2 = SimDriver::new(SimConfig::with_seed(9));
-    let (_l, cli, srv) = pair(&mut d2);
-    let ca = d2.local_addr(cli).unwrap().as_inet().unwrap();
+    let (_l, client, server) = pair(&mut d2);
+    let ca = d2.local_addr(client).unwrap().as_inet().unwrap();
     assert_eq!(ca.port(), 50000);
-    assert_eq!(d2.peer_addr(srv).unwrap().as_inet().unwrap(), ca);
+    assert_eq!(d2.peer_addr(server).unwrap().as_inet().unwrap(), ca);
 }
 
 /// What a faulty run saw: (resets, refused connects, accept errnos, trace hash).
@@ -375,8 +381,8 @@ fn fault_scenario(seed: u64) -> (u32, u32, BTreeSet<i32>, u64) {
         ..SimConfig::with_faults(seed)
     };
     let mut d = SimDriver::new(config);
-    let lst = d.listen(&localhost0(), 64).unwrap();
-    let addr = d.local_addr(lst).unwrap();
+    let listener = d.listen(&localhost0(), 64).unwrap();
+    let addr = d.local_addr(listener).unwrap();
     // A few connects; accept them all, noting errors.
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -403,7 +409,7 @@ fn fault_scenario(seed: u64) -> (u32, u32, BTreeSet<i32>, u64) {
     for _ in 0..connected.len() {
         d.submit(
             Op::Accept {
-                listener: lst,
+                listener,
                 accepted: None,
             },
             ACCEPT,
@@ -414,9 +420,9 @@ fn fault_scenario(seed: u64) -> (u32, u32, BTreeSet<i32>, u64) {
         }
     }
     // Stream data until something breaks.
-    if let Some(&cli) = connected.first() {
+    if let Some(&client) = connected.first() {
         for _ in 0..50 {
-            if let Err(e) = send_all(&mut d, cli, &[7u8; 3000]) {
+            if let Err(e) = send_all(&mut d, client, &[7u8; 3000]) {
                 if e.raw_os_error() == Some(libc::ECONNRESET) {
                     resets += 1;
                 }

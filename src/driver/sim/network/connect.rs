@@ -86,12 +86,12 @@ impl Network {
             (_, la) => (Address::Unix(PathBuf::new()), la.clone()),
         };
         let server = self.alloc_fd();
-        let mut srv = StreamSock::new(family, self.default_sndbuf, self.default_rcvbuf);
-        srv.local = Some(server_addr.clone());
-        srv.peer_addr = Some(client_addr.clone());
-        srv.peer = Some(fd);
-        srv.connected = true;
-        self.sockets.insert(server, Sock::Stream(srv));
+        let mut server_end = StreamSock::new(family, self.default_sndbuf, self.default_rcvbuf);
+        server_end.local = Some(server_addr.clone());
+        server_end.peer_addr = Some(client_addr.clone());
+        server_end.peer = Some(fd);
+        server_end.connected = true;
+        self.sockets.insert(server, Sock::Stream(server_end));
         if let Some(Sock::Listener(l)) = self.sockets.get_mut(&lfd) {
             l.queue.push_back(server);
         }
