@@ -74,7 +74,7 @@ pub struct SimConfig {
     /// [`SimConfig::faults`]: it only models how the kernel reports a reset
     /// the application caused. Default 0 (Linux).
     pub reset_accept_abort_prob: f64,
-    /// Number of recent trace lines kept for [`Driver::trace`]. Default 200.
+    /// Number of recent trace lines kept for [`Driver::trace`](crate::driver::Driver::trace). Default 200.
     pub trace_lines: usize,
 }
 

@@ -1,6 +1,6 @@
 //! The `uring` driver: Linux io_uring through the `io-uring` crate.
 //!
-//! Every submitted [`Op`] lives in a [`Slots`] entry together with whatever
+//! Every submitted [`Op`] lives in a `Slots` entry together with whatever
 //! the kernel reads or writes while it is in flight (the receive buffer, the
 //! iovec array and `msghdr` of a send, the `sockaddr` of a connect, the peer
 //! address an accept writes), all in stable heap memory. The entry is removed
@@ -374,7 +374,7 @@ impl Driver for UringDriver {
     /// `IORING_OP_CLOSE` run by an io-wq worker (`IOSQE_ASYNC`), which does
     /// the waiting; the peer sees the same as after a blocking close (the
     /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6)
-    /// [`Sockets::close`] clears the linger first, as on `poll`.
+    /// `Sockets::close` clears the linger first, as on `poll`.
     fn close(&mut self, socket: SocketId) {
         if self.close_supported && self.sockets.lingers(socket) {
             self.sockets.forget(socket);
