@@ -13,6 +13,14 @@
 //!   can free memory the kernel may still write.
 //!
 //! All `unsafe` code that touches the kernel lives under this module.
+//!
+//! Where things are: the backends `uring`, `poll` and `sim`, each a
+//! directory with its own tests; `socket`, what the two kernel backends
+//! share (creating, closing, options, addresses, the table of Unix
+//! listener paths and lingering sockets); `stats`, where [`DriverStats`]
+//! are counted for all three; `slots`, the generation-tagged op table; and
+//! `contract`, the tests of this contract, written once and run on every
+//! backend.
 
 #[cfg(test)]
 mod contract;
