@@ -13,11 +13,22 @@
 //!   can free memory the kernel may still write.
 //!
 //! All `unsafe` code that touches the kernel lives under this module.
+//!
+//! Where things are: the backends `uring`, `poll` and `sim`, each a
+//! directory with its own tests; `socket`, what the two kernel backends
+//! share (creating, closing, options, addresses, the table of Unix
+//! listener paths and lingering sockets); `stats`, where [`DriverStats`]
+//! are counted for all three; `slots`, the generation-tagged op table; and
+//! `contract`, the tests of this contract, written once and run on every
+//! backend.
 
+#[cfg(test)]
+mod contract;
 pub mod poll;
 pub mod sim;
 mod slots;
 pub(crate) mod socket;
+mod stats;
 pub mod uring;
 
 #[cfg(test)]
@@ -35,6 +46,7 @@ use bytes::Bytes;
 use crate::address::Address;
 
 pub(crate) use slots::Slots;
+pub use stats::DriverStats;
 
 /// Which backend a loop runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,7 +123,8 @@ pub enum Op {
     },
     /// Receive into the spare capacity of `buf` (its length is kept; on success
     /// the driver extends the length by the number of bytes received, and the
-    /// result is that number; 0 means EOF). The capacity must be > length.
+    /// result is that number; 0 means EOF). The capacity must be > length:
+    /// a buffer without spare capacity completes with `EINVAL`.
     Recv {
         /// The connected socket.
         socket: SocketId,
@@ -120,7 +133,9 @@ pub enum Op {
     },
     /// Send from `bufs`, in order, as one (vectored) syscall; `offset` bytes of
     /// `bufs[0]` were already sent and are skipped. The result is how many bytes
-    /// went out (possibly fewer than offered).
+    /// went out (possibly fewer than offered). An `offset` beyond `bufs[0]`
+    /// (or any offset without buffers) completes with `EINVAL`; a send with
+    /// nothing to send completes with 0 without looking at the socket.
     Send {
         /// The connected socket.
         socket: SocketId,
@@ -142,8 +157,34 @@ impl Op {
     /// Bytes this op offers to send, after `offset` (0 for non-send ops).
     pub fn send_len(&self) -> usize {
         match self {
-            Op::Send { bufs, offset, .. } => bufs.iter().map(|b| b.len()).sum::<usize>() - offset,
+            Op::Send { bufs, offset, .. } => bufs
+                .iter()
+                .map(|b| b.len())
+                .sum::<usize>()
+                .saturating_sub(*offset),
             _ => 0,
+        }
+    }
+
+    /// The result of an op that is decided without any I/O, the same way on
+    /// every backend (see the docs of [`Op::Recv`] and [`Op::Send`]); such
+    /// an op completes at the next `wait` without reaching the kernel.
+    /// `None`: the op must be performed.
+    pub(crate) fn immediate_result(&self) -> Option<io::Result<usize>> {
+        match self {
+            Op::Recv { buf, .. } if buf.capacity() == buf.len() => {
+                Some(Err(io::Error::from_raw_os_error(libc::EINVAL)))
+            }
+            Op::Send { bufs, offset, .. } => {
+                if *offset > bufs.first().map_or(0, |b| b.len()) {
+                    Some(Err(io::Error::from_raw_os_error(libc::EINVAL)))
+                } else if self.send_len() == 0 {
+                    Some(Ok(0))
+                } else {
+                    None
+                }
+            }
+            _ => None,
         }
     }
 
@@ -165,6 +206,7 @@ pub struct Completion {
     /// The `user` value given to [`Driver::submit`].
     pub user: usize,
     /// The key [`Driver::submit`] returned.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub key: OpKey,
     /// The operation, handed back with its buffers (and outputs, for accept/recv).
     pub op: Op,
@@ -190,28 +232,6 @@ pub enum SockOpt {
 pub trait RemoteWaker: Send + Sync + fmt::Debug {
     /// Makes the current or next `wait` return promptly.
     fn wake(&self);
-}
-
-/// Counters every driver keeps; the simulator's sweep and the benchmarks report them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DriverStats {
-    /// Operations submitted.
-    pub submitted: u64,
-    /// Completions returned (equals `submitted` once nothing is in flight: O1).
-    pub completed: u64,
-    /// Cancellation requests made.
-    pub cancel_requests: u64,
-    /// Cancels that found their op already complete, whose completion then
-    /// carried a real result (the bpo-33694 race).
-    pub cancel_races: u64,
-    /// Cancels that truly cancelled (completion with `ECANCELED`).
-    pub cancelled: u64,
-    /// Receives that returned fewer bytes than the buffer could hold.
-    pub short_reads: u64,
-    /// Sends that sent fewer bytes than offered.
-    pub short_writes: u64,
-    /// Calls to the kernel's wait (`io_uring_enter`, `epoll_wait`) or sim steps.
-    pub waits: u64,
 }
 
 /// The backend interface. Single-threaded: a driver belongs to one loop.

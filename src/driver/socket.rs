@@ -1,12 +1,127 @@
-//! Synchronous socket management shared by the kernel drivers (`uring`, `poll`).
+//! Socket management shared by the kernel drivers (`uring`, `poll`):
+//! creating and closing sockets, their addresses and options, the slices a
+//! send hands to the kernel, and [`Sockets`], what a driver must remember
+//! about the sockets it owns.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
+use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 
 use super::{SockOpt, SocketId};
 use crate::address::Address;
+
+/// At most this many slices go into one send (well under `IOV_MAX`); the
+/// rest waits for the next send (a short write).
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// What a kernel driver remembers about the sockets it owns, beyond their
+/// descriptors: which ones are Unix listeners bound to a path (the driver's
+/// close of the listener unlinks it), and which ones linger (`SO_LINGER`
+/// above zero: a plain close(2) of those would block the loop thread).
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    /// Whether new sockets are non-blocking (`poll`) or blocking (`uring`).
+    nonblocking: bool,
+    /// Unix listeners and the path each is bound to.
+    unix_paths: HashMap<RawFd, PathBuf>,
+    /// Sockets with `SO_LINGER` above zero, set here or inherited from
+    /// their listener.
+    lingering: HashSet<RawFd>,
+}
+
+impl Sockets {
+    pub(crate) fn new(nonblocking: bool) -> Sockets {
+        Sockets {
+            nonblocking,
+            unix_paths: HashMap::new(),
+            lingering: HashSet::new(),
+        }
+    }
+
+    /// Creates a listening socket bound to `addr`.
+    pub(crate) fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
+        let s = new_socket(addr, self.nonblocking)?;
+        if let Address::Inet(a) = addr {
+            s.set_reuse_address(true)?;
+            if a.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+        }
+        s.bind(&addr.to_sockaddr()?)?;
+        s.listen(backlog.min(i32::MAX as u32) as i32)?;
+        let fd = s.into_raw_fd();
+        match addr {
+            // An abstract name (leading NUL) has no file to unlink.
+            Address::Unix(path) if !path.as_os_str().as_bytes().starts_with(b"\0") => {
+                self.unix_paths.insert(fd, path.clone());
+            }
+            _ => {}
+        }
+        Ok(SocketId(fd))
+    }
+
+    /// Creates an unconnected stream socket of `addr`'s family.
+    pub(crate) fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
+        Ok(SocketId(new_socket(addr, self.nonblocking)?.into_raw_fd()))
+    }
+
+    /// Records a socket accepted on `listener`: it inherits its `SO_LINGER`.
+    pub(crate) fn accepted(&mut self, listener: SocketId, socket: SocketId) {
+        if self.lingering.contains(&listener.0) {
+            self.lingering.insert(socket.0);
+        }
+    }
+
+    pub(crate) fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
+        set_option(socket, opt)?;
+        if let SockOpt::Linger(l) = opt {
+            // SO_LINGER counts whole seconds: less than one is a reset.
+            if l.is_some_and(|d| d.as_secs() > 0) {
+                self.lingering.insert(socket.0);
+            } else {
+                self.lingering.remove(&socket.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a close(2) of `socket` could block (`SO_LINGER` above zero).
+    pub(crate) fn lingers(&self, socket: SocketId) -> bool {
+        self.lingering.contains(&socket.0)
+    }
+
+    /// Closes `socket` at once. One with a linger above zero has it cleared
+    /// first, so close(2) cannot block: on Linux the wait for the peer's
+    /// acknowledgement is all that `SO_LINGER` > 0 adds to a close (the
+    /// unsent data and the FIN go out the same way without it, and nobody
+    /// sees close's result). A Unix listener's path is unlinked.
+    pub(crate) fn close(&mut self, socket: SocketId) {
+        if self.lingering.contains(&socket.0) {
+            if let Err(e) = set_option(socket, SockOpt::Linger(None)) {
+                tracing::warn!("could not clear SO_LINGER before close: {e}");
+            }
+        }
+        self.forget(socket);
+        close(socket);
+    }
+
+    /// Forgets `socket`, which the caller closes some other way (`uring`:
+    /// `IORING_OP_CLOSE`); a Unix listener's path is unlinked.
+    pub(crate) fn forget(&mut self, socket: SocketId) {
+        self.lingering.remove(&socket.0);
+        if let Some(path) = self.unix_paths.remove(&socket.0) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!("could not unlink {}: {e}", path.display());
+            }
+        }
+    }
+}
 
 fn domain_of(addr: &Address) -> Domain {
     match addr {
@@ -23,58 +138,32 @@ fn new_socket(addr: &Address, nonblocking: bool) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Borrows a socket id as a socket2 socket without taking ownership.
-fn with_socket<R>(id: SocketId, f: impl FnOnce(&Socket) -> io::Result<R>) -> io::Result<R> {
-    // SAFETY: the driver owns this fd until `close` is called, and we wrap it
-    // in ManuallyDrop so this temporary never closes it.
-    let s = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(id.0) });
-    f(&s)
+/// Borrows a driver-owned descriptor as a socket2 socket that never closes it.
+pub(crate) fn borrow(socket: SocketId) -> ManuallyDrop<Socket> {
+    // SAFETY: the driver owns the descriptor from its creation until `close`,
+    // and ops and calls only name sockets that are not closed (the callers'
+    // contract). ManuallyDrop guarantees this temporary never closes it.
+    ManuallyDrop::new(unsafe { Socket::from_raw_fd(socket.0) })
 }
 
-/// Creates a listening socket bound to `addr`.
-pub(crate) fn listen(addr: &Address, backlog: u32, nonblocking: bool) -> io::Result<SocketId> {
-    let s = new_socket(addr, nonblocking)?;
-    if let Address::Inet(a) = addr {
-        s.set_reuse_address(true)?;
-        if a.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-    }
-    s.bind(&addr.to_sockaddr()?)?;
-    s.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(SocketId(s.into_raw_fd()))
+/// Closes the descriptor (no bookkeeping: see [`Sockets::close`]).
+pub(crate) fn close(socket: SocketId) {
+    // SAFETY: the driver owned this descriptor and its caller guarantees no
+    // op on it is in flight; dropping the Socket closes it exactly once.
+    drop(unsafe { Socket::from_raw_fd(socket.0) });
 }
 
-/// Creates an unconnected stream socket of `addr`'s family.
-pub(crate) fn open_stream(addr: &Address, nonblocking: bool) -> io::Result<SocketId> {
-    let s = new_socket(addr, nonblocking)?;
-    Ok(SocketId(s.into_raw_fd()))
+pub(crate) fn local_addr(socket: SocketId) -> io::Result<Address> {
+    Ok(Address::from_sockaddr(&borrow(socket).local_addr()?))
 }
 
-/// Prepares a freshly accepted socket (non-blocking mode as the driver wants).
-pub(crate) fn adopt_accepted(fd: RawFd, nonblocking: bool) -> io::Result<SocketId> {
-    let id = SocketId(fd);
-    with_socket(id, |s| s.set_nonblocking(nonblocking))?;
-    Ok(id)
+pub(crate) fn peer_addr(socket: SocketId) -> io::Result<Address> {
+    Ok(Address::from_sockaddr(&borrow(socket).peer_addr()?))
 }
 
-/// Closes the fd.
-pub(crate) fn close(id: SocketId) {
-    // SAFETY: the driver owned this fd and its caller guarantees no op on it
-    // is in flight; dropping the Socket closes it exactly once.
-    drop(unsafe { Socket::from_raw_fd(id.0) });
-}
-
-pub(crate) fn local_addr(id: SocketId) -> io::Result<Address> {
-    with_socket(id, |s| Ok(Address::from_sockaddr(&s.local_addr()?)))
-}
-
-pub(crate) fn peer_addr(id: SocketId) -> io::Result<Address> {
-    with_socket(id, |s| Ok(Address::from_sockaddr(&s.peer_addr()?)))
-}
-
-pub(crate) fn set_option(id: SocketId, opt: SockOpt) -> io::Result<()> {
-    with_socket(id, |s| match opt {
+fn set_option(socket: SocketId, opt: SockOpt) -> io::Result<()> {
+    let s = borrow(socket);
+    match opt {
         SockOpt::NoDelay(on) => match s.domain()? {
             Domain::UNIX => Ok(()),
             _ => s.set_tcp_nodelay(on),
@@ -82,7 +171,23 @@ pub(crate) fn set_option(id: SocketId, opt: SockOpt) -> io::Result<()> {
         SockOpt::SendBuffer(n) => s.set_send_buffer_size(n),
         SockOpt::RecvBuffer(n) => s.set_recv_buffer_size(n),
         SockOpt::Linger(l) => s.set_linger(l),
-    })
+    }
+}
+
+/// The slices a send of `bufs` hands to the kernel: `offset` bytes of the
+/// first buffer skipped, empty ones left out, at most [`MAX_IOVECS`].
+pub(crate) fn send_slices(bufs: &[Bytes], offset: usize) -> impl Iterator<Item = &[u8]> {
+    bufs.iter()
+        .enumerate()
+        .map(move |(i, b)| {
+            if i == 0 {
+                &b[offset.min(b.len())..]
+            } else {
+                &b[..]
+            }
+        })
+        .filter(|b| !b.is_empty())
+        .take(MAX_IOVECS)
 }
 
 /// What an accept error says, for the accept loop (L3). Every driver reports

@@ -260,12 +260,8 @@ impl Server {
             if let Some(key) = self.inner.resource_key.take() {
                 h.unregister(key, false);
             }
+            // The driver unlinks a Unix listener's path as it closes it.
             h.with_driver(|d| d.close(self.inner.listener));
-            if let (Address::Unix(p), crate::DriverKind::Uring | crate::DriverKind::Poll) =
-                (&self.inner.addr, h.driver_kind())
-            {
-                let _ = std::fs::remove_file(p);
-            }
         }
         self.notify();
     }

@@ -53,11 +53,13 @@ impl Trace {
         self.lines.push_back(line);
     }
 
+    #[cfg(test)]
     /// Hash of every line written so far (not only the retained ones).
     pub(super) fn hash(&self) -> u64 {
         self.hash
     }
 
+    #[cfg(test)]
     /// Number of lines written so far.
     pub(super) fn total(&self) -> u64 {
         self.total

@@ -5,17 +5,21 @@
 //! fault) is made by the driver and passed in, so the network itself is a
 //! plain deterministic state machine. Sockets live in a `BTreeMap`, so every
 //! iteration order is fixed.
+//!
+//! Sockets, listening, closing and faults are here; `connect` connects and
+//! accepts, `data` moves bytes.
+
+mod connect;
+mod data;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use bytes::Bytes;
-
-use super::super::{SockOpt, SocketId};
 use crate::address::Address;
+use crate::driver::SockOpt;
 
 /// First port handed out for `listen` on port 0.
 const FIRST_LISTEN_PORT: u16 = 40000;
@@ -48,6 +52,7 @@ pub(super) fn errno_name(err: &io::Error) -> String {
         Some(libc::EADDRINUSE) => "EADDRINUSE",
         Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT",
         Some(libc::ENOTSOCK) => "ENOTSOCK",
+        Some(libc::ENOENT) => "ENOENT",
         _ => return err.to_string(),
     };
     name.to_string()
@@ -183,6 +188,7 @@ impl Network {
         }
     }
 
+    #[cfg(test)]
     /// Number of open sockets (listeners, streams, and unaccepted server ends).
     pub(super) fn open_sockets(&self) -> usize {
         self.sockets.len()
@@ -412,288 +418,5 @@ impl Network {
         self.connected_stream(fd)
             .map(|s| s.peer.is_some())
             .unwrap_or(false)
-    }
-
-    // ----- connect / accept -----
-
-    fn find_listener(&self, target: &Address) -> Option<i32> {
-        self.listeners().find_map(|(fd, l)| {
-            let hit = match (&l.addr, target) {
-                (Address::Unix(p), Address::Unix(q)) => p == q,
-                (Address::Inet(la), Address::Inet(ta)) => {
-                    la.is_ipv4() == ta.is_ipv4()
-                        && la.port() == ta.port()
-                        && (la.ip() == ta.ip()
-                            || la.ip().is_unspecified()
-                            || ta.ip().is_unspecified())
-                }
-                _ => false,
-            };
-            hit.then_some(fd)
-        })
-    }
-
-    /// Connects `fd` to `target`: creates the server end and queues it on the
-    /// listener's backlog. `refuse` injects a refusal.
-    pub(super) fn connect(
-        &mut self,
-        fd: i32,
-        target: &Address,
-        refuse: bool,
-    ) -> io::Result<Connected> {
-        let s = self.stream(fd).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOTCONN) {
-                os_err(libc::EINVAL)
-            } else {
-                e
-            }
-        })?;
-        if s.connected {
-            return Err(os_err(libc::EISCONN));
-        }
-        if s.family != family_of(target) {
-            return Err(os_err(libc::EAFNOSUPPORT));
-        }
-        let family = s.family;
-        let Some(lfd) = self.find_listener(target) else {
-            return Err(os_err(libc::ECONNREFUSED));
-        };
-        let Some(Sock::Listener(l)) = self.sockets.get(&lfd) else {
-            unreachable!("find_listener returns listeners");
-        };
-        if refuse || l.queue.len() >= l.backlog {
-            return Err(os_err(libc::ECONNREFUSED));
-        }
-        let (client_addr, server_addr) = match (target, &l.addr) {
-            (Address::Inet(t), Address::Inet(la)) => {
-                let ip = if t.ip().is_unspecified() {
-                    match t.ip() {
-                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                    }
-                } else {
-                    t.ip()
-                };
-                let port = self.next_client_port;
-                self.next_client_port = match port.checked_add(1) {
-                    Some(p) => p,
-                    None => FIRST_CLIENT_PORT,
-                };
-                (
-                    Address::Inet(SocketAddr::new(ip, port)),
-                    Address::Inet(SocketAddr::new(ip, la.port())),
-                )
-            }
-            (_, la) => (Address::Unix(PathBuf::new()), la.clone()),
-        };
-        let server = self.alloc_fd();
-        let mut srv = StreamSock::new(family, self.default_sndbuf, self.default_rcvbuf);
-        srv.local = Some(server_addr.clone());
-        srv.peer_addr = Some(client_addr.clone());
-        srv.peer = Some(fd);
-        srv.connected = true;
-        self.sockets.insert(server, Sock::Stream(srv));
-        if let Some(Sock::Listener(l)) = self.sockets.get_mut(&lfd) {
-            l.queue.push_back(server);
-        }
-        let c = self.stream_mut(fd).expect("client exists");
-        c.local = Some(client_addr);
-        c.peer_addr = Some(server_addr);
-        c.peer = Some(server);
-        c.connected = true;
-        Ok(Connected {
-            server,
-            listener: lfd,
-        })
-    }
-
-    /// Whether an accept on `fd` can complete now (with a connection or an error).
-    pub(super) fn accept_ready(&self, fd: i32) -> bool {
-        match self.sockets.get(&fd) {
-            Some(Sock::Listener(l)) => !l.queue.is_empty(),
-            _ => true,
-        }
-    }
-
-    /// Accepts the oldest queued connection; `None` if none is queued.
-    pub(super) fn accept(&mut self, fd: i32) -> Option<io::Result<(SocketId, Address)>> {
-        let server = match self.sockets.get_mut(&fd) {
-            Some(Sock::Listener(l)) => l.queue.pop_front()?,
-            Some(Sock::Stream(_)) => return Some(Err(os_err(libc::EINVAL))),
-            None => return Some(Err(os_err(libc::EBADF))),
-        };
-        let peer = self
-            .stream(server)
-            .ok()
-            .and_then(|s| s.peer_addr.clone())
-            .unwrap_or_else(|| Address::Unix(PathBuf::new()));
-        Some(Ok((SocketId(server), peer)))
-    }
-
-    /// Whether the oldest connection queued on listener `fd` was reset by its
-    /// client before being accepted.
-    pub(super) fn queued_head_was_reset(&self, fd: i32) -> bool {
-        let Some(Sock::Listener(l)) = self.sockets.get(&fd) else {
-            return false;
-        };
-        l.queue.front().is_some_and(|&server| {
-            matches!(
-                self.sockets.get(&server),
-                Some(Sock::Stream(s)) if s.peer.is_none() && s.error == Some(libc::ECONNRESET)
-            )
-        })
-    }
-
-    /// Fault: the oldest queued connection is aborted before it is accepted
-    /// (the client sees a reset). Returns whether there was one.
-    pub(super) fn abort_queued(&mut self, fd: i32) -> bool {
-        let server = match self.sockets.get_mut(&fd) {
-            Some(Sock::Listener(l)) => match l.queue.pop_front() {
-                Some(s) => s,
-                None => return false,
-            },
-            _ => return false,
-        };
-        if let Some(Sock::Stream(s)) = self.sockets.remove(&server) {
-            if let Some(client) = s.peer {
-                self.reset_one(client);
-            }
-        }
-        true
-    }
-
-    // ----- data -----
-
-    /// Whether a recv on `fd` can complete now (bytes, EOF or an error).
-    pub(super) fn recv_ready(&self, fd: i32) -> bool {
-        match self.connected_stream(fd) {
-            Err(_) => true,
-            Ok(s) => s.error.is_some() || !s.incoming.is_empty() || s.rd_eof || s.rd_shut,
-        }
-    }
-
-    /// Receives into the spare capacity of `buf`; `choose(avail)` picks how
-    /// many of the `avail` bytes to take (1..=avail). `None`: would block.
-    pub(super) fn recv(
-        &mut self,
-        fd: i32,
-        buf: &mut Vec<u8>,
-        choose: impl FnOnce(usize) -> usize,
-    ) -> Option<io::Result<usize>> {
-        if let Err(e) = self.connected_stream(fd) {
-            return Some(Err(e));
-        }
-        let s = self.stream_mut(fd).expect("checked");
-        // Like Linux, bytes that arrived before a reset are still readable;
-        // the reset is reported after them.
-        if !s.incoming.is_empty() {
-            let spare = buf.capacity() - buf.len();
-            let avail = spare.min(s.incoming.len());
-            let n = choose(avail).clamp(1, avail);
-            buf.extend(s.incoming.drain(..n));
-            return Some(Ok(n));
-        }
-        if let Some(code) = s.error.take() {
-            return Some(Err(os_err(code)));
-        }
-        if s.rd_eof || s.rd_shut {
-            return Some(Ok(0));
-        }
-        None
-    }
-
-    /// Room left in the direction `fd` → peer, or the error a send would get.
-    fn send_room(&self, fd: i32) -> Result<usize, io::Error> {
-        let s = self.connected_stream(fd)?;
-        if let Some(code) = s.error {
-            return Err(os_err(code));
-        }
-        if s.wr_shut {
-            return Err(os_err(libc::EPIPE));
-        }
-        let Some(peer) = s.peer else {
-            return Err(os_err(libc::EPIPE));
-        };
-        let p = self.stream(peer).map_err(|_| os_err(libc::EPIPE))?;
-        Ok((s.sndbuf + p.rcvbuf).saturating_sub(p.incoming.len()))
-    }
-
-    /// Whether a send of `len` bytes on `fd` can complete now.
-    pub(super) fn send_ready(&self, fd: i32, len: usize) -> bool {
-        match self.send_room(fd) {
-            Err(_) => true,
-            Ok(room) => len == 0 || room > 0,
-        }
-    }
-
-    /// Sends from `bufs` (skipping `offset` bytes); `choose(max)` picks how
-    /// many (1..=max). `None`: would block.
-    pub(super) fn send(
-        &mut self,
-        fd: i32,
-        bufs: &[Bytes],
-        offset: usize,
-        choose: impl FnOnce(usize) -> usize,
-    ) -> Option<io::Result<usize>> {
-        let room = match self.send_room(fd) {
-            Ok(room) => room,
-            Err(e) => {
-                if let Ok(s) = self.stream_mut(fd) {
-                    s.error = None;
-                }
-                return Some(Err(e));
-            }
-        };
-        let len = bufs
-            .iter()
-            .map(|b| b.len())
-            .sum::<usize>()
-            .saturating_sub(offset);
-        if len == 0 {
-            return Some(Ok(0));
-        }
-        if room == 0 {
-            return None;
-        }
-        let max = len.min(room);
-        let n = choose(max).clamp(1, max);
-        let peer = self.stream(fd).ok()?.peer?;
-        let p = self.stream_mut(peer).ok()?;
-        let mut skip = offset;
-        let mut left = n;
-        for b in bufs {
-            if left == 0 {
-                break;
-            }
-            if skip >= b.len() {
-                skip -= b.len();
-                continue;
-            }
-            let part = &b[skip..];
-            skip = 0;
-            let take = part.len().min(left);
-            p.incoming.extend(&part[..take]);
-            left -= take;
-        }
-        Some(Ok(n))
-    }
-
-    /// `shutdown(2)`.
-    pub(super) fn shutdown(&mut self, fd: i32, how: Shutdown) -> io::Result<()> {
-        let s = self.connected_stream(fd)?;
-        let peer = s.peer;
-        let s = self.stream_mut(fd)?;
-        if matches!(how, Shutdown::Read | Shutdown::Both) {
-            s.rd_shut = true;
-        }
-        if matches!(how, Shutdown::Write | Shutdown::Both) {
-            s.wr_shut = true;
-            if let Some(peer) = peer {
-                if let Ok(p) = self.stream_mut(peer) {
-                    p.rd_eof = true;
-                }
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,209 @@
+//! Parked ops and edge-triggered readiness: each socket keeps a FIFO queue
+//! of parked reads and one of writes; a readiness event (or a cancel) drains
+//! them in order until an op hits `EAGAIN` again (see the invariant in the
+//! module documentation of `poll`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::attempt::Attempt;
+use super::{PollDriver, State, WAKER};
+use crate::driver::{cancelled_error, Op, OpKey};
+
+/// Which queue of its socket an op parks in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Dir {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Queues {
+    registered: bool,
+    reads: VecDeque<OpKey>,
+    writes: VecDeque<OpKey>,
+}
+
+impl Queues {
+    fn queue(&mut self, dir: Dir) -> &mut VecDeque<OpKey> {
+        match dir {
+            Dir::Read => &mut self.reads,
+            Dir::Write => &mut self.writes,
+        }
+    }
+}
+
+/// The socket an op parks on, and in which queue (`None`: the op never parks).
+fn park_target(op: &Op) -> Option<(RawFd, Dir)> {
+    match op {
+        Op::Accept { listener, .. } => Some((listener.0, Dir::Read)),
+        Op::Recv { socket, .. } => Some((socket.0, Dir::Read)),
+        Op::Connect { socket, .. } => Some((socket.0, Dir::Write)),
+        Op::Send { socket, .. } => Some((socket.0, Dir::Write)),
+        Op::Shutdown { .. } => None,
+    }
+}
+
+impl PollDriver {
+    /// The socket `fd` is being closed: deregisters it and drops its queues.
+    pub(super) fn forget_queues(&mut self, fd: RawFd) {
+        if let Some(queues) = self.queues.remove(&fd) {
+            debug_assert!(
+                queues.reads.is_empty() && queues.writes.is_empty(),
+                "close({fd}) with ops parked on it"
+            );
+            if queues.registered {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
+            // Defensive (the caller guarantees nothing is in flight): ops still
+            // parked complete with EBADF rather than never (O1).
+            for key in queues.reads.into_iter().chain(queues.writes) {
+                self.finish(key, Err(io::Error::from_raw_os_error(libc::EBADF)));
+            }
+        }
+    }
+
+    /// Parks `key` at the back of `fd`'s `dir` queue, registering the socket
+    /// with epoll the first time. Registering after the `EAGAIN` is safe:
+    /// `EPOLL_CTL_ADD` reports readiness that is already there.
+    fn park(&mut self, key: OpKey, fd: RawFd, dir: Dir) {
+        if let Some(entry) = self.ops.get_mut(key) {
+            entry.state = State::Parked;
+        }
+        let sock = self.queues.entry(fd).or_default();
+        if !sock.registered {
+            let token = Token(usize::try_from(fd).unwrap_or(usize::MAX - 1));
+            let registered = self.poll.registry().register(
+                &mut SourceFd(&fd),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(err) = registered {
+                // Without registration the op would never wake: fail it.
+                self.finish(key, Err(err));
+                return;
+            }
+            sock.registered = true;
+        }
+        sock.queue(dir).push_back(key);
+    }
+
+    /// Retries `fd`'s `dir` queue in order until an op hits `EAGAIN` again
+    /// (restoring the edge-triggering invariant) or the queue is empty.
+    fn drain(&mut self, fd: RawFd, dir: Dir) {
+        loop {
+            let Some(key) = self
+                .queues
+                .get_mut(&fd)
+                .and_then(|s| s.queue(dir).front().copied())
+            else {
+                return;
+            };
+            match self.attempt(key) {
+                Attempt::WouldBlock => return,
+                Attempt::Done(result) => {
+                    if let Some(s) = self.queues.get_mut(&fd) {
+                        s.queue(dir).pop_front();
+                    }
+                    self.finish(key, result);
+                }
+            }
+        }
+    }
+
+    /// Resolves cancel requests for parked ops: their socket's queue is retried
+    /// first (the op may have become completable: a real result, O2); what is
+    /// still parked then completes with `ECANCELED`.
+    pub(super) fn resolve_cancels(&mut self) {
+        for key in std::mem::take(&mut self.cancels) {
+            let Some(entry) = self.ops.get(key) else {
+                continue;
+            };
+            if !matches!(entry.state, State::Parked) {
+                continue;
+            }
+            let Some((fd, dir)) = park_target(&entry.op) else {
+                continue;
+            };
+            self.drain(fd, dir);
+            if matches!(
+                self.ops.get(key).map(|entry| &entry.state),
+                Some(State::Parked)
+            ) {
+                if let Some(q) = self.queues.get_mut(&fd).map(|s| s.queue(dir)) {
+                    q.retain(|k| *k != key);
+                }
+                // Removing an op that never got past EAGAIN keeps the invariant:
+                // the drain above just stopped on an EAGAIN of this direction.
+                self.finish(key, Err(cancelled_error()));
+            }
+        }
+    }
+
+    /// Attempts every newly queued op once, in submission order.
+    pub(super) fn attempt_queued(&mut self) {
+        while let Some(key) = self.queued.pop_front() {
+            let Some(entry) = self.ops.get(key) else {
+                continue;
+            };
+            if !matches!(entry.state, State::Queued) {
+                continue; // cancelled before its attempt
+            }
+            let target = park_target(&entry.op);
+            if let Some((fd, dir)) = target {
+                let behind = self
+                    .queues
+                    .get_mut(&fd)
+                    .is_some_and(|s| !s.queue(dir).is_empty());
+                if behind {
+                    // Not attempted: it must not overtake the parked ops ahead
+                    // of it. The head's EAGAIN keeps the edge armed.
+                    self.park(key, fd, dir);
+                    continue;
+                }
+            }
+            match (self.attempt(key), target) {
+                (Attempt::Done(result), _) => self.finish(key, result),
+                (Attempt::WouldBlock, Some((fd, dir))) => self.park(key, fd, dir),
+                (Attempt::WouldBlock, None) => {
+                    self.finish(key, Err(io::Error::from_raw_os_error(libc::EAGAIN)))
+                }
+            }
+        }
+    }
+}
+
+impl PollDriver {
+    /// One `epoll_wait`, then retries the parked ops of every socket reported
+    /// ready. Returns whether the wait was interrupted (remote wake or signal).
+    /// On error, completions already produced stay queued for the next wait.
+    pub(super) fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(err) => return Err(err),
+        }
+        let mut woken = false;
+        let mut ready_fds = Vec::with_capacity(self.events.iter().count());
+        for ev in self.events.iter() {
+            if ev.token() == WAKER {
+                woken = true;
+            } else if let Ok(fd) = RawFd::try_from(ev.token().0) {
+                ready_fds.push(fd);
+            }
+        }
+        for fd in ready_fds {
+            // Readable, writable, hangup or error: retry both directions, so
+            // parked ops observe EOF/ECONNRESET/SO_ERROR through their syscall.
+            // A spurious retry costs one EAGAIN.
+            self.drain(fd, Dir::Read);
+            self.drain(fd, Dir::Write);
+        }
+        Ok(woken)
+    }
+}

@@ -1,0 +1,80 @@
+//! [`DriverStats`]: what every backend counts, defined and counted here, so
+//! that each counter means the same on `uring`, `poll` and `sim`.
+//!
+//! A backend only reports four events: an op submitted, the first cancel
+//! request of an op still in flight, a call to [`Driver::wait`], and each
+//! completion as `wait` returns it. Everything else (was it a race, a short
+//! transfer?) is read here from the completion itself.
+//!
+//! [`Driver::wait`]: super::Driver::wait
+
+use super::{is_cancelled, Completion, Op};
+
+/// Counters every driver keeps; the simulator's sweep and the benchmarks
+/// report them. Each means the same on every backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Operations submitted.
+    pub submitted: u64,
+    /// Completions returned by `wait` (equals `submitted` once nothing is in
+    /// flight: O1).
+    pub completed: u64,
+    /// Operations whose cancellation was requested while they were in flight.
+    /// A second request for the same op, or one with a stale key, is ignored
+    /// and not counted. Once those ops completed,
+    /// `cancel_requests == cancel_races + cancelled`.
+    pub cancel_requests: u64,
+    /// Of those, completions that carried the op's own result anyway (bytes,
+    /// EOF, or an error other than `ECANCELED`): the bpo-33694 race.
+    pub cancel_races: u64,
+    /// Of those, completions with `ECANCELED`: the op truly did not happen.
+    pub cancelled: u64,
+    /// Receives that returned at least one byte but fewer than their buffer
+    /// had room for. EOF (0 bytes) is not a short read.
+    pub short_reads: u64,
+    /// Sends that succeeded with fewer bytes than the op offered (all its
+    /// buffers, after the offset already sent).
+    pub short_writes: u64,
+    /// Calls to `wait`.
+    pub waits: u64,
+}
+
+impl DriverStats {
+    /// An op was submitted.
+    pub(crate) fn count_submit(&mut self) {
+        self.submitted += 1;
+    }
+
+    /// The first cancel request of an op still in flight (the backend ignores
+    /// repeated and stale requests before counting).
+    pub(crate) fn count_cancel_request(&mut self) {
+        self.cancel_requests += 1;
+    }
+
+    /// `wait` was called.
+    pub(crate) fn count_wait(&mut self) {
+        self.waits += 1;
+    }
+
+    /// `completion` is being returned by `wait`; `cancel_requested` says
+    /// whether its op was counted by [`DriverStats::count_cancel_request`].
+    pub(crate) fn count_completion(&mut self, completion: &Completion, cancel_requested: bool) {
+        self.completed += 1;
+        if cancel_requested {
+            match &completion.result {
+                Err(err) if is_cancelled(err) => self.cancelled += 1,
+                _ => self.cancel_races += 1,
+            }
+        }
+        let &Ok(n) = &completion.result else {
+            return;
+        };
+        match &completion.op {
+            // The driver never reallocates the buffer: what is left spare now
+            // was left spare by the receive.
+            Op::Recv { buf, .. } if n > 0 && buf.len() < buf.capacity() => self.short_reads += 1,
+            Op::Send { .. } if n < completion.op.send_len() => self.short_writes += 1,
+            _ => {}
+        }
+    }
+}

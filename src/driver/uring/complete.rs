@@ -1,0 +1,167 @@
+//! Reaping: every CQE becomes the one completion of its op (O1), or
+//! updates the driver's own ops (waker, fallback timeout, lingering close,
+//! cancels); completions the kernel reports dropped are an error.
+
+use std::io;
+
+use super::prep::Side;
+use super::ring::{is_busy, Enter};
+use super::{
+    Slot, UringDriver, CANCEL_BIT, CLOSE_UD, INTERNAL_BIT, KERNEL_TASK_WORK_BATCH,
+    MAX_DRAIN_ROUNDS, TIMEOUT_UD, WAKER_CANCEL_UD, WAKER_UD,
+};
+use crate::address::Address;
+use crate::driver::{cancelled_error, Completion, Op, OpKey, Slots, SocketId};
+
+impl UringDriver {
+    /// Reaps every CQE; then, in the same turn, what an overflowed CQ still
+    /// holds in the kernel, and (DEFER_TASKRUN) the completions the kernel
+    /// posts only in batches as it is entered. Reports completions the
+    /// kernel dropped (CQ overflow without `IORING_FEAT_NODROP`, or an
+    /// overflow entry it could not allocate) as an error: the ops they
+    /// belonged to will never complete.
+    pub(super) fn reap_all(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        let mut n = self.reap(out);
+        let mut rounds = 0;
+        let mut result = Ok(());
+        loop {
+            let overflow = self.ring.submission().cq_overflow();
+            let batch = self.defer_taskrun && n >= KERNEL_TASK_WORK_BATCH;
+            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS {
+                break;
+            }
+            rounds += 1;
+            match self.sys_enter(Enter::Poll) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || is_busy(&e) => {}
+                Err(e) => {
+                    result = Err(self.enter_error(e));
+                    break;
+                }
+            }
+            n = self.reap(out);
+            if n == 0 {
+                break; // nothing more to post (or the kernel could not now)
+            }
+        }
+        let dropped = self.ring.completion().overflow();
+        if dropped != self.cq_dropped {
+            let lost = dropped.wrapping_sub(self.cq_dropped);
+            self.cq_dropped = dropped;
+            tracing::error!(lost, "uring: the kernel dropped completions (CQ overflow)");
+            result = Err(io::Error::from_raw_os_error(libc::EBADR));
+        }
+        result
+    }
+
+    /// Moves every CQE in the ring into completions; returns how many CQEs.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        let n = cqes.len();
+        for &(ud, res) in &cqes {
+            if ud & INTERNAL_BIT != 0 {
+                match ud {
+                    WAKER_UD => {
+                        self.waker_armed = false;
+                        if res < 0 && res != -libc::ECANCELED && res != -libc::EINTR {
+                            tracing::warn!(
+                                "uring: waker read failed: {}",
+                                io::Error::from_raw_os_error(-res)
+                            );
+                        }
+                        self.arm_waker();
+                    }
+                    TIMEOUT_UD => self.fallback_timeouts -= 1,
+                    CLOSE_UD => {
+                        self.closes_in_flight -= 1;
+                        if res < 0 {
+                            tracing::warn!(
+                                "uring: close failed: {}",
+                                io::Error::from_raw_os_error(-res)
+                            );
+                        }
+                    }
+                    WAKER_CANCEL_UD => {}
+                    other => tracing::warn!("uring: unknown internal CQE {other:#x}"),
+                }
+            } else if ud & CANCEL_BIT != 0 {
+                let key = Slots::<Slot>::decode(ud & !CANCEL_BIT);
+                if let Some(slot) = self.slots.get_mut(key) {
+                    slot.cancel_result = Some(res);
+                }
+            } else {
+                let key = Slots::<Slot>::decode(ud);
+                match self.slots.remove(key) {
+                    Some(slot) => out.push(self.finish(key, slot, res)),
+                    None => tracing::warn!("uring: CQE for unknown op {ud:#x} ({res})"),
+                }
+            }
+        }
+        cqes.clear();
+        self.cqes = cqes;
+        n
+    }
+
+    /// Turns an op's one result (raw: negative errno) into its completion.
+    pub(super) fn finish(&mut self, key: OpKey, slot: Slot, res: i32) -> Completion {
+        if let Some(l) = self.live.get_mut(key.index as usize) {
+            *l = None;
+        }
+        let Slot {
+            mut op,
+            user,
+            side,
+            offered,
+            cancel_requested,
+            cancel_result,
+        } = slot;
+        // The kernel is done with the side data now.
+        let peer = match side {
+            Side::Accept(addr) => Some(addr.take()),
+            _ => None,
+        };
+        let result = if cancel_requested && (res == -libc::ECANCELED || res == -libc::EINTR) {
+            // Truly cancelled: nothing was transferred.
+            Err(cancelled_error())
+        } else {
+            if cancel_requested {
+                // The op finished anyway (cancel said ENOENT/EALREADY, or lost
+                // the race): its real result goes to the owner (O2).
+                tracing::trace!(?key, res, ?cancel_result, "uring: cancel race");
+            }
+            if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                let n = res as usize;
+                match &mut op {
+                    Op::Accept { listener, accepted } => {
+                        let id = SocketId(res);
+                        self.sockets.accepted(*listener, id);
+                        let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
+                        *accepted = Some((id, peer));
+                        Ok(0)
+                    }
+                    Op::Recv { buf, .. } => {
+                        debug_assert!(n <= offered);
+                        // SAFETY: the kernel wrote `n` initialized bytes into the
+                        // spare capacity starting at `buf.len()`, and `n` is at
+                        // most the spare capacity we offered.
+                        unsafe { buf.set_len(buf.len() + n.min(offered)) };
+                        Ok(n)
+                    }
+                    Op::Send { .. } => Ok(n),
+                    Op::Connect { .. } | Op::Shutdown { .. } => Ok(0),
+                }
+            }
+        };
+        let completion = Completion {
+            user,
+            key,
+            op,
+            result,
+        };
+        self.stats.count_completion(&completion, cancel_requested);
+        completion
+    }
+}

@@ -1,0 +1,405 @@
+//! The `uring` driver: Linux io_uring through the `io-uring` crate.
+//!
+//! Every submitted [`Op`] lives in a `Slots` entry together with whatever
+//! the kernel reads or writes while it is in flight (the receive buffer, the
+//! iovec array and `msghdr` of a send, the `sockaddr` of a connect, the peer
+//! address an accept writes), all in stable heap memory. The entry is removed
+//! only when the op's own CQE arrives, which is the one and only completion
+//! returned for it (O1). An op the kernel cannot take (invalid arguments, an
+//! index beyond the `user_data` layout) completes through the same path with
+//! an error.
+//!
+//! Only [`Driver::wait`] enters the kernel (`UringDriver::sys_enter`, where
+//! the tests' fault hook sits). `submit` and `cancel` put their SQE in the SQ,
+//! or, when it is full, in a queue that `wait` submits first, so they never
+//! block, fail or reap. `wait` never blocks longer than its timeout (only up
+//! to 1 ms while the kernel refuses SQEs with EBUSY/EAGAIN); a failing
+//! `io_uring_enter` is an error returned from `wait`, never a panic. After
+//! reaping, it flushes an overflowed CQ and drains DEFER_TASKRUN's batched
+//! completions in the same turn; completions the kernel reports dropped
+//! (`EBADR`, or its overflow counter) are returned as an `EBADR` error. The
+//! CQ holds [`CQ_PER_SQ`] entries per SQ entry.
+//!
+//! Cancellation pushes an `IORING_OP_ASYNC_CANCEL`; its CQE is internal and is
+//! never mistaken for the op's result. The op's CQE is the truth: bytes that
+//! arrived before the cancel took effect are returned (O2, the bpo-33694 race).
+//!
+//! On drop, every op still in flight is cancelled and reaped (bounded to about
+//! one second); anything the kernel never answered is leaked rather than freed
+//! (O3).
+//!
+//! `user_data` layout: an op's CQE carries `Slots::encode(key)`. Op indices
+//! are kept below `1 << 30`, so bits 30 and 31 of the low word are free:
+//! bit 31 marks the CQE of a cancel request (the rest is the target's key),
+//! bit 30 marks the driver's own ops (waker read, fallback timeout, the
+//! `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0, whose close(2) would
+//! block the loop thread).
+//!
+//! Where things are: `ring` builds the ring and enters the kernel, `prep`
+//! turns ops into SQEs, `complete` turns CQEs into completions, `waker` is
+//! the remote waker, `shutdown` is the drop; `tests` holds what only this
+//! driver promises (the contract is in `driver::contract`).
+
+mod complete;
+mod prep;
+mod ring;
+mod shutdown;
+#[cfg(test)]
+mod tests;
+mod waker;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+
+use super::socket::{self, Sockets};
+use super::{
+    Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots, SockOpt, SocketId,
+};
+use crate::address::Address;
+use prep::Side;
+use ring::build_ring;
+#[cfg(test)]
+use ring::Fault;
+use waker::EventFd;
+
+/// Bit of the low word marking the CQE of an `ASYNC_CANCEL` (the rest is the target's key).
+const CANCEL_BIT: u64 = 1 << 31;
+/// Bit of the low word marking the driver's internal ops.
+const INTERNAL_BIT: u64 = 1 << 30;
+/// The eventfd read that implements the remote waker.
+const WAKER_UD: u64 = INTERNAL_BIT | 1;
+/// A `Timeout` op used when the kernel lacks `IORING_FEAT_EXT_ARG`.
+const TIMEOUT_UD: u64 = INTERNAL_BIT | 2;
+/// The CQE of a cancel aimed at the waker read (only on drop).
+const WAKER_CANCEL_UD: u64 = INTERNAL_BIT | 3;
+/// An `IORING_OP_CLOSE` of a socket with `SO_LINGER` > 0 (see `Driver::close`).
+const CLOSE_UD: u64 = INTERNAL_BIT | 4;
+/// Op indices must stay below this so the marker bits never collide with a
+/// key; an op beyond it completes with `ENOBUFS` without reaching the kernel.
+const MAX_INDEX: u32 = 1 << 30;
+/// Completion entries per submission entry. The SQ only bounds what is
+/// submitted in one go; the ops in flight (a receive per connection, sends,
+/// accepts) are many more, and each will post a CQE. The kernel's default is
+/// 2; a CQ of 8 per SQ entry (8,192 CQEs, 128 KiB, for the loop's 1,024)
+/// keeps the common case off the overflow path.
+pub const CQ_PER_SQ: u32 = 8;
+/// Longest wait for completions while the kernel refuses SQEs (EBUSY, EAGAIN).
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+/// With DEFER_TASKRUN, one `io_uring_enter` posts about 20 completions (the
+/// kernel's IO_LOCAL_TW_DEFAULT_MAX); a reap at least this large means more
+/// may be waiting, so `wait` enters again in the same turn.
+const KERNEL_TASK_WORK_BATCH: usize = 16;
+/// Bound on those extra entries per `wait`.
+const MAX_DRAIN_ROUNDS: usize = 4096;
+/// How long `drop` waits for the kernel to answer in-flight ops before leaking them.
+const DROP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// An op in flight, owning its buffers and side data.
+#[derive(Debug)]
+struct Slot {
+    op: Op,
+    user: usize,
+    side: Side,
+    /// Spare capacity offered to a receive: the most the kernel may write.
+    offered: usize,
+    /// Whether `cancel` was called for this op.
+    cancel_requested: bool,
+    /// What the `ASYNC_CANCEL` answered, if its CQE came first.
+    cancel_result: Option<i32>,
+}
+
+/// The `uring` driver.
+pub struct UringDriver {
+    ring: IoUring,
+    slots: Slots<Slot>,
+    /// The live key for each slot index (to cancel everything on drop).
+    live: Vec<Option<OpKey>>,
+    /// Ops completed without the kernel (unsupported shutdown, invalid args):
+    /// key and raw result (negative errno), returned by the next `wait`.
+    ready: VecDeque<(OpKey, i32)>,
+    /// SQEs waiting for room in the SQ, in order; `wait` submits them.
+    pending: VecDeque<squeue::Entry>,
+    /// The kernel's count of dropped CQEs, as last seen.
+    cq_dropped: u32,
+    /// The ring runs task work only when entered (`IORING_SETUP_DEFER_TASKRUN`).
+    defer_taskrun: bool,
+    /// Scratch space for CQEs (user_data, result).
+    cqes: Vec<(u64, i32)>,
+    waker: Arc<EventFd>,
+    /// The 8-byte buffer of the waker read, owned by the driver (raw so the
+    /// kernel's writes never alias a live `Box`).
+    waker_buf: *mut u64,
+    waker_armed: bool,
+    /// Timespec of the fallback `Timeout` op (kernels without EXT_ARG).
+    fallback_ts: Box<types::Timespec>,
+    ext_arg: bool,
+    shutdown_supported: bool,
+    /// `IORING_OP_SEND` is available (single-segment sends skip the msghdr).
+    send_supported: bool,
+    /// `IORING_OP_CLOSE` is available (5.6+).
+    close_supported: bool,
+    /// The sockets this driver owns (Unix listener paths, lingering sockets).
+    sockets: Sockets,
+    /// `IORING_OP_CLOSE`s in the kernel.
+    closes_in_flight: usize,
+    setup: &'static str,
+    closing: bool,
+    stats: DriverStats,
+    /// Highest op index + 1 (`MAX_INDEX`; lowered by tests).
+    max_index: u32,
+    /// Test hook consulted before every `io_uring_enter`.
+    #[cfg(test)]
+    fault: Option<Box<dyn FnMut() -> Fault>>,
+    /// Fallback `Timeout` ops in the kernel (kernels without EXT_ARG).
+    fallback_timeouts: usize,
+}
+
+impl fmt::Debug for UringDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UringDriver")
+            .field("setup", &self.setup)
+            .field("ext_arg", &self.ext_arg)
+            .field("shutdown_supported", &self.shutdown_supported)
+            .field("in_flight", &self.slots.len())
+            .field("ready", &self.ready.len())
+            .field("pending", &self.pending.len())
+            .field("waker_armed", &self.waker_armed)
+            .field("fallback_timeouts", &self.fallback_timeouts)
+            .field("closes_in_flight", &self.closes_in_flight)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UringDriver {
+    /// Creates a ring with `entries` submission entries (rounded up to a power
+    /// of two by the kernel) and [`CQ_PER_SQ`] times as many completion
+    /// entries. An error from `io_uring_setup` (EPERM, ENOSYS under seccomp)
+    /// is returned unchanged so the loop can fall back to `poll`.
+    pub fn new(entries: u32) -> io::Result<UringDriver> {
+        let entries = entries.max(8);
+        Self::with_queues(entries, entries.saturating_mul(CQ_PER_SQ))
+    }
+
+    /// [`UringDriver::new`] with the CQ size chosen: it should hold the
+    /// completions of the ops usually in flight at once. More than that is
+    /// still safe (the kernel keeps an overflow list that `wait` flushes in
+    /// the same turn) but slower.
+    pub fn with_queues(entries: u32, cq_entries: u32) -> io::Result<UringDriver> {
+        let (ring, setup) = build_ring(entries.max(8), cq_entries.max(2 * entries))?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring probe failed (kernel too old?): {e}"),
+            )
+        })?;
+        let required = [
+            ("accept", opcode::Accept::CODE),
+            ("connect", opcode::Connect::CODE),
+            ("recv", opcode::Recv::CODE),
+            ("sendmsg", opcode::SendMsg::CODE),
+            ("async_cancel", opcode::AsyncCancel::CODE),
+            ("read", opcode::Read::CODE),
+            ("timeout", opcode::Timeout::CODE),
+        ];
+        for (name, code) in required {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("io_uring lacks {name}"),
+                ));
+            }
+        }
+        let shutdown_supported = probe.is_supported(opcode::Shutdown::CODE);
+        let send_supported = probe.is_supported(opcode::Send::CODE);
+        let close_supported = probe.is_supported(opcode::Close::CODE);
+        let ext_arg = ring.params().is_feature_ext_arg();
+
+        // Blocking eventfd: io_uring arms poll on it; a non-blocking one
+        // would complete the read with EAGAIN.
+        // SAFETY: plain syscall with constant flags.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh fd that nothing else owns.
+        let waker = Arc::new(EventFd(unsafe { OwnedFd::from_raw_fd(efd) }));
+
+        let mut driver = UringDriver {
+            ring,
+            slots: Slots::default(),
+            live: Vec::new(),
+            ready: VecDeque::new(),
+            pending: VecDeque::new(),
+            cq_dropped: 0,
+            defer_taskrun: setup.contains("defer_taskrun"),
+            cqes: Vec::new(),
+            waker,
+            waker_buf: Box::into_raw(Box::new(0u64)),
+            waker_armed: false,
+            fallback_ts: Box::new(types::Timespec::new()),
+            ext_arg,
+            shutdown_supported,
+            send_supported,
+            close_supported,
+            sockets: Sockets::new(false),
+            closes_in_flight: 0,
+            setup,
+            closing: false,
+            stats: DriverStats::default(),
+            max_index: MAX_INDEX,
+            #[cfg(test)]
+            fault: None,
+            fallback_timeouts: 0,
+        };
+        driver.arm_waker();
+        tracing::debug!(setup, ext_arg, shutdown_supported, "uring driver ready");
+        Ok(driver)
+    }
+
+    /// Driver-internal ops in the kernel, besides the waker read (tests).
+    #[cfg(test)]
+    fn internal_in_flight(&self) -> usize {
+        self.closes_in_flight + self.fallback_timeouts
+    }
+
+    /// Finishes an op without the kernel on the next `wait`.
+    fn complete_later(&mut self, key: OpKey, res: i32) {
+        self.ready.push_back((key, res));
+    }
+}
+
+impl Driver for UringDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Uring
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn submit(&mut self, op: Op, user: usize) -> OpKey {
+        let key = self.slots.insert(Slot {
+            op,
+            user,
+            side: Side::None,
+            offered: 0,
+            cancel_requested: false,
+            cancel_result: None,
+        });
+        self.stats.count_submit();
+        if key.index >= self.max_index {
+            // Its key would collide with the marker bits of `user_data`:
+            // complete it with an error, without the kernel (O1).
+            tracing::warn!("uring: too many ops in flight ({})", self.slots.len());
+            self.complete_later(key, -libc::ENOBUFS);
+            return key;
+        }
+        let i = key.index as usize;
+        if self.live.len() <= i {
+            self.live.resize(i + 1, None);
+        }
+        self.live[i] = Some(key);
+        self.start(key);
+        key
+    }
+
+    fn cancel(&mut self, key: OpKey) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return; // stale: already completed
+        };
+        if slot.cancel_requested {
+            return;
+        }
+        slot.cancel_requested = true;
+        self.stats.count_cancel_request();
+        if self.ready.iter().any(|&(k, _)| k == key) {
+            return; // finished without the kernel; its result stands
+        }
+        let entry = opcode::AsyncCancel::new(Slots::<Slot>::encode(key))
+            .build()
+            .user_data(Slots::<Slot>::encode(key) | CANCEL_BIT);
+        // SAFETY: ASYNC_CANCEL carries no pointers.
+        unsafe { self.push(entry) };
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.stats.count_wait();
+        let before = out.len();
+        while let Some((key, res)) = self.ready.pop_front() {
+            if let Some(slot) = self.slots.remove(key) {
+                out.push(self.finish(key, slot, res));
+            }
+        }
+        let timeout = if out.len() > before {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
+        let entered = self.enter(timeout);
+        let reaped = self.reap_all(out);
+        entered.and(reaped)
+    }
+
+    fn remote_waker(&self) -> Arc<dyn RemoteWaker> {
+        self.waker.clone()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {
+        self.sockets.listen(addr, backlog)
+    }
+
+    fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
+        self.sockets.open_stream(addr)
+    }
+
+    /// Closes at once, except a socket with `SO_LINGER` > 0: its close(2)
+    /// would block the loop thread until the unsent data is acknowledged (or
+    /// the linger time passes). That one goes to the kernel as an
+    /// `IORING_OP_CLOSE` run by an io-wq worker (`IOSQE_ASYNC`), which does
+    /// the waiting; the peer sees the same as after a blocking close (the
+    /// data, then FIN). On kernels without `IORING_OP_CLOSE` (< 5.6)
+    /// `Sockets::close` clears the linger first, as on `poll`.
+    fn close(&mut self, socket: SocketId) {
+        if self.close_supported && self.sockets.lingers(socket) {
+            self.sockets.forget(socket);
+            let entry = opcode::Close::new(types::Fd(socket.0))
+                .build()
+                .flags(squeue::Flags::ASYNC)
+                .user_data(CLOSE_UD);
+            // SAFETY: IORING_OP_CLOSE carries no pointers; the fd stays
+            // open (and unused: its owner let it go) until the op runs.
+            unsafe { self.push(entry) };
+            self.closes_in_flight += 1;
+            return;
+        }
+        self.sockets.close(socket)
+    }
+
+    fn local_addr(&self, socket: SocketId) -> io::Result<Address> {
+        socket::local_addr(socket)
+    }
+
+    fn peer_addr(&self, socket: SocketId) -> io::Result<Address> {
+        socket::peer_addr(socket)
+    }
+
+    fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
+        self.sockets.set_option(socket, opt)
+    }
+}
