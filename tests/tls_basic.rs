@@ -1,5 +1,6 @@
 //! TLS transports: handshake, echo, info, close.
 mod tls_support;
+mod util;
 
 use std::time::Duration;
 

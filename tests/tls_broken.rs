@@ -9,6 +9,7 @@
 //!
 //! Without the feature, the same seeds must all pass.
 mod tls_support;
+mod util;
 
 use std::rc::Rc;
 use std::time::Duration;

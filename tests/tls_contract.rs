@@ -2,6 +2,7 @@
 //! STARTTLS cases. Peers are our own transports or a hand-driven rustls
 //! engine (`ManualPeer`), so every test also runs on `sim`.
 mod tls_support;
+mod util;
 
 use std::cell::{Cell, RefCell};
 use std::io;

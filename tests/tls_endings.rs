@@ -4,6 +4,7 @@
 //! half-closed peer with a full backlog: see
 //! `tls_contract::unsent_backlog_at_raw_loss_is_an_error`.)
 mod tls_support;
+mod util;
 
 use std::cell::RefCell;
 use std::io;

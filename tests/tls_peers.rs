@@ -3,6 +3,7 @@
 //! (its network is in-memory: external processes cannot reach it). A test
 //! whose peer is not installed says so and passes.
 mod tls_support;
+mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};

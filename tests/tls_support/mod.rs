@@ -9,125 +9,31 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use proactor::tls::{self, TlsOptions};
-use proactor::{BaseProtocol, DriverKind, EventLoop, Handle, Protocol, Transport};
+use proactor::{BaseProtocol, EventLoop, Handle, Protocol, Transport};
 
-/// Seeds each TLS test runs on `sim` (override: PROACTOR_SIM_SEEDS).
-pub const SIM_SEEDS: u64 = 4;
+// The one driver matrix lives in `tests/util` (every TLS test includes it).
+use crate::util::matrix::{self, Plan, Seeds};
 
-/// Builds a loop on `kind`, or says why it cannot.
-fn build(kind: DriverKind, seed: u64) -> Result<EventLoop, String> {
-    let built = std::panic::catch_unwind(|| {
-        // Crash-fast: a panic in a test's callback fails the test (L5).
-        let b = EventLoop::builder()
-            .driver(kind)
-            .exception_handler(|_, context| context.resume_unwind());
-        let b = if kind == DriverKind::Sim {
-            b.sim_seed(seed)
-        } else {
-            b
-        };
-        b.build()
-    });
-    match built {
-        Ok(Ok(lp)) => Ok(lp),
-        Ok(Err(e)) => Err(match kind {
-            DriverKind::Uring => format!("io_uring refused on this machine ({e})"),
-            _ => format!("driver unavailable ({e})"),
-        }),
-        Err(_) => Err("driver not implemented in this build (placeholder)".into()),
-    }
-}
-
-/// Runs `scenario` on uring, poll and sim (several seeds); a driver that
-/// cannot run here is skipped with the reason printed. `sim_skip` names why
-/// a test cannot run on sim (external processes), if it cannot.
+/// Runs `scenario` on the driver matrix (see `tests/matrix`): uring where
+/// io_uring works, poll, and sim over the contract seeds. `sim_skip` names
+/// why a test cannot run on sim (external processes), if it cannot.
 pub fn drivers(test: &str, sim_skip: Option<&str>, scenario: impl Fn(&EventLoop)) {
-    drivers_with_seeds(test, sim_skip, sim_seeds(), scenario)
+    let plan = Plan {
+        sim_skip,
+        ..Plan::new(test)
+    };
+    matrix::run(plan, |lp| scenario(&lp))
 }
 
-/// [`drivers`] with a sim sweep of `default` seeds (0..default) instead of
-/// the contract's few: for tests that force a race the simulator explores.
-/// PROACTOR_SIM_SEED replays one seed; PROACTOR_SIM_SEEDS resizes the sweep.
+/// [`drivers`] with a sim sweep of `default` seeds instead of the
+/// contract's few: for tests that force a race the simulator explores.
+/// `PROACTOR_SIM_SEED` replays one seed; `PROACTOR_SIM_SEEDS` resizes it.
 pub fn drivers_sweep(test: &str, default: u64, scenario: impl Fn(&EventLoop)) {
-    let seeds = match std::env::var("PROACTOR_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        Some(s) => vec![s],
-        None => {
-            let n = std::env::var("PROACTOR_SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(default);
-            (0..n).collect()
-        }
+    let plan = Plan {
+        seeds: Seeds::Sweep(default),
+        ..Plan::new(test)
     };
-    drivers_with_seeds(test, None, seeds, scenario)
-}
-
-fn drivers_with_seeds(
-    test: &str,
-    sim_skip: Option<&str>,
-    sim_seeds: Vec<u64>,
-    scenario: impl Fn(&EventLoop),
-) {
-    let wanted = |k: DriverKind| {
-        std::env::var("PROACTOR_TEST_DRIVERS")
-            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
-            .unwrap_or(true)
-    };
-    for kind in [DriverKind::Uring, DriverKind::Poll, DriverKind::Sim] {
-        if !wanted(kind) {
-            continue;
-        }
-        if kind == DriverKind::Sim {
-            if let Some(why) = sim_skip {
-                eprintln!("{test}: skipping sim: {why}");
-                continue;
-            }
-        }
-        let seeds: Vec<u64> = if kind == DriverKind::Sim {
-            sim_seeds.clone()
-        } else {
-            vec![0]
-        };
-        for seed in seeds {
-            let lp = match build(kind, seed) {
-                Ok(lp) => lp,
-                Err(why) => {
-                    eprintln!("{test}: skipping {kind}: {why}");
-                    break;
-                }
-            };
-            eprintln!("{test}: driver {kind} (seed {seed})");
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&lp)));
-            if let Err(panic) = result {
-                if kind == DriverKind::Sim {
-                    eprintln!(
-                        "{test} failed on sim seed {seed}; replay with PROACTOR_SIM_SEED={seed}\n{}",
-                        lp.handle().driver_trace().unwrap_or_default()
-                    );
-                } else {
-                    eprintln!("{test} failed on driver {kind}");
-                }
-                std::panic::resume_unwind(panic);
-            }
-        }
-    }
-}
-
-fn sim_seeds() -> Vec<u64> {
-    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![s];
-    }
-    let n = std::env::var("PROACTOR_CONTRACT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(SIM_SEEDS);
-    (0..n).collect()
+    matrix::run(plan, |lp| scenario(&lp))
 }
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, as PEM.

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod buffered;
+#[path = "../matrix/mod.rs"]
+pub mod matrix;
 pub mod recorder;
 
 use std::cell::Cell;
@@ -12,72 +14,31 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use proactor::SimConfig;
-use proactor::{DriverKind, EventLoop, Handle};
+use proactor::{EventLoop, Handle, SimConfig};
 
 #[allow(unused_imports)]
 pub use buffered::{BufHook, BufRecorder};
 #[allow(unused_imports)]
 pub use recorder::{Hooks, Rec, Recorder};
 
-/// Seeds each contract test runs on `sim` (override: PROACTOR_CONTRACT_SEEDS;
-/// PROACTOR_SIM_SEEDS sizes the random-workload sweep instead).
-const DEFAULT_CONTRACT_SEEDS: u64 = 8;
+#[allow(unused_imports)]
+pub use matrix::{crash_fast, uring_available, Plan, Seeds};
 
-/// Whether io_uring can be used here; prints why not once.
-pub fn uring_available() -> bool {
-    match EventLoop::builder().driver(DriverKind::Uring).build() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping uring: io_uring refused on this machine ({e})");
-            false
-        }
-    }
-}
-
-/// The sweep's sim seeds: PROACTOR_SIM_SEED replays one, else
-/// PROACTOR_SIM_SEEDS (or `default`) seeds starting at 0.
+/// The sweep's sim seeds: `PROACTOR_SIM_SEED` replays one, else
+/// `PROACTOR_SIM_SEEDS` (or `default`) seeds starting at 0.
 pub fn sim_seeds(default: u64) -> Vec<u64> {
-    seeds_from("PROACTOR_SIM_SEEDS", default)
+    Seeds::Sweep(default).list()
 }
 
-/// Seeds for each contract test (PROACTOR_CONTRACT_SEEDS), or the replayed one.
-pub fn contract_seeds() -> Vec<u64> {
-    seeds_from("PROACTOR_CONTRACT_SEEDS", DEFAULT_CONTRACT_SEEDS)
-}
-
-fn seeds_from(var: &str, default: u64) -> Vec<u64> {
-    if let Some(s) = std::env::var("PROACTOR_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![s];
-    }
-    let n = std::env::var(var)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    (0..n).collect()
-}
-
-/// Makes a panic in any callback of the loop (an assertion in a test's
-/// protocol, timer or task) re-raise out of `run_*`, failing the test, as
-/// it would without the loop's exception handler (L5).
-pub fn crash_fast(b: proactor::Builder) -> proactor::Builder {
-    b.exception_handler(|_, context| context.resume_unwind())
-}
-
-/// Runs `scenario` on uring (if available), poll, and sim over several seeds.
-/// Every loop is [`crash_fast`].
-/// A failing sim seed is reported with the command that replays it.
-/// PROACTOR_TEST_DRIVERS (e.g. `poll,sim`) narrows the set for debugging.
+/// Runs `scenario` on the driver matrix (see `tests/matrix`): uring where
+/// io_uring works, poll, and sim over the contract seeds.
 pub fn on_every_driver(test: &str, scenario: impl Fn(&EventLoop)) {
-    on_every_driver_with(test, SimConfig::with_seed, |lp| scenario(&lp))
+    matrix::run(Plan::new(test), |lp| scenario(&lp))
 }
 
 /// [`on_every_driver`] for scenarios whose callbacks need the loop itself.
 pub fn on_every_driver_shared(test: &str, scenario: impl Fn(Rc<EventLoop>)) {
-    on_every_driver_with(test, SimConfig::with_seed, scenario)
+    matrix::run(Plan::new(test), scenario)
 }
 
 /// [`on_every_driver_shared`] with the sim settings of each seed chosen by
@@ -87,47 +48,11 @@ pub fn on_every_driver_with(
     sim_config: impl Fn(u64) -> SimConfig,
     scenario: impl Fn(Rc<EventLoop>),
 ) {
-    let wanted = |k: DriverKind| {
-        std::env::var("PROACTOR_TEST_DRIVERS")
-            .map(|v| v.split(',').any(|s| s.trim() == k.name()))
-            .unwrap_or(true)
+    let plan = Plan {
+        sim_config: &sim_config,
+        ..Plan::new(test)
     };
-    let mut kinds = vec![DriverKind::Poll];
-    if uring_available() {
-        kinds.insert(0, DriverKind::Uring);
-    }
-    kinds.retain(|k| wanted(*k));
-    for kind in kinds {
-        let lp = crash_fast(EventLoop::builder().driver(kind))
-            .build()
-            .expect("build loop");
-        eprintln!("{test}: driver {kind}");
-        scenario(Rc::new(lp));
-    }
-    let seeds = if wanted(DriverKind::Sim) {
-        contract_seeds()
-    } else {
-        Vec::new()
-    };
-    for seed in seeds {
-        let lp = crash_fast(
-            EventLoop::builder()
-                .driver(DriverKind::Sim)
-                .sim_config(sim_config(seed)),
-        )
-        .build()
-        .expect("build sim loop");
-        let lp = Rc::new(lp);
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(lp.clone())));
-        if let Err(panic) = result {
-            eprintln!(
-                "{test} failed on sim seed {seed}; replay with:\n  PROACTOR_SIM_SEED={seed} cargo test --release {test}\nrecent sim trace:\n{}",
-                lp.handle().driver_trace().unwrap_or_default()
-            );
-            std::panic::resume_unwind(panic);
-        }
-    }
+    matrix::run(plan, scenario)
 }
 
 /// Resolves once `cond` holds, checking every millisecond of loop time;
