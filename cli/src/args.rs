@@ -146,7 +146,7 @@ pub struct BenchArgs {
     /// Seconds measured per run [default: 1, --quick 0.4].
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Seconds of warm-up before each measurement [default: 0.3, --quick 0.1].
+    /// Seconds of warm-up before each measurement [default: 0.2, --quick 0.1].
     #[arg(long)]
     pub warmup: Option<f64>,
     /// Idle connections of the memory figure, 0 to skip [default: 10000,

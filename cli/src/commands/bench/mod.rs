@@ -83,7 +83,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         client_cpu,
         ..Outcome::default()
     };
-    report::header(&plan, &out);
+    report::header(&plan, &out, estimate_seconds(&plan));
     let material = if plan.cells.iter().any(|c| c.is_tls()) {
         Some(tlsconf::Material::generate().map_err(|e| Failure::setup(format!("TLS: {e}")))?)
     } else {
@@ -118,8 +118,12 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
                     client_tls: client_tls.as_ref(),
                     server_cpu,
                 };
+                let t0 = Instant::now();
                 match run_one(&ctx, cell, kind, &mut out) {
-                    Ok(m) => out.runs.entry((ci, kind)).or_default().push(m),
+                    Ok(mut m) => {
+                        m.wall_s = t0.elapsed().as_secs_f64();
+                        out.runs.entry((ci, kind)).or_default().push(m)
+                    }
                     Err(e) => {
                         let e = format!("{} in {}: {e}", kind.name(), cell.label());
                         eprintln!("bench: {e}; that server is left out from here on");
@@ -152,6 +156,37 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             "{n} server run(s) failed (see above)"
         ))),
     }
+}
+
+/// A rough duration of the run: each run costs its windows plus about
+/// 0.15 s of set-up (0.5 s for 1,000 connections), idle about 2.5 s per
+/// server at 10,000 connections.
+fn estimate_seconds(plan: &Plan) -> f64 {
+    let window = (plan.warmup + plan.duration).as_secs_f64();
+    let per_round: f64 = plan
+        .cells
+        .iter()
+        .map(|&c| {
+            let setup = match c {
+                Cell::Echo { connections, .. } if connections >= 1000 => 0.5,
+                _ => 0.15,
+            };
+            let n = plan.servers_for(c, 0).len() as f64;
+            // The bulk cell also measures one-way loopback once.
+            let extra = if c == Cell::Bulk { window } else { 0.0 };
+            n * (window + setup) + extra
+        })
+        .sum();
+    let plain = plan
+        .servers
+        .iter()
+        .filter(|k| !k.is_tls() && **k != ServerKind::Loopback)
+        .count() as f64;
+    let idle = match plan.idle_connections {
+        0 => 0.0,
+        n => plain * (1.0 + 1.5 * n as f64 / 10_000.0),
+    };
+    per_round * plan.rounds as f64 + idle
 }
 
 /// Starts one process per server the plan runs; the ones that cannot start

@@ -179,7 +179,7 @@ impl Plan {
                 )))
             }
         };
-        let warmup = secs("--warmup", a.warmup, 0.1, 0.3)?;
+        let warmup = secs("--warmup", a.warmup, 0.1, 0.2)?;
         let duration = secs("--duration", a.duration, 0.4, 1.0)?;
         if duration.is_zero() {
             return Err(Failure::setup("--duration must be positive"));

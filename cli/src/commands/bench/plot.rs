@@ -48,7 +48,9 @@ pub fn write(path: &Path, plan: &Plan, out: &Outcome) -> Result<(), String> {
 fn draw(path: &Path, plan: &Plan, out: &Outcome) -> DrawResult {
     let root = SVGBackend::new(path, (1400, 900)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(560);
+    let (legend_band, rest) = root.split_vertically(36);
+    let (top, bottom) = rest.split_vertically(540);
+    legend(&legend_band, plan)?;
     ratios(&top, plan, out)?;
     idle(&bottom, out)?;
     root.present()?;
@@ -120,21 +122,34 @@ where
         if rects.is_empty() {
             continue;
         }
-        let c = color(kind);
-        chart
-            .draw_series(rects)?
-            .label(kind.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], c.filled()));
+        chart.draw_series(rects)?;
     }
     for (goal, style) in [(1.0, BLACK.stroke_width(1)), (1.3, RED.stroke_width(1))] {
         chart.draw_series(LineSeries::new(vec![(0.0, goal), (n as f64, goal)], style))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// One row of colour keys above the charts.
+fn legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    plan: &Plan,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let mut x = 70;
+    for &kind in &plan.servers {
+        if !plan.cells.iter().any(|c| c.runs(kind)) {
+            continue;
+        }
+        area.draw(&Rectangle::new(
+            [(x, 14), (x + 12, 26)],
+            color(kind).filled(),
+        ))?;
+        area.draw(&Text::new(kind.name(), (x + 16, 14), ("sans-serif", 14)))?;
+        x += 24 + 8 * kind.name().len() as i32;
+    }
     Ok(())
 }
 
@@ -179,6 +194,7 @@ where
             }
         })
         .y_desc("bytes")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     chart.draw_series(out.idle.iter().enumerate().map(|(i, x)| {
         let v = x.per_connection().max(0.0);

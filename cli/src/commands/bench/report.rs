@@ -56,8 +56,20 @@ fn us(v: f64) -> String {
     }
 }
 
-pub fn header(plan: &Plan, out: &Outcome) {
+/// The 1-minute load average: anything but this bench running skews it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub fn header(plan: &Plan, out: &Outcome, estimate_s: f64) {
     println!("machine: {}", machine_line());
+    println!(
+        "load average before the run: {} (other work on these CPUs makes the figures noise)",
+        load_average()
+    );
     let same = if out.server_cpu == out.client_cpu {
         " (the same CPU: figures are not comparable with a 2-CPU run)"
     } else {
@@ -68,12 +80,13 @@ pub fn header(plan: &Plan, out: &Outcome) {
         out.server_cpu, out.client_cpu
     );
     println!(
-        "{} round(s), interleaved; per run {:.1} s warm-up + {:.1} s measured; closed loop, one message in flight per connection{}",
+        "{} round(s), interleaved; per run {:.2} s warm-up + {:.2} s measured; closed loop, one message in flight per connection{}",
         plan.rounds,
         plan.warmup.as_secs_f64(),
         plan.duration.as_secs_f64(),
         if plan.quick { "; --quick (smoke run)" } else { "" }
     );
+    println!("expected to take about {:.0} s", estimate_s);
 }
 
 pub fn print(plan: &Plan, out: &Outcome) {
@@ -116,7 +129,11 @@ pub fn print(plan: &Plan, out: &Outcome) {
     for f in &out.failures {
         println!("FAILED {f}");
     }
-    println!("total {:.0} s", out.seconds);
+    println!(
+        "total {:.0} s; load average after the run: {} (the bench itself keeps two CPUs busy)",
+        out.seconds,
+        load_average()
+    );
 }
 
 fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
@@ -214,6 +231,7 @@ pub fn json(plan: &Plan, out: &Outcome) -> Value {
                 "p99_us": num(median_of(out, ci, kind, |m| m.p99_us)),
                 "server_cpu": num(median_of(out, ci, kind, |m| m.server_cpu)),
                 "client_cpu": num(median_of(out, ci, kind, |m| m.client_cpu)),
+                "wall_s": num(median_of(out, ci, kind, |m| m.wall_s)),
             }));
         }
     }

@@ -55,6 +55,8 @@ pub struct Measured {
     pub server_cpu: f64,
     /// Share of one CPU the client thread used in the window.
     pub client_cpu: f64,
+    /// Wall time of the whole run: set-up, warm-up, window, tear-down.
+    pub wall_s: f64,
 }
 
 /// Brackets the measured window: its start and end instants with the CPU
@@ -134,6 +136,7 @@ impl<'a> Meter<'a> {
             p99_us: quantile(latencies_ns, 0.99) / 1000.0,
             server_cpu: share(2),
             client_cpu: share(1),
+            wall_s: f64::NAN,
         }
     }
 }

@@ -124,3 +124,95 @@ pub fn targets(plan: &Plan, out: &Outcome) -> Vec<Target> {
     });
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use crate::commands::bench::stats::Measured;
+    use clap::Parser;
+
+    fn plan(args: &[&str]) -> Plan {
+        let argv = ["proactor", "bench"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Some(Command::Bench(a)) => Plan::from_args(&a).expect("a plan"),
+            other => panic!("not a bench: {other:?}"),
+        }
+    }
+
+    fn run(value: f64) -> Measured {
+        Measured {
+            value,
+            p50_us: 1.0,
+            p99_us: 2.0,
+            server_cpu: 1.0,
+            client_cpu: 1.0,
+            wall_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn quick_runs_the_diagonal_bulk_tls_and_idle_at_1000() {
+        let p = plan(&["--quick"]);
+        let echo: Vec<_> = p
+            .cells
+            .iter()
+            .filter(|c| matches!(c, Cell::Echo { .. }))
+            .collect();
+        assert_eq!(
+            echo,
+            [
+                &Cell::Echo {
+                    connections: 64,
+                    size: 64
+                },
+                &Cell::Echo {
+                    connections: 256,
+                    size: 1024
+                }
+            ]
+        );
+        assert!(p.cells.contains(&Cell::Bulk) && p.cells.contains(&Cell::TlsBulk));
+        assert_eq!((p.rounds, p.idle_connections), (1, 1000));
+        let full = plan(&[]);
+        assert_eq!(full.cells.len(), 12 + 3);
+        assert_eq!((full.rounds, full.idle_connections), (3, 10_000));
+    }
+
+    #[test]
+    fn targets_judge_the_medians() {
+        let p = plan(&[
+            "--only",
+            "echo,bulk",
+            "--connections",
+            "64",
+            "--sizes",
+            "64",
+        ]);
+        let mut out = Outcome::default();
+        let echo = p
+            .cells
+            .iter()
+            .position(|c| matches!(c, Cell::Echo { .. }))
+            .unwrap();
+        let bulk = p.cells.iter().position(|&c| c == Cell::Bulk).unwrap();
+        use ServerKind::*;
+        for (k, v) in [
+            (ProactorUring, [1.5, 1.4, 9.0]),
+            (TokioCt, [1.0; 3]),
+            (BareRing, [1.45; 3]),
+        ] {
+            out.runs
+                .insert((echo, k), v.iter().map(|&x| run(x)).collect());
+        }
+        out.runs.insert((bulk, ProactorUring), vec![run(0.95)]);
+        out.runs.insert((bulk, Loopback), vec![run(1.0)]);
+        let t = targets(&p, &out);
+        let get = |name: &str| t.iter().find(|t| t.name == name).unwrap().pass;
+        assert_eq!(get("echo 64c x 64 vs tokio-ct"), Some(true));
+        assert_eq!(get("echo 64c x 64 vs bare-ring"), Some(true));
+        assert_eq!(get("echo 64c x 1K vs tokio-ct"), None);
+        assert_eq!(get("bulk 64K writes vs loopback"), Some(true));
+        assert_eq!(get("idle RSS per connection"), None);
+    }
+}

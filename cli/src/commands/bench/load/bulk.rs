@@ -142,3 +142,23 @@ fn stream_loop(
     }
     Ok(meter.measured(counted, &[]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_is_one_stream_whatever_the_cut() {
+        let p = pattern();
+        let stream: Vec<u8> = (0..4 * WRITE as u64)
+            .map(|o| expected(&p, o, 1)[0])
+            .collect();
+        let mut o = 0u64;
+        for n in [WRITE, 1, 4096, WRITE - 7, WRITE] {
+            assert_eq!(expected(&p, o, n), &stream[o as usize..o as usize + n]);
+            o += n as u64;
+        }
+        // Consecutive 64 KiB writes differ (the period is not a divisor).
+        assert_ne!(expected(&p, 0, WRITE), expected(&p, WRITE as u64, WRITE));
+    }
+}
