@@ -84,6 +84,11 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         ..Outcome::default()
     };
     report::header(&plan, &out, estimate_seconds(&plan));
+    for &kind in &plan.servers {
+        if let Some(why) = kind.unavailable() {
+            out.skipped.push((kind, why.to_string()));
+        }
+    }
     let material = if plan.cells.iter().any(|c| c.is_tls()) {
         Some(tlsconf::Material::generate().map_err(|e| Failure::setup(format!("TLS: {e}")))?)
     } else {
@@ -202,8 +207,7 @@ fn start_servers(
         if kind == ServerKind::Loopback || !plan.cells.iter().any(|c| c.runs(kind)) {
             continue;
         }
-        if let Some(why) = kind.unavailable() {
-            out.skipped.push((kind, why.to_string()));
+        if kind.unavailable().is_some() {
             continue;
         }
         match ServerProcess::start(kind, cpu, material) {

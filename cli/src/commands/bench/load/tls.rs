@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{join, join_all, select, try_join, Either};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -120,8 +120,7 @@ pub fn echo(
             }
         });
         let all = async {
-            let (results, ()) =
-                futures_util::join!(join_all(loops), window(&meter, &measuring, from, to));
+            let (results, ()) = join(join_all(loops), window(&meter, &measuring, from, to)).await;
             results.into_iter().collect::<Result<Vec<()>, String>>()
         };
         tokio::time::timeout_at((to + GRACE).into(), all)
@@ -184,7 +183,7 @@ pub fn bulk(
                 }
             }
         };
-        let work = async { futures_util::try_join!(writer, reader) };
+        let work = try_join(writer, reader);
         let win = window(&meter, &measuring, from, to);
         match select(std::pin::pin!(work), std::pin::pin!(win)).await {
             Either::Left((r, _)) => {
