@@ -47,6 +47,8 @@ pub struct Outcome {
     pub suite: Option<String>,
     pub server_cpu: usize,
     pub client_cpu: usize,
+    /// Share of each of the two CPUs busy just before the run.
+    pub busy_before: Vec<f64>,
     pub seconds: f64,
 }
 
@@ -83,7 +85,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         client_cpu,
         ..Outcome::default()
     };
-    report::header(&plan, &out, estimate_seconds(&plan));
+    report::header(&plan, &mut out, estimate_seconds(&plan));
     for &kind in &plan.servers {
         if let Some(why) = kind.unavailable() {
             out.skipped.push((kind, why.to_string()));

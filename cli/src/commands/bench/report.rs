@@ -64,12 +64,26 @@ pub fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-pub fn header(plan: &Plan, out: &Outcome, estimate_s: f64) {
+/// Above this share of a CPU busy before the run, the report says its
+/// figures are noise.
+const BUSY: f64 = 0.1;
+
+pub fn header(plan: &Plan, out: &mut Outcome, estimate_s: f64) {
     println!("machine: {}", machine_line());
+    let cpus = [out.server_cpu, out.client_cpu];
+    let busy = super::sys::cpu_busy(&cpus, std::time::Duration::from_millis(500));
     println!(
-        "load average before the run: {} (other work on these CPUs makes the figures noise)",
+        "before the run: CPU {} {} busy, CPU {} {} busy; load average {}",
+        cpus[0],
+        pct(busy[0]),
+        cpus[1],
+        pct(busy[1]),
         load_average()
     );
+    if busy.iter().any(|&b| b > BUSY) {
+        println!("WARNING: other work is running on these CPUs: every figure below is noise");
+    }
+    out.busy_before = busy;
     let same = if out.server_cpu == out.client_cpu {
         " (the same CPU: figures are not comparable with a 2-CPU run)"
     } else {
@@ -130,7 +144,7 @@ pub fn print(plan: &Plan, out: &Outcome) {
         println!("FAILED {f}");
     }
     println!(
-        "total {:.0} s; load average after the run: {} (the bench itself keeps two CPUs busy)",
+        "total {:.0} s; load average after the run: {}",
         out.seconds,
         load_average()
     );
@@ -159,8 +173,17 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
         ""
     };
     println!(
-        "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11}",
-        "server", "median", "min - max", "ratio", "p50 us", "p99 us", "srv cpu", "cli cpu", extra
+        "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
+        "server",
+        "median",
+        "min - max",
+        "ratio",
+        "p50 us",
+        "p99 us",
+        "srv cpu",
+        "cli cpu",
+        "bound",
+        extra
     );
     let loopback = figure(out, ci, ServerKind::Loopback).map(|s| s.median);
     for &kind in plan.servers.iter().filter(|&&k| cell.runs(k)) {
@@ -172,16 +195,21 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
             (Cell::Bulk, Some(l)) if l > 0.0 => pct(s.median / l),
             _ => String::new(),
         };
+        let (srv, cli) = (
+            median_of(out, ci, kind, |m| m.server_cpu),
+            median_of(out, ci, kind, |m| m.client_cpu),
+        );
         println!(
-            "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11}",
+            "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
             kind.name(),
             fmt_value(cell, s.median),
             format!("{} - {}", fmt_value(cell, s.min), fmt_value(cell, s.max)),
             r,
             us(median_of(out, ci, kind, |m| m.p50_us)),
             us(median_of(out, ci, kind, |m| m.p99_us)),
-            pct(median_of(out, ci, kind, |m| m.server_cpu)),
-            pct(median_of(out, ci, kind, |m| m.client_cpu)),
+            pct(srv),
+            pct(cli),
+            bound(srv, cli),
             of_loopback
         );
     }
@@ -194,6 +222,20 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
                 s.max / 1e6
             );
         }
+    }
+}
+
+/// Which side ran out of CPU (90% or more of its core): the server (the
+/// figure measures it), the client (the figure is the client's ceiling, not
+/// the server's), both, or neither (wake-up latency, or other work on the
+/// CPUs).
+fn bound(server_cpu: f64, client_cpu: f64) -> &'static str {
+    match (server_cpu >= 0.9, client_cpu >= 0.9) {
+        (true, true) => "both",
+        (true, false) => "server",
+        (false, true) => "client",
+        (false, false) if server_cpu.is_nan() => "-",
+        (false, false) => "neither",
     }
 }
 
@@ -260,6 +302,7 @@ pub fn json(plan: &Plan, out: &Outcome) -> Value {
         "warmup_s": plan.warmup.as_secs_f64(),
         "duration_s": plan.duration.as_secs_f64(),
         "tls_suite": out.suite,
+        "cpu_busy_before": out.busy_before.iter().map(|&b| if b.is_finite() { json!(b) } else { Value::Null }).collect::<Vec<_>>(),
         "loopback_one_way_bytes_per_s": one_way,
         "rows": rows,
         "idle": idle,

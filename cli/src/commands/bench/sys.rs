@@ -118,3 +118,34 @@ pub fn thread_cpu_seconds() -> f64 {
 pub fn reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
+
+/// (busy, total) jiffies of `cpu` from `/proc/stat`.
+fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// How busy each of `cpus` is over `window`, as a share (NaN unknown):
+/// taken before the run, it is other people's work.
+pub fn cpu_busy(cpus: &[usize], window: Duration) -> Vec<f64> {
+    let before: Vec<_> = cpus.iter().map(|&c| cpu_jiffies(c)).collect();
+    std::thread::sleep(window);
+    cpus.iter()
+        .zip(before)
+        .map(|(&c, b)| match (b, cpu_jiffies(c)) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+            _ => f64::NAN,
+        })
+        .collect()
+}

@@ -74,6 +74,14 @@ pub fn targets(plan: &Plan, out: &Outcome) -> Vec<Target> {
     if let Some(ci) = index(plan, Cell::Bulk) {
         if let Some(r) = ratio(out, ci, ProactorUring, Loopback) {
             bulk.detail = format!("{:.0}% of loopback (goal >= 90%)", r * 100.0);
+            let uring = super::report::figure(out, ci, ProactorUring);
+            let one_way = super::stats::Summary::of(&out.one_way);
+            if let (Some(u), Some(w)) = (uring, one_way) {
+                bulk.detail += &format!(
+                    "; {:.0}% of the one-way rate, for context",
+                    u.median / w.median * 100.0
+                );
+            }
         }
     }
     v.push(bulk);
