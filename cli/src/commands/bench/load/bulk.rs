@@ -107,7 +107,11 @@ fn stream_loop(
         if ring.in_flight() == 0 {
             break;
         }
-        ring.wait(&mut batch)?;
+        // Wakes up at the window's edges, so that it is exactly measured.
+        let edge = [measure_from, end]
+            .into_iter()
+            .find(|&t| Instant::now() < t);
+        ring.wait(&mut batch, edge)?;
         let now = Instant::now();
         if now >= measure_from {
             meter.start();

@@ -1,15 +1,18 @@
 //! The closed-loop echo client every plain server is measured with: its own
 //! io_uring, independent of every server, one message in flight per
-//! connection (Send, then Recv until the whole echo is back, compared with
-//! what was sent, then the next Send).
+//! connection. Each round trip is one linked pair, `Send(MSG_WAITALL)` →
+//! `Recv(MSG_WAITALL)`, whose send posts no completion when it succeeds: one
+//! completion per round trip, so the client (which does the same kernel TCP
+//! work as the server, on its own CPU) keeps as much headroom as it can. The
+//! echo is compared with what was sent before the next round trip.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, types::Fd};
+use io_uring::{opcode, squeue::Flags, types::Fd};
 
-use super::ring::Ring;
+use super::ring::{Ring, UNCOUNTED};
 use crate::commands::bench::stats::{Measured, Meter};
 use crate::commands::bench::sys;
 
@@ -20,7 +23,7 @@ struct Conn {
     stream: TcpStream,
     msg: Vec<u8>,
     buf: Vec<u8>,
-    /// Bytes of `msg` sent, or of the echo received, so far.
+    /// Bytes of the echo received so far.
     done: usize,
     t0: Instant,
 }
@@ -61,6 +64,7 @@ pub fn run(
             t0: Instant::now(),
         })
         .collect();
+    prime(&mut conns)?;
     let mut ring = Ring::new(connections)?;
     let result = closed_loop(&mut ring, &mut conns, warmup, duration, server_cpu);
     if result.is_err() && !ring.drain_after_shutdown(conns.iter().map(|c| c.stream.as_raw_fd())) {
@@ -74,13 +78,17 @@ pub fn run(
     result
 }
 
+/// The whole message, linked to the Recv pushed right after it; no
+/// completion unless it fails (then the Recv fails with ECANCELED).
 fn send(i: usize, c: &Conn) -> io_uring::squeue::Entry {
-    let rest = &c.msg[c.done..];
-    opcode::Send::new(Fd(c.stream.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
+    opcode::Send::new(Fd(c.stream.as_raw_fd()), c.msg.as_ptr(), c.msg.len() as u32)
+        .flags(libc::MSG_WAITALL)
         .build()
-        .user_data(((i as u64) << 1) | SEND)
+        .flags(Flags::IO_LINK | Flags::SKIP_SUCCESS)
+        .user_data(UNCOUNTED | ((i as u64) << 1) | SEND)
 }
 
+/// The rest of the echo (all of it unless a Recv came back short).
 fn recv(i: usize, c: &mut Conn) -> io_uring::squeue::Entry {
     let rest = &mut c.buf[c.done..];
     opcode::Recv::new(
@@ -88,8 +96,40 @@ fn recv(i: usize, c: &mut Conn) -> io_uring::squeue::Entry {
         rest.as_mut_ptr(),
         rest.len() as u32,
     )
+    .flags(libc::MSG_WAITALL)
     .build()
     .user_data(((i as u64) << 1) | RECV)
+}
+
+/// Pushes one round trip of connection `i`: the linked Send and Recv.
+///
+/// # Safety
+/// `c` (its message and buffer) stays put until the Recv's completion.
+unsafe fn round_trip(ring: &mut Ring, i: usize, c: &mut Conn) -> Result<(), String> {
+    c.done = 0;
+    // SAFETY: the caller keeps `c` in place until the Recv completes, and
+    // the linked Send completes before its Recv starts.
+    unsafe {
+        ring.push(send(i, c))?;
+        ring.push(recv(i, c))
+    }
+}
+
+/// One blocking round trip on every connection before the clock starts, so
+/// that accepting them (a thread or a task each, for some servers) is not
+/// part of the warm-up.
+fn prime(conns: &mut [Conn]) -> Result<(), String> {
+    use std::io::{Read, Write};
+    for (i, c) in conns.iter_mut().enumerate() {
+        (&c.stream)
+            .write_all(&c.msg)
+            .and_then(|()| (&c.stream).read_exact(&mut c.buf))
+            .map_err(|e| format!("connection {i}: first round trip: {e}"))?;
+        if c.buf != c.msg {
+            return Err(format!("connection {i}: the first echo differs"));
+        }
+    }
+    Ok(())
 }
 
 fn closed_loop(
@@ -109,11 +149,15 @@ fn closed_loop(
         c.t0 = Instant::now();
         // SAFETY: `conns` outlives the ring's operations: `run` drains the
         // ring before dropping them, or leaks them.
-        unsafe { ring.push(send(i, c)) }?;
+        unsafe { round_trip(ring, i, c) }?;
     }
     let mut batch = Vec::with_capacity(conns.len());
     while ring.in_flight() > 0 {
-        ring.wait(&mut batch)?;
+        // Wakes up at the window's edges, so that it is exactly measured.
+        let edge = [measure_from, end]
+            .into_iter()
+            .find(|&t| Instant::now() < t);
+        ring.wait(&mut batch, edge)?;
         let now = Instant::now();
         if now >= measure_from {
             meter.start();
@@ -123,28 +167,26 @@ fn closed_loop(
         }
         let measuring = meter.started() && !meter.stopped();
         for &(ud, res) in &batch {
-            let i = (ud >> 1) as usize;
-            let op = if ud & 1 == SEND { "send" } else { "recv" };
+            let i = ((ud & !UNCOUNTED) >> 1) as usize;
+            if ud & 1 == SEND {
+                // Only a failed or short send completes (its Recv is cancelled).
+                return Err(match res {
+                    r if r < 0 => format!(
+                        "connection {i}: send: {}",
+                        std::io::Error::from_raw_os_error(-r)
+                    ),
+                    r => format!("connection {i}: short send ({r} of {size} bytes)"),
+                });
+            }
             if res < 0 {
                 let e = std::io::Error::from_raw_os_error(-res);
-                return Err(format!("connection {i}: {op}: {e}"));
-            }
-            let c = &mut conns[i];
-            c.done += res as usize;
-            if ud & 1 == SEND {
-                if c.done < size {
-                    // SAFETY: as above, `conns` outlives the operation.
-                    unsafe { ring.push(send(i, c)) }?;
-                } else {
-                    c.done = 0;
-                    // SAFETY: as above, `conns` outlives the operation.
-                    unsafe { ring.push(recv(i, c)) }?;
-                }
-                continue;
+                return Err(format!("connection {i}: recv: {e}"));
             }
             if res == 0 {
                 return Err(format!("connection {i}: the server closed it"));
             }
+            let c = &mut conns[i];
+            c.done += res as usize;
             if c.done < size {
                 // SAFETY: as above, `conns` outlives the operation.
                 unsafe { ring.push(recv(i, c)) }?;
@@ -153,7 +195,6 @@ fn closed_loop(
             if c.buf != c.msg {
                 return Err(format!("connection {i}: the echo differs from the message"));
             }
-            c.done = 0;
             if measuring {
                 count += 1;
                 latencies.push(now.saturating_duration_since(c.t0).as_nanos() as u64);
@@ -161,7 +202,7 @@ fn closed_loop(
             if !meter.stopped() {
                 c.t0 = now;
                 // SAFETY: as above, `conns` outlives the operation.
-                unsafe { ring.push(send(i, c)) }?;
+                unsafe { round_trip(ring, i, c) }?;
             }
         }
     }

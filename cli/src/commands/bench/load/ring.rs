@@ -5,6 +5,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{squeue, types, IoUring};
 
+/// A `user_data` bit for operations that post no completion when they
+/// succeed (`SKIP_SUCCESS`): they are not counted as in flight, and their
+/// completions (failures) do not uncount anything.
+pub const UNCOUNTED: u64 = 1 << 63;
+
 /// A server that completes nothing for this long has stalled.
 const STALL: Duration = Duration::from_secs(10);
 
@@ -55,7 +60,9 @@ impl Ring {
             // SAFETY: the caller keeps `entry`'s buffers valid until its
             // completion is reaped (this function's contract).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                self.in_flight += 1;
+                if entry.get_user_data() & UNCOUNTED == 0 {
+                    self.in_flight += 1;
+                }
                 return Ok(());
             }
             self.ring
@@ -64,11 +71,20 @@ impl Ring {
         }
     }
 
-    /// Submits what is queued, waits (at most a second) for at least one
-    /// completion, and puts every completion reaped as `(user_data,
-    /// result)` into `out`. Fails when nothing completed for 10 seconds.
-    pub fn wait(&mut self, out: &mut Vec<(u64, i32)>) -> Result<(), String> {
-        let ts = types::Timespec::new().sec(1);
+    /// Submits what is queued, waits for at least one completion but no
+    /// later than `until` (and at most a second), and puts every completion
+    /// reaped as `(user_data, result)` into `out`. Fails when nothing
+    /// completed for 10 seconds.
+    pub fn wait(
+        &mut self,
+        out: &mut Vec<(u64, i32)>,
+        until: Option<Instant>,
+    ) -> Result<(), String> {
+        let mut timeout = Duration::from_secs(1);
+        if let Some(t) = until {
+            timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        }
+        let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => {}
@@ -77,7 +93,8 @@ impl Ring {
         }
         out.clear();
         out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        self.in_flight -= out.len().min(self.in_flight);
+        let counted = out.iter().filter(|(ud, _)| ud & UNCOUNTED == 0).count();
+        self.in_flight -= counted.min(self.in_flight);
         if out.is_empty() {
             if self.last_progress.elapsed() > STALL {
                 return Err(format!(
@@ -92,7 +109,8 @@ impl Ring {
     }
 
     /// After a failure: shuts `fds` down so every operation on them ends,
-    /// and reaps until none is in flight. Returns `false` if some are still
+    /// and reaps until none is in flight (an uncounted operation is always
+    /// linked before a counted one, so it is over too). Returns `false` if some are still
     /// in flight after two seconds (their buffers must then never be freed).
     pub fn drain_after_shutdown(&mut self, fds: impl Iterator<Item = RawFd>) -> bool {
         for fd in fds {
@@ -102,7 +120,7 @@ impl Ring {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut out = Vec::new();
         while self.in_flight > 0 && Instant::now() < deadline {
-            if self.wait(&mut out).is_err() {
+            if self.wait(&mut out, None).is_err() {
                 break;
             }
         }
