@@ -80,6 +80,15 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
             plan.idle_connections
         )));
     }
+    // The plain load client is an io_uring: where the kernel refuses it,
+    // say so with the "unavailable" status so that CI can tell.
+    if plan.cells.iter().any(|c| !c.is_tls()) {
+        if let Err(e) = io_uring::IoUring::new(8) {
+            return Err(Failure::unavailable(format!(
+                "the load client needs io_uring, which this kernel refuses: {e} (--only tls,idle runs without it)"
+            )));
+        }
+    }
     let mut out = Outcome {
         server_cpu,
         client_cpu,
