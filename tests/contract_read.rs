@@ -264,34 +264,62 @@ fn r1_pause_resume_from_another_connections_callbacks() {
     });
 }
 
-/// R3: while paused, an EOF that arrives is held too; it comes after the data.
+/// R3: while paused, an EOF that arrives is held too; it comes after the
+/// data. A reset that arrives while paused (the receive in flight fails) is
+/// not an EOF: `connection_lost` gets the error, `eof_received` is never
+/// called — a cut connection never passes for a complete one (no hidden
+/// truncation, as T4 asks of TLS).
 #[test]
 fn r3_eof_is_held_while_paused() {
-    on_every_driver("r3_eof_is_held_while_paused", |lp| {
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let (server, recs) = recording_server(&h, Hooks::default);
-            let (cp, _crec) = Recorder::new();
-            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            let (srec, st) = first_connection(&h, &recs).await;
-            st.pause_reading();
-            client.write(b"hello");
-            client.write_eof().unwrap();
-            sleep(&h, Duration::from_millis(50)).await;
-            assert_eq!(srec.borrow().eof, 0);
-            assert!(srec.borrow().data.is_empty());
-            st.resume_reading();
-            wait_until(&h, Duration::from_secs(10), "eof", || {
-                srec.borrow().lost == 1
+    for reset in [false, true] {
+        on_every_driver("r3_eof_is_held_while_paused", |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let (server, recs) = recording_server(&h, Hooks::default);
+                let (cp, _crec) = Recorder::new();
+                let options = proactor::SocketOptions {
+                    // Closing sends a reset (RST), not a FIN.
+                    linger: reset.then_some(Duration::ZERO),
+                    ..proactor::SocketOptions::default()
+                };
+                let client = h
+                    .create_connection_with(server.local_addr(), cp.into(), options)
+                    .await
+                    .unwrap();
+                let (srec, st) = first_connection(&h, &recs).await;
+                // The server's receive is in flight (R2: pausing keeps it).
+                st.pause_reading();
+                if reset {
+                    client.abort();
+                } else {
+                    client.write(b"hello");
+                    client.write_eof().unwrap();
+                }
+                sleep(&h, Duration::from_millis(50)).await;
+                assert_eq!(srec.borrow().eof, 0);
+                assert!(srec.borrow().data.is_empty());
+                st.resume_reading();
+                wait_until(&h, Duration::from_secs(10), "connection_lost", || {
+                    srec.borrow().lost == 1
+                })
+                .await;
+                let r = srec.borrow();
+                if reset {
+                    r.assert_ok();
+                    assert!(
+                        r.eof == 0 && r.lost_error.is_some(),
+                        "a reset while paused is an error, not a clean EOF: {}",
+                        r.summary()
+                    );
+                } else {
+                    r.assert_closed_cleanly();
+                    assert_eq!(r.data, b"hello");
+                    assert_eq!(r.eof, 1);
+                    client.close();
+                }
+                server.close();
             })
-            .await;
-            let r = srec.borrow();
-            r.assert_closed_cleanly();
-            assert_eq!(r.data, b"hello");
-            assert_eq!(r.eof, 1);
-            client.close();
-            server.close();
-        })
-        .unwrap();
-    });
+            .unwrap();
+        });
+    }
 }

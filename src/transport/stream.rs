@@ -187,6 +187,17 @@ impl StreamTransport {
                 drop(state);
                 self.recycle(buf);
             }
+            // BROKEN ON PURPOSE (`broken-error-as-eof`), a test-only
+            // feature: while paused, a receive error is queued behind the
+            // held data as the end of the stream, so that data is not lost;
+            // the application then sees a clean EOF where the connection was
+            // cut (hidden truncation, the class of T4).
+            #[cfg(feature = "broken-error-as-eof")]
+            Err(_) if self.core.delivery().read_paused => {
+                state.read_done = true;
+                drop(state);
+                self.core.delivery_mut().push_eof();
+            }
             Err(e) => {
                 state.read_done = true;
                 drop(state);
