@@ -1135,55 +1135,96 @@ fn echo_with_pause_resume_over_tls() {
 }
 
 /// T5: pausing the TLS transport holds plaintext and, past 256 KiB, pauses
-/// the raw transport; resuming delivers everything.
+/// the raw transport; resuming delivers everything. R3 over TLS: paused in
+/// `connection_made`, or inside the first `data_received` while the
+/// plaintext of the same read (more records) is already decrypted, the
+/// application gets no `data_received` until it resumes (bpo-45159: asyncio
+/// up to 3.10 paused only the raw transport and kept delivering those).
 #[test]
 fn pause_reading_pauses_raw_past_read_high_water() {
-    drivers("pause_reading_pauses_raw", None, |lp| {
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let data = pattern(10, 2 * 1024 * 1024);
-            let d2 = data.clone();
-            let server = h
-                .create_tls_server(
-                    localhost(),
-                    move || {
-                        let d2 = d2.clone();
-                        on_made(&shared(), move |t| {
-                            t.write(&d2);
-                            t.close();
-                        })
-                    },
-                    server_options(),
-                )
-                .unwrap();
-            let cli = shared();
-            let c2 = cli.clone();
-            let t = h
-                .create_tls_connection(
-                    server.local_addr(),
-                    on_made(&c2, |t| t.pause_reading()),
-                    client_options(),
-                )
-                .await
-                .unwrap();
-            until(&h, LIMIT, "made", || cli.borrow().made == 1).await;
-            sleep(&h, Duration::from_millis(200)).await;
-            assert!(cli.borrow().data.is_empty());
-            let held = t.ledger().held;
+    /// Records data, checks R3, pauses inside its first `data_received`.
+    struct PauseOnData(Shared);
+    impl BaseProtocol for PauseOnData {
+        fn connection_made(&mut self, t: Transport) {
+            let mut s = self.0.borrow_mut();
+            s.made += 1;
+            s.transport = Some(t);
+        }
+        fn connection_lost(&mut self, e: Option<io::Error>) {
+            let mut s = self.0.borrow_mut();
+            s.lost += 1;
+            s.error = e;
+        }
+    }
+    impl Protocol for PauseOnData {
+        fn data_received(&mut self, data: &[u8]) {
+            let mut s = self.0.borrow_mut();
+            let t = s.transport.clone().unwrap();
             assert!(
-                held > 0 && held < 1024 * 1024,
-                "raw paused near 256 KiB, held {held}"
+                t.is_reading(),
+                "R3: data_received({} bytes) after pause_reading, {} bytes before",
+                data.len(),
+                s.data.len()
             );
-            assert!(!t.raw_transport().is_reading(), "raw transport paused");
-            t.resume_reading();
-            until(&h, LIMIT, "all", || cli.borrow().lost == 1).await;
-            assert!(cli.borrow().data == data);
-            assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
-            assert!(t.write_eof().is_err() && !t.can_write_eof());
-            server.close();
-        })
-        .unwrap();
-    });
+            if s.data.is_empty() {
+                t.pause_reading();
+            }
+            s.data.extend_from_slice(data);
+        }
+    }
+    for pause_in_data in [true, false] {
+        drivers("pause_reading_pauses_raw", None, |lp| {
+            let h = lp.handle();
+            lp.run_until_complete(async move {
+                let data = pattern(10, 2 * 1024 * 1024);
+                let d2 = data.clone();
+                let server = h
+                    .create_tls_server(
+                        localhost(),
+                        move || {
+                            let d2 = d2.clone();
+                            on_made(&shared(), move |t| {
+                                t.write(&d2);
+                                t.close();
+                            })
+                        },
+                        server_options(),
+                    )
+                    .unwrap();
+                let cli = shared();
+                let c2 = cli.clone();
+                let protocol: AnyProtocol = if pause_in_data {
+                    PauseOnData(c2).into()
+                } else {
+                    on_made(&c2, |t| t.pause_reading()).into()
+                };
+                let t = h
+                    .create_tls_connection(server.local_addr(), protocol, client_options())
+                    .await
+                    .unwrap();
+                until(&h, LIMIT, "made", || cli.borrow().made == 1).await;
+                sleep(&h, Duration::from_millis(200)).await;
+                let before = cli.borrow().data.len();
+                assert!(
+                    before == 0 || pause_in_data,
+                    "nothing delivered while paused"
+                );
+                let held = t.ledger().held;
+                assert!(
+                    held > 0 && held < 1024 * 1024,
+                    "raw paused near 256 KiB, held {held}"
+                );
+                assert!(!t.raw_transport().is_reading(), "raw transport paused");
+                t.resume_reading();
+                until(&h, LIMIT, "all", || cli.borrow().lost == 1).await;
+                assert!(cli.borrow().data == data);
+                assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
+                assert!(t.write_eof().is_err() && !t.can_write_eof());
+                server.close();
+            })
+            .unwrap();
+        });
+    }
 }
 
 /// The same order on the client side of start_tls: the server sends

@@ -467,6 +467,24 @@ impl TransportImpl for TlsTransport {
         self.abort_connection();
     }
 
+    // BROKEN ON PURPOSE (`broken-tls-pause-leaks`), a test-only feature
+    // (bpo-45159): pausing the TLS transport pauses only the raw one, as
+    // asyncio's `_SSLProtocolTransport` did up to 3.10. Nothing decrypted
+    // after the call is delivered (no more ciphertext is read), but
+    // plaintext already decrypted and held still goes to `data_received`.
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn pause_reading(&self) {
+        self.raw().map(Transport::pause_reading);
+    }
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn resume_reading(&self) {
+        self.raw().map(Transport::resume_reading);
+    }
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn is_reading(&self) -> bool {
+        self.raw().is_some_and(Transport::is_reading)
+    }
+
     /// Also true once the raw transport is closing, whoever closed it
     /// (gh-118950): nothing written from then on can reach the peer.
     fn is_closing(&self) -> bool {
