@@ -37,7 +37,10 @@ async fn first_connection(h: &Handle, recs: &Recs) -> (Rc<RefCell<Rec>>, Transpo
 }
 
 /// R2: bytes already on the wire when `pause_reading()` is called, with the
-/// receive in flight, arrive after resume — exactly once, in order.
+/// receive in flight, arrive after resume — exactly once, in order. Pausing
+/// and resuming while that receive is in flight neither cancels it nor
+/// issues a second one: one receive per transport at most (bpo-26819: a
+/// resume that started another read).
 #[test]
 fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
     on_every_driver("r2_pause_with_receive_in_flight", |lp| {
@@ -49,6 +52,18 @@ fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
             let (srec, st) = first_connection(&h, &recs).await;
             // Let the server's receive reach the kernel, then pause with it in flight.
             sleep(&h, Duration::from_millis(5)).await;
+            let idle = h.table_sizes().ops_in_flight;
+            for _ in 0..3 {
+                st.pause_reading();
+                sleep(&h, Duration::from_millis(1)).await;
+                st.resume_reading();
+                sleep(&h, Duration::from_millis(1)).await;
+            }
+            assert_eq!(
+                h.table_sizes().ops_in_flight,
+                idle,
+                "R2: pause/resume with a receive in flight issue no other op"
+            );
             st.pause_reading();
             let payload = pattern(1, 0, 200_000);
             client.write(&payload);

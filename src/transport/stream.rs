@@ -137,6 +137,12 @@ impl StreamTransport {
             return;
         }
         drop(delivery);
+        self.submit_recv(&mut state);
+    }
+
+    /// Submits a receive; the caller checked that one may be issued (R2,
+    /// R3: at most one in flight, none while paused or holding data).
+    fn submit_recv(&self, state: &mut SocketState) {
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
@@ -389,6 +395,24 @@ impl TransportImpl for StreamTransport {
                 event_loop.cancel(key);
             }
         }
+    }
+
+    // BROKEN ON PURPOSE (`broken-double-recv`), a test-only feature
+    // (bpo-26819): resuming starts a receive at once, without looking for
+    // the one still in flight, as asyncio's proactor `resume_reading()`
+    // called `_loop_reading()`. Two receives are then in flight on one
+    // socket, and the transport keeps track of the second only.
+    #[cfg(feature = "broken-double-recv")]
+    fn resume_reading(&self) {
+        let mut delivery = self.core.delivery_mut();
+        if std::mem::take(&mut delivery.read_paused) && !delivery.has_held() {
+            drop(delivery);
+            let mut state = self.socket_state.borrow_mut();
+            if !state.read_done && !state.closing {
+                self.submit_recv(&mut state);
+            }
+        }
+        self.core.schedule();
     }
 
     fn close(&self) {
