@@ -54,7 +54,7 @@ struct SocketState {
     /// EOF or an error came from the socket: no more receives.
     read_done: bool,
     /// Test-only: the receive in flight was cancelled by `pause_reading`.
-    #[cfg(feature = "broken-pause-cancels")]
+    #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
     recv_cancelled_by_pause: bool,
     send: Option<OpKey>,
     eof_requested: bool,
@@ -89,7 +89,10 @@ impl StreamTransport {
             socket_state: RefCell::new(SocketState {
                 recv: None,
                 read_done: false,
-                #[cfg(feature = "broken-pause-cancels")]
+                #[cfg(any(
+                    feature = "broken-pause-cancels",
+                    feature = "broken-pause-drops-ready"
+                ))]
                 recv_cancelled_by_pause: false,
                 send: None,
                 eof_requested: false,
@@ -163,7 +166,7 @@ impl StreamTransport {
         };
         let mut state = self.socket_state.borrow_mut();
         state.recv = None;
-        #[cfg(feature = "broken-pause-cancels")]
+        #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
         if std::mem::take(&mut state.recv_cancelled_by_pause) {
             // The asyncio bug, kept to prove the tests catch it: the cancel was
             // "successful" as far as we care, so the completion is ignored.
@@ -413,6 +416,23 @@ impl TransportImpl for StreamTransport {
             }
         }
         self.core.schedule();
+    }
+
+    // BROKEN ON PURPOSE (`broken-pause-drops-ready`), a test-only feature:
+    // bpo-33694 reduced to its window. A receive still pending is left alone
+    // (R2 looks kept), but one whose completion is ready and not yet reaped
+    // is cancelled, and `on_recv` ignores what it returns, as asyncio did
+    // when `CancelIoEx` failed with `ERROR_NOT_FOUND`: those bytes vanish.
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn pause_reading(&self) {
+        self.core.delivery_mut().read_paused = true;
+        let mut state = self.socket_state.borrow_mut();
+        if let (Some(key), Some(event_loop)) = (state.recv, self.core.event_loop()) {
+            if event_loop.with_driver(|driver| driver.completion_ready(key)) {
+                state.recv_cancelled_by_pause = true;
+                event_loop.cancel(key);
+            }
+        }
     }
 
     fn close(&self) {
