@@ -116,13 +116,15 @@ fn storm(
             let (server, recs) = recording_server(&h, move || hooks(&hh));
             let (cp, _crec) = Recorder::new();
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            let (srec, st) = first_connection(&h, &recs).await;
-            driver_storm(&h, st.clone(), recs.clone());
+            // The client writes at once: bytes may be on the wire before the
+            // server's connection_made, and must wait for it (R4).
             let payload = pattern(7, 0, total);
             for chunk in payload.chunks(7919) {
                 client.write(chunk);
             }
             client.close();
+            let (srec, st) = first_connection(&h, &recs).await;
+            driver_storm(&h, st.clone(), recs.clone());
             wait_until(
                 &h,
                 Duration::from_secs(30),
@@ -230,7 +232,7 @@ fn r1_pause_resume_from_another_connections_callbacks() {
             let (pb, _rb) = Recorder::new();
             let b = h.create_connection(server.local_addr(), pb).await.unwrap();
             wait_until(&h, Duration::from_secs(10), "B accepted", || {
-                recs.borrow().len() == 2
+                recs.borrow().len() == 2 && recs.borrow()[1].borrow().made == 1
             })
             .await;
             let bt = recs.borrow()[1].borrow().transport.clone();
