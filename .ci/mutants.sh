@@ -93,9 +93,10 @@ done
 echo
 echo "=== mutants: feature | general test | verdict | time | first failure"
 printf '%s\n' "${summary[@]}"
-echo "total $((SECONDS - started))s; logs in $logs"
+echo "total $((SECONDS - started))s"
 if ((failed)); then
-  echo "FAILED: a mutant was not caught by the general suite (see above)"
+  echo "FAILED: a mutant was not caught by the general suite (see above; logs in $logs)"
   exit 1
 fi
+rm -rf "$logs"
 echo "every mutant caught"
