@@ -30,7 +30,12 @@
     any(
         feature = "broken-pause-cancels",
         feature = "broken-early-delivery",
-        feature = "broken-scheduled-handshake"
+        feature = "broken-scheduled-handshake",
+        feature = "broken-pause-drops-ready",
+        feature = "broken-double-recv",
+        feature = "broken-tls-pause-leaks",
+        feature = "broken-error-as-eof",
+        feature = "broken-switch-tail-to-old"
     )
 ))]
 compile_error!(

@@ -118,8 +118,11 @@ fn r5_buffered_set_protocol_mid_chunk_hands_the_tail_to_the_new_protocol() {
             let (cp, _) = Recorder::new();
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
             client.write(b"hello\nworld");
-            wait_until(&h, LIMIT, "world reaches the new protocol", || {
-                new.borrow().data.len() >= 5
+            // Wait for all 11 bytes, whichever protocol got them, so that a
+            // tail given to the wrong one fails below, by name, at once.
+            wait_until(&h, LIMIT, "all of hello\\nworld delivered", || {
+                let got = old.borrow().as_ref().map_or(0, |o| o.borrow().data.len());
+                got + new.borrow().data.len() >= 11
             })
             .await;
             let old = old.borrow().clone().unwrap();

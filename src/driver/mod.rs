@@ -251,6 +251,15 @@ pub trait Driver: fmt::Debug {
     /// op finished first (O2). A stale key is ignored.
     fn cancel(&mut self, key: OpKey);
 
+    /// Test-only (`broken-pause-drops-ready`): whether the completion of
+    /// `key` is produced and waits to be returned by `wait` — the window in
+    /// which IOCP's `CancelIoEx` fails with `ERROR_NOT_FOUND` (bpo-33694).
+    /// Only `sim` tells; the kernel backends answer `false`.
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn completion_ready(&self, _key: OpKey) -> bool {
+        false
+    }
+
     /// Submits everything queued, then waits until at least one completion is
     /// available, a remote wake arrives, or `timeout` passes (`None`: no limit,
     /// `Some(ZERO)`: do not block). Appends completions to `out`.

@@ -154,6 +154,13 @@ impl Protocol for Sink {
     fn data_received(&mut self, data: &[u8]) {
         let mut s = self.seen.borrow_mut();
         assert_eq!(s.lost, 0, "data after connection_lost");
+        if let Some(t) = &s.transport {
+            assert!(
+                t.is_reading() || t.is_closing(),
+                "R3: data_received({} bytes) while reading is paused",
+                data.len()
+            );
+        }
         s.data.extend_from_slice(data);
         assert!(
             !self.echo || s.transport.is_some(),

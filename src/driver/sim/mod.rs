@@ -273,6 +273,13 @@ impl Driver for SimDriver {
         }
     }
 
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn completion_ready(&self, key: OpKey) -> bool {
+        self.ops
+            .get(key)
+            .is_some_and(|pending| matches!(pending.state, State::Done(_)))
+    }
+
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.stats.count_wait();
         self.activate();
