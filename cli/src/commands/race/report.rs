@@ -18,6 +18,8 @@ const MAX_ERRORS: usize = 10;
 #[derive(Debug, Default, Clone)]
 pub struct SimSummary {
     pub seeds: u64,
+    /// The first seed of the sweep (`PROACTOR_SIM_SEED_BASE`, default 0).
+    pub first_seed: u64,
     /// The seed replayed through PROACTOR_SIM_SEED, if any.
     pub replayed_seed: Option<u64>,
     pub failed_seeds: Vec<u64>,
@@ -162,7 +164,12 @@ impl RaceReport {
         if let Some(s) = &self.sim {
             match s.replayed_seed {
                 Some(seed) => println!("  sim seed    {seed} (replay)"),
-                None => println!("  sim seeds   {} (0..{})", s.seeds, s.seeds),
+                None => println!(
+                    "  sim seeds   {} ({}..{})",
+                    s.seeds,
+                    s.first_seed,
+                    s.first_seed + s.seeds
+                ),
             }
             println!(
                 "  sim races   {} cancel-after-complete, {} short reads, {} short writes",
@@ -250,6 +257,7 @@ impl RaceReport {
         });
         if let (Some(s), Some(map)) = (&self.sim, v.as_object_mut()) {
             map.insert("seeds".into(), json!(s.seeds));
+            map.insert("first_seed".into(), json!(s.first_seed));
             map.insert("seed".into(), json!(s.replayed_seed));
             map.insert("failed_seeds".into(), json!(s.failed_seeds));
             map.insert("cancel_races".into(), json!(s.cancel_races));
