@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,20 +47,28 @@ fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
             let (cp, _crec) = Recorder::new();
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
             let (srec, st) = first_connection(&h, &recs).await;
-            // Let the server's receive reach the kernel, then pause with it in flight.
-            sleep(&h, Duration::from_millis(5)).await;
+            // One loop turn: the server's first receive is submitted (it is
+            // queued at connection_made and goes out with the turn's batch).
+            next_turn(&h).await;
             st.pause_reading();
             let payload = pattern(1, 0, 200_000);
             client.write(&payload);
-            sleep(&h, Duration::from_millis(100)).await;
+            wait_until(
+                &h,
+                Duration::from_secs(10),
+                "the receive in flight completes while paused and is held (R2)",
+                || st.ledger().held > 0,
+            )
+            .await;
+            let held = st.ledger();
             assert!(
                 srec.borrow().data.is_empty(),
                 "R3: nothing delivered while paused"
             );
-            let held = st.ledger().held;
-            assert!(
-                held > 0,
-                "the in-flight receive completed while paused and was held (R2)"
+            assert_eq!(
+                (held.delivered, held.received),
+                (0, held.held),
+                "R2/R3: the one receive in flight was held, none was issued after it"
             );
             st.resume_reading();
             wait_until(
@@ -86,121 +94,150 @@ fn r2_pause_with_receive_in_flight_delivers_bytes_after_resume() {
     });
 }
 
-/// Sends `total` patterned bytes from a client to a server whose reading is
-/// paused and resumed by `storm`, and checks every byte.
-fn storm(
-    test: &str,
-    total: usize,
-    hooks: fn(&Handle) -> Hooks,
-    driver_storm: fn(&Handle, Transport, Recs),
-) {
-    on_every_driver(test, |lp| {
+/// Receive buffers are at most this big (the loop's pool): a payload of `n`
+/// bytes takes at least `n / RECV_BUF` receives.
+const RECV_BUF: usize = 64 * 1024;
+
+/// Sends `payload` from a client to a server, in `slices` writes, each made
+/// by `write_slice` when the scenario asks for it, and checks every byte.
+/// Returns the server's record and transport once the connection is closed.
+async fn transfer(
+    h: &Handle,
+    recs_hooks: impl Fn() -> Hooks + 'static,
+    payload: &[u8],
+    drive: impl AsyncFnOnce(&Transport, &Transport, &Rc<RefCell<Rec>>),
+) -> (Rc<RefCell<Rec>>, Transport) {
+    let (server, recs) = recording_server(h, recs_hooks);
+    let (cp, _crec) = Recorder::new();
+    let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+    let (srec, st) = first_connection(h, &recs).await;
+    drive(&client, &st, &srec).await;
+    client.close();
+    wait_until(h, Duration::from_secs(30), "all bytes through", || {
+        let r = srec.borrow();
+        r.data.len() >= payload.len() || r.lost > 0
+    })
+    .await;
+    st.resume_reading();
+    wait_until(h, Duration::from_secs(30), "server connection_lost", || {
+        srec.borrow().lost == 1
+    })
+    .await;
+    {
+        let r = srec.borrow();
+        r.assert_closed_cleanly();
+        assert_eq!(
+            r.data.len(),
+            payload.len(),
+            "R1: nothing lost: {}",
+            r.summary()
+        );
+        assert!(r.data == payload, "R1: bytes in order, none duplicated");
+    }
+    let ledger = st.ledger();
+    assert!(ledger.balanced(), "{ledger:?}");
+    server.close();
+    (srec, st)
+}
+
+/// R1/R3: pause inside `data_received`, resume from the next callback. Every
+/// chunk is followed by a pause and a resume, so 2 MB make at least 31
+/// pause/resume cycles mid-stream.
+#[test]
+fn r1_pause_resume_storm_from_data_received() {
+    on_every_driver("r1_pause_resume_storm_from_data_received", |lp| {
         let h = lp.handle();
         lp.run_until_complete(async move {
-            let hh = h.clone();
-            let (server, recs) = recording_server(&h, move || hooks(&hh));
-            let (cp, _crec) = Recorder::new();
-            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            let (srec, st) = first_connection(&h, &recs).await;
-            driver_storm(&h, st.clone(), recs.clone());
-            let payload = pattern(7, 0, total);
-            for chunk in payload.chunks(7919) {
-                client.write(chunk);
-            }
-            client.close();
-            wait_until(
-                &h,
-                Duration::from_secs(30),
-                "all bytes through the storm",
-                || {
-                    let r = srec.borrow();
-                    r.data.len() >= payload.len() || r.lost > 0
-                },
-            )
+            let cycles = Rc::new(Cell::new(0u64));
+            let (hh, c2) = (h.clone(), cycles.clone());
+            let hooks = move || {
+                let (h, cycles) = (hh.clone(), c2.clone());
+                Hooks {
+                    data_len: Some(Box::new(move |t: &Transport, _n: usize| {
+                        t.pause_reading();
+                        let (t, cycles) = (t.clone(), cycles.clone());
+                        h.call_soon(move || {
+                            assert!(!t.is_reading() || t.is_closing(), "still paused");
+                            t.resume_reading();
+                            cycles.set(cycles.get() + 1);
+                        });
+                    })),
+                    ..Hooks::default()
+                }
+            };
+            let payload = pattern(7, 0, 2_000_000);
+            let p = payload.clone();
+            let (srec, _) = transfer(&h, hooks, &payload, async move |client, _, _| {
+                for chunk in p.chunks(7919) {
+                    client.write(chunk);
+                }
+            })
             .await;
-            st.resume_reading();
-            wait_until(
-                &h,
-                Duration::from_secs(30),
-                "server connection_lost",
-                || srec.borrow().lost == 1,
-            )
-            .await;
-            let r = srec.borrow();
-            r.assert_ok();
-            assert_eq!(
-                r.data.len(),
-                payload.len(),
-                "R1: nothing lost: {}",
-                r.summary()
+            let calls = srec.borrow().data_calls;
+            assert!(
+                calls >= (payload.len() / RECV_BUF) as u64,
+                "{calls} data_received calls for {} bytes",
+                payload.len()
             );
-            assert!(r.data == payload, "R1: bytes in order, none duplicated");
-            let ledger = st.ledger();
-            assert!(ledger.balanced(), "{ledger:?}");
-            server.close();
+            // The last chunk's resume may find the connection closed.
+            assert!(
+                cycles.get() + 1 >= calls,
+                "a pause/resume cycle after every chunk: {} cycles, {calls} chunks",
+                cycles.get()
+            );
         })
         .unwrap();
     });
 }
 
-fn no_hooks(_: &Handle) -> Hooks {
-    Hooks::default()
-}
-
-fn nothing(_: &Handle, _: Transport, _: Recs) {}
-
-/// R1/R3: pause inside `data_received`, resume from the next callback.
-#[test]
-fn r1_pause_resume_storm_from_data_received() {
-    fn hooks(h: &Handle) -> Hooks {
-        let h = h.clone();
-        Hooks {
-            data_len: Some(Box::new(move |t: &Transport, _n: usize| {
-                t.pause_reading();
-                let t = t.clone();
-                h.call_soon(move || t.resume_reading());
-            })),
-            ..Hooks::default()
-        }
-    }
-    storm(
-        "r1_pause_resume_storm_from_data_received",
-        2_000_000,
-        hooks,
-        nothing,
-    );
-}
-
-/// R1/R3: a timer toggles reading every millisecond.
+/// R1/R2/R3: a timer toggles reading every millisecond, and the client
+/// writes its next slice right after each pause: every pause has bytes
+/// arriving while it lasts. The receive in flight at the pause completes
+/// and is held (R2), and nothing is delivered until the resume (R3, checked
+/// by the recorder), so most resumes find bytes held.
 #[test]
 fn r1_pause_resume_storm_from_timers() {
-    fn toggle(h: &Handle, t: Transport, recs: Recs) {
-        fn tick(h: Handle, t: Transport, n: u32) {
-            if t.is_closing() {
-                return;
-            }
-            if n % 2 == 0 {
-                t.pause_reading();
-            } else {
-                t.resume_reading();
-            }
-            let h2 = h.clone();
-            h.call_later(Duration::from_millis(1), move || tick(h2, t, n + 1));
-        }
-        let _ = recs;
-        tick(h.clone(), t, 0);
-    }
-    storm(
-        "r1_pause_resume_storm_from_timers",
-        2_000_000,
-        no_hooks,
-        toggle,
-    );
+    const SLICES: usize = 40;
+    on_every_driver("r1_pause_resume_storm_from_timers", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let payload = pattern(7, 0, 2_000_000);
+            let p = payload.clone();
+            let hh = h.clone();
+            let held_at_resume = Rc::new(Cell::new(0usize));
+            let held = held_at_resume.clone();
+            transfer(&h, Hooks::default, &payload, async move |client, st, _| {
+                for slice in p.chunks(p.len().div_ceil(SLICES)) {
+                    st.pause_reading();
+                    client.write(slice);
+                    sleep(&hh, Duration::from_millis(1)).await;
+                    if st.ledger().held > 0 {
+                        held.set(held.get() + 1);
+                    }
+                    st.resume_reading();
+                    sleep(&hh, Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            assert!(
+                held_at_resume.get() >= SLICES / 2,
+                "R2: bytes were held at {} of {SLICES} resumes",
+                held_at_resume.get()
+            );
+        })
+        .unwrap();
+    });
 }
 
-/// R1/R3: another connection's callbacks pause and resume this one.
+/// R1/R3: another connection's callbacks pause and resume this one. B's
+/// server protocol pauses A on each `P` it receives and resumes it on each
+/// `R`; the test goes in lock-step, so each toggle provably lands while A
+/// has bytes in flight: after `P`, A's next bytes are held, not delivered;
+/// after `R`, they are delivered.
 #[test]
 fn r1_pause_resume_from_another_connections_callbacks() {
+    const ROUNDS: u64 = 10;
+    const SLICE: usize = 50_000;
     on_every_driver("r1_pause_resume_from_another_connection", |lp| {
         let h = lp.handle();
         lp.run_until_complete(async move {
@@ -208,56 +245,71 @@ fn r1_pause_resume_from_another_connections_callbacks() {
             let (pa, _ra) = Recorder::new();
             let a = h.create_connection(server.local_addr(), pa).await.unwrap();
             let (arec, at) = first_connection(&h, &recs).await;
-            // Connection B's server side toggles A's reading on each chunk.
-            let target = at.clone();
-            let toggles = Rc::new(std::cell::Cell::new(0u32));
-            let tg = toggles.clone();
             let (pb, _rb) = Recorder::new();
             let b = h.create_connection(server.local_addr(), pb).await.unwrap();
             wait_until(&h, Duration::from_secs(10), "B accepted", || {
-                recs.borrow().len() == 2
+                recs.borrow().len() == 2 && recs.borrow()[1].borrow().made == 1
             })
             .await;
-            let bt = recs.borrow()[1].borrow().transport.clone();
-            let _ = bt;
             // Install the toggling hook on B's server protocol via set_protocol.
             let brec = recs.borrow()[1].clone();
             let bserver = brec.borrow().transport.clone().unwrap();
+            let target = at.clone();
+            let toggles = Rc::new(Cell::new(0u64));
+            let tg = toggles.clone();
             let hooks = Hooks {
-                data_len: Some(Box::new(move |_t: &Transport, _n: usize| {
-                    tg.set(tg.get() + 1);
-                    if target.is_reading() {
-                        target.pause_reading();
-                    } else {
-                        target.resume_reading();
+                data: Some(Box::new(move |_t: &Transport, data: &[u8]| {
+                    for &c in data {
+                        match c {
+                            b'P' => target.pause_reading(),
+                            b'R' => target.resume_reading(),
+                            _ => panic!("unexpected command {c}"),
+                        }
+                        tg.set(tg.get() + 1);
                     }
                 })),
                 ..Hooks::default()
             };
             bserver.set_protocol(Recorder::continuing(brec.clone(), bserver.clone(), hooks));
-            let pa_bytes = pattern(3, 0, 1_000_000);
-            let pb_bytes = pattern(4, 0, 1_000_000);
-            for (ca, cb) in pa_bytes.chunks(4096).zip(pb_bytes.chunks(4096)) {
-                a.write(ca);
-                b.write(cb);
+            let a_bytes = pattern(3, 0, SLICE * ROUNDS as usize);
+            for (round, slice) in a_bytes.chunks(SLICE).enumerate() {
+                let before = arec.borrow().data.len();
+                b.write(b"P");
+                wait_until(&h, Duration::from_secs(10), "B's P paused A", || {
+                    !at.is_reading()
+                })
+                .await;
+                a.write(slice);
+                wait_until(
+                    &h,
+                    Duration::from_secs(10),
+                    "A's bytes held while paused",
+                    || at.ledger().held > 0,
+                )
+                .await;
+                assert_eq!(
+                    arec.borrow().data.len(),
+                    before,
+                    "R3: round {round}: nothing delivered to A while B kept it paused"
+                );
+                b.write(b"R");
+                wait_until(&h, Duration::from_secs(10), "A's slice after B's R", || {
+                    arec.borrow().data.len() == before + slice.len()
+                })
+                .await;
             }
-            b.close();
-            wait_until(&h, Duration::from_secs(30), "B done", || {
-                brec.borrow().lost == 1
-            })
-            .await;
-            at.resume_reading();
+            assert_eq!(toggles.get(), 2 * ROUNDS, "one toggle per command byte");
             a.close();
-            wait_until(&h, Duration::from_secs(30), "A done", || {
-                arec.borrow().lost == 1
-            })
-            .await;
-            assert!(toggles.get() > 0);
-            for (rec, bytes) in [(&arec, &pa_bytes), (&brec, &pb_bytes)] {
-                let r = rec.borrow();
-                r.assert_closed_cleanly();
-                assert!(r.data == *bytes, "R1 exact: {}", r.summary());
+            b.close();
+            for rec in [&arec, &brec] {
+                wait_until(&h, Duration::from_secs(10), "closed", || {
+                    rec.borrow().lost == 1
+                })
+                .await;
+                rec.borrow().assert_closed_cleanly();
             }
+            assert!(arec.borrow().data == a_bytes, "R1 exact");
+            assert_eq!(brec.borrow().data, b"PR".repeat(ROUNDS as usize));
             server.close();
         })
         .unwrap();
@@ -277,9 +329,15 @@ fn r3_eof_is_held_while_paused() {
             st.pause_reading();
             client.write(b"hello");
             client.write_eof().unwrap();
-            sleep(&h, Duration::from_millis(50)).await;
-            assert_eq!(srec.borrow().eof, 0);
-            assert!(srec.borrow().data.is_empty());
+            // The receive in flight completes (on sim perhaps short) and is
+            // held; no other is issued while paused, so the EOF waits too.
+            wait_until(&h, Duration::from_secs(10), "the bytes are held", || {
+                st.ledger().held > 0
+            })
+            .await;
+            assert_eq!(st.ledger().received, st.ledger().held, "R3: none delivered");
+            assert_eq!(srec.borrow().eof, 0, "R3: no EOF while paused");
+            assert!(srec.borrow().data.is_empty(), "R3: no data while paused");
             st.resume_reading();
             wait_until(&h, Duration::from_secs(10), "eof", || {
                 srec.borrow().lost == 1
