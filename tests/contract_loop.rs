@@ -112,25 +112,47 @@ fn l1_run_until_complete_reports_stop() {
     });
 }
 
+/// Whether thread `tid` of this process is asleep in the kernel (state `S`
+/// in `/proc/self/task/<tid>/stat`).
+fn asleep(tid: libc::pid_t) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // "tid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+}
+
 /// L2: call_soon_threadsafe wakes a loop blocked in the kernel with nothing
-/// else to do (no timers, no I/O).
+/// else to do (no timers, no I/O). The other thread calls only once it sees
+/// the loop's thread asleep in the kernel, so the wake-up is what ends the
+/// wait, not a check the loop would have made anyway.
 #[test]
 fn l2_call_soon_threadsafe_wakes_blocked_loop() {
     on_every_driver("l2_call_soon_threadsafe_wakes_blocked_loop", |lp| {
         let h = lp.handle();
         let remote = h.remote();
-        let (tx, rx) = futures_channel::oneshot::channel::<u32>();
-        let started = Instant::now();
+        let (tx, rx) = futures_channel::oneshot::channel::<Duration>();
+        // SAFETY: gettid(2) has no preconditions and touches no memory.
+        let loop_tid = unsafe { libc::gettid() };
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // Twice in a row, a millisecond apart: blocked, not between steps.
+            let mut seen = 0;
+            while seen < 2 {
+                assert!(Instant::now() < deadline, "the loop never blocked");
+                seen = if asleep(loop_tid) { seen + 1 } else { 0 };
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let called = Instant::now();
             remote.call_soon_threadsafe(move || {
-                let _ = tx.send(42);
+                tx.send(called.elapsed()).expect("the loop waits for it");
             });
         });
-        let v = lp.run_until_complete(rx).unwrap().unwrap();
-        assert_eq!(v, 42);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let latency = lp.run_until_complete(rx).unwrap().unwrap();
         t.join().unwrap();
+        assert!(
+            latency < Duration::from_secs(1),
+            "L2: the blocked loop woke up {latency:?} after call_soon_threadsafe"
+        );
     });
 }
 
