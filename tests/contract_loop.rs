@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use proactor::{EventLoop, RunError};
+use proactor::RunError;
 use util::*;
 
 /// L1: call_soon callbacks run in FIFO order, including ones scheduled by callbacks.
@@ -159,36 +159,41 @@ fn l2_call_soon_threadsafe_wakes_blocked_loop() {
 /// L2: many threads at once; every callback runs exactly once.
 #[test]
 fn l2_many_threads_each_callback_once() {
-    let lp = EventLoop::new().unwrap();
-    let h = lp.handle();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let r = h.remote();
-            let c = count.clone();
-            std::thread::spawn(move || {
-                for _ in 0..1000 {
-                    let c = c.clone();
-                    r.call_soon_threadsafe(move || {
-                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    });
-                }
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    on_every_driver("l2_many_threads_each_callback_once", |lp| {
+        let h = lp.handle();
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        // The 4000th callback completes the future the loop waits on: no
+        // timer polls (on sim, loop time would race ahead of the threads).
+        let (tx, rx) = futures_channel::oneshot::channel::<()>();
+        let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let r = h.remote();
+                let (c, tx) = (count.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let (c, tx) = (c.clone(), tx.clone());
+                        r.call_soon_threadsafe(move || {
+                            if c.fetch_add(1, SeqCst) + 1 == 4000 {
+                                let tx = tx.lock().unwrap().take().expect("once");
+                                tx.send(()).unwrap();
+                            }
+                        });
+                    }
+                })
             })
-        })
-        .collect();
-    let hh = h.clone();
-    let c2 = count.clone();
-    lp.run_until_complete(async move {
-        wait_until(&hh, Duration::from_secs(10), "4000 callbacks", || {
-            c2.load(std::sync::atomic::Ordering::SeqCst) >= 4000
-        })
-        .await;
-    })
-    .unwrap();
-    for t in threads {
-        t.join().unwrap();
-    }
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4000);
+            .collect();
+        lp.run_until_complete(rx).unwrap().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A callback run twice would show by now.
+        let hh = h.clone();
+        lp.run_until_complete(async move { next_turn(&hh).await })
+            .unwrap();
+        assert_eq!(count.load(SeqCst), 4000);
+    });
 }
 
 /// L1: a timer "never" (`Duration::MAX`) is accepted, never fires, and can be
