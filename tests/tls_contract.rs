@@ -971,8 +971,10 @@ fn close_and_abort_during_handshake() {
 }
 
 /// T5 + R1 over TLS: the race workload — packets of 16 KiB echoed while the
-/// client pauses and resumes reading; every byte checked. 2000 packets in
-/// release builds, 200 in debug builds.
+/// client pauses and resumes reading every millisecond; every byte checked,
+/// and the pauses must have held echoed plaintext (R2) at least twice, so
+/// they cut into the stream. 2000 packets in release builds, 200 in debug
+/// builds.
 #[test]
 fn echo_with_pause_resume_over_tls() {
     let packets: usize = if cfg!(debug_assertions) { 200 } else { 2000 };
@@ -989,20 +991,25 @@ fn echo_with_pause_resume_over_tls() {
                 .unwrap();
             let total = packets * 16 * 1024;
             let data = pattern(9, total);
-            // Toggle reading every 100 ms (loop time).
-            fn tick(h: Handle, t: Transport, n: u32) {
+            // Toggle reading every millisecond (loop time); count the
+            // resumes that found plaintext held.
+            fn tick(h: Handle, t: Transport, n: u32, held: Rc<Cell<u32>>) {
                 if t.is_closing() {
                     return;
                 }
                 if n % 2 == 0 {
                     t.pause_reading();
                 } else {
+                    if t.ledger().held > 0 {
+                        held.set(held.get() + 1);
+                    }
                     t.resume_reading();
                 }
                 let h2 = h.clone();
-                h.call_later(Duration::from_millis(100), move || tick(h2, t, n + 1));
+                h.call_later(Duration::from_millis(1), move || tick(h2, t, n + 1, held));
             }
-            tick(h.clone(), t.clone(), 0);
+            let held_at_resume = Rc::new(Cell::new(0));
+            tick(h.clone(), t.clone(), 0, held_at_resume.clone());
             let mut sent = 0;
             let mut pauses = 0;
             for c in data.chunks(16 * 1024) {
@@ -1028,7 +1035,15 @@ fn echo_with_pause_resume_over_tls() {
             assert!(got == data, "every byte, in order");
             let l = t.ledger();
             assert!(l.balanced(), "{l:?}");
-            eprintln!("  {packets} x 16 KiB echoed; producer waited {pauses} times");
+            eprintln!(
+                "  {packets} x 16 KiB echoed; producer waited {pauses} times; {} resumes found plaintext held",
+                held_at_resume.get()
+            );
+            assert!(
+                held_at_resume.get() >= 2,
+                "the pauses held echoed plaintext only {} times",
+                held_at_resume.get()
+            );
             t.close();
             until(&h, LIMIT, "closed", || cli.borrow().lost == 1).await;
             assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
