@@ -534,10 +534,13 @@ fn smtp_example_path() -> &'static std::path::Path {
                 build.env_remove(key.as_ref());
             }
         }
-        let status = build.status().expect("run cargo build");
+        // A build can wait for cargo's lock on the target directory: bounded.
+        let (status, out, err) = Peer::spawn("cargo build --example smtp_starttls", &mut build)
+            .finish(Duration::from_secs(600))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             status.success(),
-            "building the smtp_starttls example failed"
+            "building the smtp_starttls example failed: {out}{err}"
         );
         target_profile.join("examples").join("smtp_starttls")
     })
