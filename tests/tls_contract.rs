@@ -12,6 +12,7 @@ use std::time::Duration;
 use proactor::tls::{self, TlsError, TlsOptions};
 use proactor::{AnyProtocol, BaseProtocol, BufferedProtocol, Handle, Protocol, Transport};
 use tls_support::*;
+use util::next_turn;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -442,9 +443,22 @@ fn flush_before_shutdown() {
             for c in data.chunks(128 * 1024) {
                 t.write(c);
             }
-            sleep(&h, Duration::from_millis(20)).await;
+            let raw = t.raw_transport();
+            let (_, raw_high) = raw.get_write_buffer_limits();
+            until(&h, LIMIT, "the raw transport backs up", || {
+                raw.get_write_buffer_size() > raw_high
+            })
+            .await;
             t.close();
-            sleep(&h, Duration::from_millis(20)).await;
+            next_turn(&h).await;
+            assert!(
+                t.get_write_buffer_size() + raw.get_write_buffer_size() > 0,
+                "close() waits for the flush: nothing dropped"
+            );
+            assert!(
+                !pst.borrow().close_notify,
+                "no close_notify before the data"
+            );
             raw_peer.resume_reading();
             until(&h, LIMIT, "peer got 4 MiB and close_notify", || {
                 pst.borrow().close_notify
@@ -514,14 +528,16 @@ fn remote_shutdown_receives_trailing_data() {
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading();
             until(&h, LIMIT, "server wrote", || srv.borrow().made == 1).await;
-            sleep(&h, Duration::from_millis(20)).await;
             let st = srv.borrow().transport.clone().unwrap();
             assert!(
                 st.get_write_buffer_size() > 0,
                 "data is backed up in our backlog"
             );
             pst.borrow_mut().close_notify();
-            sleep(&h, Duration::from_millis(20)).await;
+            until(&h, LIMIT, "the server reads the close_notify", || {
+                srv.borrow().eof == 1
+            })
+            .await;
             raw.resume_reading();
             until(&h, LIMIT, "all trailing data + close_notify", || {
                 pst.borrow().close_notify
@@ -604,7 +620,9 @@ fn ssl_handshake_connection_lost() {
                 ),
                 "{e:?}"
             );
-            sleep(&h, Duration::from_millis(10)).await;
+            // Whatever the failure queued is delivered by the next turn.
+            next_turn(&h).await;
+            next_turn(&h).await;
             let c = cli.borrow();
             assert_eq!(
                 (c.made, c.lost),
@@ -840,7 +858,13 @@ fn start_tls_while_paused_for_writing() {
                 .await
                 .unwrap();
             raw.pause_reading();
-            sleep(&h, Duration::from_millis(30)).await;
+            until(
+                &h,
+                LIMIT,
+                "the server starts TLS over a full write buffer",
+                || paused_at_start.get(),
+            )
+            .await;
             raw.resume_reading();
             until(&h, LIMIT, "plaintext", || {
                 cli.borrow().data.len() >= plain.len()
@@ -932,13 +956,18 @@ fn injected_plaintext_after_starttls_fails_handshake() {
                 let server = h
                     .create_server(localhost(), move || StarttlsLine::new(&hh, &u2))
                     .unwrap();
+                let plain = shared();
                 let raw = h
-                    .create_connection(server.local_addr(), Sink::new(&shared()))
+                    .create_connection(server.local_addr(), Sink::new(&plain))
                     .await
                     .unwrap();
                 if split {
                     raw.write(b"STARTTLS\r\n");
-                    sleep(&h, Duration::from_millis(10)).await;
+                    // A later read: injected once the server has upgraded.
+                    until(&h, LIMIT, "READY", || {
+                        plain.borrow().data.ends_with(b"READY\r\n")
+                    })
+                    .await;
                     raw.write(b"MAIL FROM:<attacker@example.com>\r\n");
                 } else {
                     raw.write(b"STARTTLS\r\nMAIL FROM:<attacker@example.com>\r\n");
@@ -1067,8 +1096,10 @@ fn close_and_abort_during_handshake() {
 }
 
 /// T5 + R1 over TLS: the race workload — packets of 16 KiB echoed while the
-/// client pauses and resumes reading; every byte checked. 2000 packets in
-/// release builds, 200 in debug builds.
+/// client pauses and resumes reading every millisecond; every byte checked,
+/// and the pauses must have held echoed plaintext (R2) at least twice, so
+/// they cut into the stream. 2000 packets in release builds, 200 in debug
+/// builds.
 #[test]
 fn echo_with_pause_resume_over_tls() {
     let packets: usize = if cfg!(debug_assertions) { 200 } else { 2000 };
@@ -1085,20 +1116,25 @@ fn echo_with_pause_resume_over_tls() {
                 .unwrap();
             let total = packets * 16 * 1024;
             let data = pattern(9, total);
-            // Toggle reading every 100 ms (loop time).
-            fn tick(h: Handle, t: Transport, n: u32) {
+            // Toggle reading every millisecond (loop time); count the
+            // resumes that found plaintext held.
+            fn tick(h: Handle, t: Transport, n: u32, held: Rc<Cell<u32>>) {
                 if t.is_closing() {
                     return;
                 }
                 if n % 2 == 0 {
                     t.pause_reading();
                 } else {
+                    if t.ledger().held > 0 {
+                        held.set(held.get() + 1);
+                    }
                     t.resume_reading();
                 }
                 let h2 = h.clone();
-                h.call_later(Duration::from_millis(100), move || tick(h2, t, n + 1));
+                h.call_later(Duration::from_millis(1), move || tick(h2, t, n + 1, held));
             }
-            tick(h.clone(), t.clone(), 0);
+            let held_at_resume = Rc::new(Cell::new(0));
+            tick(h.clone(), t.clone(), 0, held_at_resume.clone());
             let mut sent = 0;
             let mut pauses = 0;
             for c in data.chunks(16 * 1024) {
@@ -1124,7 +1160,15 @@ fn echo_with_pause_resume_over_tls() {
             assert!(got == data, "every byte, in order");
             let l = t.ledger();
             assert!(l.balanced(), "{l:?}");
-            eprintln!("  {packets} x 16 KiB echoed; producer waited {pauses} times");
+            eprintln!(
+                "  {packets} x 16 KiB echoed; producer waited {pauses} times; {} resumes found plaintext held",
+                held_at_resume.get()
+            );
+            assert!(
+                held_at_resume.get() >= 2,
+                "the pauses held echoed plaintext only {} times",
+                held_at_resume.get()
+            );
             t.close();
             until(&h, LIMIT, "closed", || cli.borrow().lost == 1).await;
             assert!(cli.borrow().error.is_none(), "{:?}", cli.borrow().error);
@@ -1203,7 +1247,10 @@ fn pause_reading_pauses_raw_past_read_high_water() {
                     .await
                     .unwrap();
                 until(&h, LIMIT, "made", || cli.borrow().made == 1).await;
-                sleep(&h, Duration::from_millis(200)).await;
+                until(&h, LIMIT, "the raw transport pauses", || {
+                    !t.raw_transport().is_reading()
+                })
+                .await;
                 let before = cli.borrow().data.len();
                 assert!(
                     before == 0 || pause_in_data,
@@ -1413,7 +1460,7 @@ fn close_after_raw_lost_while_paused_delivers_connection_lost() {
             let l = t.ledger();
             assert!(l.balanced() && l.held == 0, "{l:?}");
             t.resume_reading();
-            sleep(&h, Duration::from_millis(5)).await;
+            next_turn(&h).await;
             assert!(
                 cli.borrow().data.is_empty(),
                 "nothing after connection_lost"
@@ -1472,6 +1519,10 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading(); // the peer stops reading for good
             until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
+            // Set-up, not synchronisation: the kernel's socket buffers fill
+            // (a state no API shows), so the alert queued behind our data
+            // cannot flush. If they did not, the assertion on the wait below
+            // fails; it cannot pass by accident.
             sleep(&h, Duration::from_millis(20)).await;
             // A record that cannot decrypt: our engine fails.
             raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
@@ -1651,7 +1702,7 @@ fn unsent_backlog_at_raw_loss_is_an_error() {
             let t = srv.borrow().transport.clone().unwrap();
             let data = pattern(9, 2 * 1024 * 1024);
             t.write(&data);
-            sleep(&h, Duration::from_millis(20)).await;
+            next_turn(&h).await;
             assert!(t.get_write_buffer_size() > 0, "backlog held back");
             t.raw_transport().close();
             peer_raw.resume_reading();

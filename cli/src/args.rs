@@ -55,8 +55,9 @@ pub struct RaceArgs {
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
-    /// sim only: run the workload once per seed 0..N (PROACTOR_SIM_SEEDS is
-    /// the default; PROACTOR_SIM_SEED=S replays the single seed S).
+    /// sim only: run the workload once per seed B..B+N, B being
+    /// PROACTOR_SIM_SEED_BASE (default 0) (PROACTOR_SIM_SEEDS is the default
+    /// N; PROACTOR_SIM_SEED=S replays the single seed S).
     #[arg(long)]
     pub seeds: Option<u64>,
     /// Run only the client, against an echo server at HOST:PORT or unix:PATH.

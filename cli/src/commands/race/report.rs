@@ -18,6 +18,8 @@ const MAX_ERRORS: usize = 10;
 #[derive(Debug, Default, Clone)]
 pub struct SimSummary {
     pub seeds: u64,
+    /// The first seed of the sweep (`PROACTOR_SIM_SEED_BASE`, default 0).
+    pub first_seed: u64,
     /// The seed replayed through PROACTOR_SIM_SEED, if any.
     pub replayed_seed: Option<u64>,
     pub failed_seeds: Vec<u64>,
@@ -43,6 +45,10 @@ pub struct RaceReport {
     pub bytes_verified: u64,
     pub server_echoed: Option<u64>,
     pub pause_cycles: u64,
+    /// Pause cycles that ended with echoed bytes held by the transport.
+    pub held_at_resume: u64,
+    /// Bytes delivered while a client's reading was paused (R3: must be 0).
+    pub received_while_paused: u64,
     pub write_pauses: u64,
     pub seconds: f64,
     /// Fingerprints of everything sent and received, in client order.
@@ -75,6 +81,8 @@ impl RaceReport {
             bytes_verified: 0,
             server_echoed: None,
             pause_cycles: 0,
+            held_at_resume: 0,
+            received_while_paused: 0,
             write_pauses: 0,
             seconds: 0.0,
             sent_hash: StreamHash::default(),
@@ -96,6 +104,8 @@ impl RaceReport {
             self.bytes_echoed += c.received;
             self.bytes_verified += c.verified;
             self.pause_cycles += c.pause_cycles;
+            self.held_at_resume += c.held_at_resume;
+            self.received_while_paused += c.received_while_paused;
             self.write_pauses += c.write_pauses;
             self.sent_hash.update(&c.send_hash.to_le_bytes());
             if self.tls.is_none() {
@@ -124,6 +134,7 @@ impl RaceReport {
 
     pub fn passed(&self) -> bool {
         self.errors_total == 0
+            && self.received_while_paused == 0
             && self.bytes_lost() == 0
             && self.bytes_verified == self.bytes_planned
             && self.sim.as_ref().is_none_or(|s| s.failed_seeds.is_empty())
@@ -153,7 +164,12 @@ impl RaceReport {
         if let Some(s) = &self.sim {
             match s.replayed_seed {
                 Some(seed) => println!("  sim seed    {seed} (replay)"),
-                None => println!("  sim seeds   {} (0..{})", s.seeds, s.seeds),
+                None => println!(
+                    "  sim seeds   {} ({}..{})",
+                    s.seeds,
+                    s.first_seed,
+                    s.first_seed + s.seeds
+                ),
             }
             println!(
                 "  sim races   {} cancel-after-complete, {} short reads, {} short writes",
@@ -179,8 +195,12 @@ impl RaceReport {
         );
         println!("  lost        {} bytes", self.bytes_lost());
         println!(
-            "  pauses      {} pause/resume cycles of reading, {} write pauses",
-            self.pause_cycles, self.write_pauses
+            "  pauses      {} pause/resume cycles of reading ({} with echoed bytes held at resume), {} write pauses",
+            self.pause_cycles, self.held_at_resume, self.write_pauses
+        );
+        println!(
+            "  paused      {} bytes reached a client while its reading was paused",
+            self.received_while_paused
         );
         println!(
             "  wall time   {:.3} s, throughput {:.1} MB/s",
@@ -223,6 +243,8 @@ impl RaceReport {
             "bytes_lost": self.bytes_lost(),
             "server_echoed": self.server_echoed,
             "pause_cycles": self.pause_cycles,
+            "held_at_resume": self.held_at_resume,
+            "received_while_paused": self.received_while_paused,
             "write_pauses": self.write_pauses,
             "sent_hash": format!("{:016x}", self.sent_hash.finish()),
             "echo_hash": format!("{:016x}", self.recv_hash.finish()),
@@ -235,6 +257,7 @@ impl RaceReport {
         });
         if let (Some(s), Some(map)) = (&self.sim, v.as_object_mut()) {
             map.insert("seeds".into(), json!(s.seeds));
+            map.insert("first_seed".into(), json!(s.first_seed));
             map.insert("seed".into(), json!(s.replayed_seed));
             map.insert("failed_seeds".into(), json!(s.failed_seeds));
             map.insert("cancel_races".into(), json!(s.cancel_races));

@@ -1,6 +1,7 @@
 //! `race --driver sim`: the workload once per seed, on the simulator.
 //!
-//! Each seed gets a fresh loop, so a failing seed replays on its own with
+//! Seeds `0..N` by default (`--seeds N` or `PROACTOR_SIM_SEEDS`), from
+//! `PROACTOR_SIM_SEED_BASE` when set. Each seed gets a fresh loop, so a failing seed replays on its own with
 //! `PROACTOR_SIM_SEED=S proactor race --driver sim`, which gives the same
 //! report every time except for the timing fields.
 
@@ -46,13 +47,20 @@ pub fn sweep(args: &RaceArgs, security: &RaceSecurity) -> Result<RaceReport, Fai
             if n == 0 {
                 return Err(Failure::setup("--seeds must be at least 1"));
             }
-            (0..n).collect()
+            let base = env_u64("PROACTOR_SIM_SEED_BASE")?.unwrap_or(0);
+            let end = base.checked_add(n).ok_or_else(|| {
+                Failure::setup(format!(
+                    "PROACTOR_SIM_SEED_BASE={base} + {n} seeds overflow"
+                ))
+            })?;
+            (base..end).collect()
         }
     };
     let planned = args.packets * args.size as u64;
     let mut report = RaceReport::new(DriverKind::Sim, args, security.label());
     let mut summary = SimSummary {
         seeds: 0,
+        first_seed: seeds.first().copied().unwrap_or(0),
         replayed_seed: replay,
         ..SimSummary::default()
     };
