@@ -262,6 +262,9 @@ fn sweep_random_workloads() {
         total.short_reads += s.short_reads;
         total.short_writes += s.short_writes;
         total.submitted += s.submitted;
+        total.read_pauses += s.read_pauses;
+        total.pauses_recv_in_flight += s.pauses_recv_in_flight;
+        total.pauses_recv_ready += s.pauses_recv_ready;
         assert_eq!(s.submitted, s.completed, "O1 on seed {seed}");
     }
     println!(
@@ -273,6 +276,10 @@ fn sweep_random_workloads() {
         total.cancelled,
         total.short_reads,
         total.short_writes
+    );
+    println!(
+        "pauses {} in flight {} ready {}",
+        total.read_pauses, total.pauses_recv_in_flight, total.pauses_recv_ready
     );
     if seeds.len() >= 100 {
         assert!(

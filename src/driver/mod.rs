@@ -47,6 +47,7 @@ use crate::address::Address;
 
 pub(crate) use slots::Slots;
 pub use stats::DriverStats;
+pub(crate) use stats::RecvProgress;
 
 /// Which backend a loop runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,6 +265,13 @@ pub trait Driver: fmt::Debug {
 
     /// Counters since the driver was created.
     fn stats(&self) -> DriverStats;
+
+    /// A transport paused its reading while `recv` (its receive, if one is
+    /// in flight) was submitted: counted in [`DriverStats`] with where that
+    /// receive stood ([`DriverStats::pauses_recv_in_flight`],
+    /// [`DriverStats::pauses_recv_ready`]). Changes nothing else: a pause
+    /// never touches the receive (R2).
+    fn count_read_pause(&mut self, recv: Option<OpKey>);
 
     /// A readable trace of recent scheduling decisions (`sim` only).
     fn trace(&self) -> Option<String> {

@@ -362,6 +362,13 @@ impl TransportImpl for StreamTransport {
         true
     }
 
+    fn count_read_pause(&self) {
+        let recv = self.socket_state.borrow().recv;
+        if let Some(event_loop) = self.core.event_loop() {
+            event_loop.with_driver(|driver| driver.count_read_pause(recv));
+        }
+    }
+
     #[cfg(feature = "broken-pause-cancels")]
     fn pause_reading(&self) {
         let mut delivery = self.core.delivery_mut();
@@ -370,6 +377,7 @@ impl TransportImpl for StreamTransport {
         }
         delivery.read_paused = true;
         drop(delivery);
+        self.count_read_pause();
         let mut state = self.socket_state.borrow_mut();
         if let Some(key) = state.recv {
             state.recv_cancelled_by_pause = true;

@@ -44,8 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Address, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots, SockOpt,
-    SocketId,
+    Address, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RecvProgress, RemoteWaker,
+    Slots, SockOpt, SocketId,
 };
 use network::{errno_name, Network};
 use sched::Rngs;
@@ -324,6 +324,30 @@ impl Driver for SimDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_read_pause(&mut self, recv: Option<OpKey>) {
+        let (progress, what) = match recv.and_then(|k| self.ops.get(k).map(|p| (k, p))) {
+            None => (RecvProgress::Idle, String::from("no recv in flight")),
+            Some((k, pending)) => {
+                let ready = match pending.state {
+                    State::Done(_) => Some("completed, not reaped"),
+                    // The bytes are there: a kernel would have completed it
+                    // on their arrival; the next step will.
+                    State::Active if self.op_ready(k) => Some("bytes there, completing"),
+                    State::Queued | State::Active => None,
+                };
+                match ready {
+                    Some(why) => (RecvProgress::Ready, format!("recv {} {why}", key_str(k))),
+                    None => (
+                        RecvProgress::InFlight,
+                        format!("recv {} in flight", key_str(k)),
+                    ),
+                }
+            }
+        };
+        self.stats.count_read_pause(progress);
+        self.log(format_args!("pause reading: {what}"));
     }
 
     fn trace(&self) -> Option<String> {
