@@ -126,7 +126,11 @@ pub(crate) trait TransportImpl {
     }
 
     fn ledger(&self) -> Ledger {
-        self.core().delivery().ledger()
+        let sent = self.core().writes.borrow().queue.passed_on();
+        Ledger {
+            sent,
+            ..self.core().delivery().ledger()
+        }
     }
 }
 

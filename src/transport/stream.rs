@@ -245,8 +245,10 @@ impl StreamTransport {
         state.send = None;
         match completion.result {
             // After abort the queue is gone: a send that completed anyway
-            // (cancel raced) has nothing left to account for.
-            Ok(_) if state.aborted => {}
+            // (cancel raced, or landed mid-transfer) only counts as sent.
+            Ok(sent) if state.aborted => self
+                .core
+                .with_send_queue(|queue| queue.passed_on_after_clear(sent)),
             Ok(sent) => self.core.with_send_queue(|queue| queue.advance(sent)),
             Err(e) if is_cancelled(&e) => {}
             Err(e) => {

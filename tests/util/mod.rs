@@ -6,6 +6,7 @@ pub mod buffered;
 #[path = "../matrix/mod.rs"]
 pub mod matrix;
 pub mod recorder;
+pub mod window;
 
 use std::cell::Cell;
 use std::future::Future;

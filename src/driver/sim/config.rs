@@ -72,7 +72,7 @@ pub struct SimConfig {
     /// bytes", as IOCP reports a cancelled `WSASend` (`ERROR_OPERATION_ABORTED`
     /// with N bytes transferred) and io_uring a send stopped after a partial
     /// transfer. Reported as the partial success `Ok(N)`, N short of the
-    /// offer (see [`Completion`](crate::driver::Completion)). Default 0.3.
+    /// offer (see [`Completion`](crate::driver::Completion)). Default 0.5.
     pub partial_cancel_prob: f64,
     /// Initial retransmission timeout of a TCP connect whose SYN goes
     /// unanswered (the listener's accept queue is full, or the SYN is
@@ -148,7 +148,7 @@ impl Default for SimConfig {
             reap_shuffle_prob: 0.3,
             eintr_prob: 0.02,
             empty_poll_prob: 0.1,
-            partial_cancel_prob: 0.3,
+            partial_cancel_prob: 0.5,
             syn_rto: Duration::from_secs(1),
             syn_retries: 6,
             stall_timeout: Duration::from_secs(5),
