@@ -8,7 +8,6 @@
 //! exactly what its peer sent.
 
 pub mod check;
-pub mod pauses;
 pub mod peers;
 
 use std::cell::RefCell;
@@ -21,11 +20,9 @@ use proactor::{
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::util::pauses::{Board, PauseCounts, SharedRng, Source};
 use crate::util::{crash_fast, localhost, pattern, sleep, wait_until};
-use pauses::{Board, PauseCounts, Source};
 use peers::{server_options, Client, Ctx, Security, ServerConn};
-
-pub type SharedRng = Rc<RefCell<SmallRng>>;
 
 /// How a client ends its connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,8 +12,7 @@ use proactor::tls::{self, TlsOptions};
 use proactor::{Address, Handle, Transport};
 use rand::Rng;
 
-use super::pauses::{Board, Source};
-use super::SharedRng;
+use crate::util::pauses::{Board, SharedRng, Source};
 use crate::util::{sleep, Hooks, Rec, Recorder};
 
 /// An Ed25519 certificate with a fixed serial: its signatures have one

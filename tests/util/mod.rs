@@ -5,6 +5,7 @@
 pub mod buffered;
 #[path = "../matrix/mod.rs"]
 pub mod matrix;
+pub mod pauses;
 pub mod recorder;
 pub mod window;
 

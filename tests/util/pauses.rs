@@ -2,8 +2,8 @@
 //! `data_received`, from timers, from tasks, and from another connection's
 //! callback. Each pause is counted with its source, and with what the
 //! driver's window counters said of it (the receive in flight, or its
-//! completion ready but not reaped: the bpo-33694 window), so the sweep can
-//! say which sources reach the window.
+//! completion ready but not reaped: the bpo-33694 window), so a sweep can
+//! say which sources reach the window. Used by the sim sweeps.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -11,10 +11,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use proactor::{Handle, Transport};
+use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::SharedRng;
-use crate::util::sleep;
+use super::sleep;
+
+/// The seeded choices of one workload, shared by its callbacks.
+pub type SharedRng = Rc<RefCell<SmallRng>>;
 
 /// Who paused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,6 +133,12 @@ impl Board {
             let t = t.clone();
             self.h.call_later(delay, move || t.resume_reading());
         }
+    }
+
+    /// Takes the transport `id` off the board (a raw transport that TLS
+    /// now runs: pausing it is TLS's business).
+    pub fn remove(&self, id: usize) {
+        self.live.borrow_mut().retain(|(i, _, _)| *i != id);
     }
 
     /// A random live transport (dropping those that ended).
