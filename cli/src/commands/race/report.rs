@@ -139,6 +139,14 @@ impl RaceReport {
         }
     }
 
+    /// Records a failure of the run as a whole (not of one client).
+    pub fn fail(&mut self, why: String) {
+        self.errors_total += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(why);
+        }
+    }
+
     /// Bytes sent that never came back verified.
     pub fn bytes_lost(&self) -> u64 {
         self.bytes_sent.saturating_sub(self.bytes_verified)
