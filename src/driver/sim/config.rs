@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 /// Most zero-timeout waits in a row that return nothing although ops could
-/// complete ([`SimConfig::empty_poll_prob`]): a kernel posts completions
-/// eventually.
+/// complete ([`SimConfig::empty_poll_prob`]), and most waits in a row
+/// interrupted by a signal ([`SimConfig::eintr_prob`]): a kernel posts
+/// completions eventually, and a timeout is reached.
 pub const MAX_EMPTY_POLLS: u32 = 3;
 
 /// Environment variable read by [`SimConfig::seed_from_env`].
@@ -60,7 +61,8 @@ pub struct SimConfig {
     /// Probability that a wait that would block is interrupted by a signal
     /// (`EINTR` from `io_uring_enter` or `epoll_wait`, which both kernel
     /// drivers turn into an early return): it returns early with nothing,
-    /// its clock short of the timeout. Default 0.02.
+    /// its clock short of the timeout. At most [`MAX_EMPTY_POLLS`] in a
+    /// row, so a timeout is always reached. Default 0.02.
     pub eintr_prob: f64,
     /// Probability that a zero-timeout `wait` returns nothing although ops
     /// could complete: their completions are not posted yet (task work that

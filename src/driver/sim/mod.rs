@@ -155,6 +155,9 @@ pub struct SimDriver {
     sim_stats: SimStats,
     /// Zero-timeout waits in a row that returned nothing on purpose.
     empty_polls_in_a_row: u32,
+    /// Waits in a row interrupted by a signal: a signal cannot come so
+    /// often that a timeout is never reached.
+    interrupts_in_a_row: u32,
     trace: Trace,
     waker: Arc<SimWaker>,
 }
@@ -213,6 +216,7 @@ impl SimDriver {
             stats: DriverStats::default(),
             sim_stats: SimStats::default(),
             empty_polls_in_a_row: 0,
+            interrupts_in_a_row: 0,
             trace,
             waker: Arc::new(SimWaker::default()),
             config,

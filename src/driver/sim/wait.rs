@@ -131,9 +131,11 @@ impl SimDriver {
     /// limit): it returns early, nothing reaped, the clock short of `block`.
     fn interrupted(&mut self, block: Option<Duration>) -> bool {
         let p = self.config.race(self.config.eintr_prob);
-        if !self.rngs.kernel.chance(p) {
+        if self.interrupts_in_a_row >= MAX_EMPTY_POLLS || !self.rngs.kernel.chance(p) {
+            self.interrupts_in_a_row = 0;
             return false;
         }
+        self.interrupts_in_a_row += 1;
         let within = block.unwrap_or(MAX_SIGNAL_DELAY);
         let max = u64::try_from(within.as_nanos()).unwrap_or(u64::MAX);
         let after = Duration::from_nanos(self.rngs.kernel.between(0, max.saturating_sub(1)));
