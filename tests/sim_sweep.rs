@@ -107,6 +107,7 @@ fn sweep_random_workloads() {
             "send_resets",
             "resets",
             "syn_retransmits",
+            "connect_timeouts",
             "accept_enobufs",
             "sends_to_closed_peer",
             "unix_epipes",
