@@ -53,7 +53,7 @@ pub mod tls;
 mod transport;
 
 pub use address::Address;
-pub use driver::sim::SimConfig;
+pub use driver::sim::{SimConfig, SimStats};
 pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{
     default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,

@@ -459,6 +459,13 @@ impl TransportImpl for TlsTransport {
         false
     }
 
+    /// Counted with the raw transport's receive: that is the one in flight.
+    fn count_read_pause(&self) {
+        if let Some(raw) = TlsTransport::raw(self) {
+            raw.0.count_read_pause();
+        }
+    }
+
     fn close(&self) {
         self.close_connection();
     }

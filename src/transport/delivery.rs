@@ -31,6 +31,11 @@ pub struct Ledger {
     pub discarded: u64,
     /// Bytes currently held (received, not yet delivered).
     pub held: u64,
+    /// Write side: bytes passed on from the write queue, ever. For a plain
+    /// transport, bytes the kernel accepted (what the peer can receive, at
+    /// most), counting a send that completed after `abort()`; for TLS,
+    /// plaintext handed to the engine. Not part of the balance.
+    pub sent: u64,
 }
 
 impl Ledger {

@@ -265,8 +265,10 @@ impl StreamTransport {
         state.send = None;
         match completion.result {
             // After abort the queue is gone: a send that completed anyway
-            // (cancel raced) has nothing left to account for.
-            Ok(_) if state.aborted => {}
+            // (cancel raced, or landed mid-transfer) only counts as sent.
+            Ok(sent) if state.aborted => self
+                .core
+                .with_send_queue(|queue| queue.passed_on_after_clear(sent)),
             Ok(sent) => self.core.with_send_queue(|queue| queue.advance(sent)),
             Err(e) if is_cancelled(&e) => {}
             Err(e) => {
@@ -382,6 +384,13 @@ impl TransportImpl for StreamTransport {
         true
     }
 
+    fn count_read_pause(&self) {
+        let recv = self.socket_state.borrow().recv;
+        if let Some(event_loop) = self.core.event_loop() {
+            event_loop.with_driver(|driver| driver.count_read_pause(recv));
+        }
+    }
+
     #[cfg(feature = "broken-pause-cancels")]
     fn pause_reading(&self) {
         let mut delivery = self.core.delivery_mut();
@@ -390,6 +399,7 @@ impl TransportImpl for StreamTransport {
         }
         delivery.read_paused = true;
         drop(delivery);
+        self.count_read_pause();
         let mut state = self.socket_state.borrow_mut();
         if let Some(key) = state.recv {
             state.recv_cancelled_by_pause = true;

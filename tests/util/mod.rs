@@ -5,7 +5,9 @@
 pub mod buffered;
 #[path = "../matrix/mod.rs"]
 pub mod matrix;
+pub mod pauses;
 pub mod recorder;
+pub mod window;
 
 use std::cell::Cell;
 use std::future::Future;

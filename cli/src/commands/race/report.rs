@@ -4,7 +4,7 @@
 //! Timing fields (`seconds`, `throughput_mb_s`, and the "wall time" line) are
 //! the only ones that may differ between two replays of the same sim seed.
 
-use proactor::DriverKind;
+use proactor::{DriverKind, DriverStats};
 use serde_json::{json, Value};
 
 use super::workload::Outcome;
@@ -26,6 +26,16 @@ pub struct SimSummary {
     pub cancel_races: u64,
     pub short_reads: u64,
     pub short_writes: u64,
+}
+
+/// How often reading was paused, and how often that pause met the receive
+/// in flight or its completion ready but not yet reaped (the bpo-33694
+/// window), from the driver's [`DriverStats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Window {
+    pub read_pauses: u64,
+    pub pauses_recv_in_flight: u64,
+    pub pauses_recv_ready: u64,
 }
 
 /// Totals over every client of every run.
@@ -50,6 +60,8 @@ pub struct RaceReport {
     /// Bytes delivered while a client's reading was paused (R3: must be 0).
     pub received_while_paused: u64,
     pub write_pauses: u64,
+    /// The driver's bpo-33694 window counters, over every run.
+    pub window: Window,
     pub seconds: f64,
     /// Fingerprints of everything sent and received, in client order.
     sent_hash: StreamHash,
@@ -59,6 +71,14 @@ pub struct RaceReport {
     pub errors_total: u64,
     /// What the first TLS client negotiated.
     pub tls: Option<String>,
+}
+
+impl Window {
+    fn add(&mut self, stats: &DriverStats) {
+        self.read_pauses += stats.read_pauses;
+        self.pauses_recv_in_flight += stats.pauses_recv_in_flight;
+        self.pauses_recv_ready += stats.pauses_recv_ready;
+    }
 }
 
 impl RaceReport {
@@ -84,6 +104,7 @@ impl RaceReport {
             held_at_resume: 0,
             received_while_paused: 0,
             write_pauses: 0,
+            window: Window::default(),
             seconds: 0.0,
             sent_hash: StreamHash::default(),
             recv_hash: StreamHash::default(),
@@ -98,6 +119,7 @@ impl RaceReport {
     pub fn add(&mut self, o: &Outcome, planned_per_client: u64, label: Option<&str>) {
         self.driver = o.driver;
         self.seconds += o.seconds;
+        self.window.add(&o.stats);
         for c in &o.clients {
             self.bytes_planned += planned_per_client;
             self.bytes_sent += c.sent;
@@ -124,6 +146,14 @@ impl RaceReport {
                     None => e,
                 });
             }
+        }
+    }
+
+    /// Records a failure of the run as a whole (not of one client).
+    pub fn fail(&mut self, why: String) {
+        self.errors_total += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(why);
         }
     }
 
@@ -203,6 +233,10 @@ impl RaceReport {
             self.received_while_paused
         );
         println!(
+            "  window      {} read pauses: {} with the receive in flight, {} with its completion ready, not reaped",
+            self.window.read_pauses, self.window.pauses_recv_in_flight, self.window.pauses_recv_ready
+        );
+        println!(
             "  wall time   {:.3} s, throughput {:.1} MB/s",
             self.seconds,
             self.throughput_mb_s()
@@ -246,6 +280,9 @@ impl RaceReport {
             "held_at_resume": self.held_at_resume,
             "received_while_paused": self.received_while_paused,
             "write_pauses": self.write_pauses,
+            "read_pauses": self.window.read_pauses,
+            "pauses_recv_in_flight": self.window.pauses_recv_in_flight,
+            "pauses_recv_ready": self.window.pauses_recv_ready,
             "sent_hash": format!("{:016x}", self.sent_hash.finish()),
             "echo_hash": format!("{:016x}", self.recv_hash.finish()),
             "seconds": self.seconds,

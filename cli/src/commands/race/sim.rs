@@ -92,9 +92,24 @@ pub fn sweep(args: &RaceArgs, security: &RaceSecurity) -> Result<RaceReport, Fai
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // The race exists to pause reading while a receive is in flight (the
+    // bpo-33694 window). Over ten seeds or more that toggled reading, a sim
+    // run that never did so no longer tests what it claims.
+    let w = report.window;
+    if seeds.len() >= WINDOW_SEEDS && report.pause_cycles > 0 && w.pauses_recv_in_flight == 0 {
+        report.fail(format!(
+            "{} pause/resume cycles over {} seeds, and not one pause met a receive in flight: \
+             the race no longer exercises the bpo-33694 window",
+            report.pause_cycles,
+            seeds.len()
+        ));
+    }
     report.sim = Some(summary);
     Ok(report)
 }
+
+/// Seeds from which a sim race must have met the window (if it paused).
+const WINDOW_SEEDS: usize = 10;
 
 /// The command line that replays one seed of this sweep.
 fn replay_command(args: &RaceArgs) -> String {
