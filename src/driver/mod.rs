@@ -133,6 +133,13 @@ pub enum Op {
     /// the driver extends the length by the number of bytes received, and the
     /// result is that number; 0 means EOF). The capacity must be > length:
     /// a buffer without spare capacity completes with `EINVAL`.
+    ///
+    /// Exception: on a driver whose [`Driver::provides_recv_buffers`] is
+    /// true, a buffer with no capacity at all (`Vec::new()`) asks the driver
+    /// for the memory: nothing is held while the receive waits, and the
+    /// completion hands back a buffer holding what was received (its
+    /// capacity close to its length, so held data holds no more memory
+    /// than it needs).
     Recv {
         /// The connected socket.
         socket: SocketId,
@@ -261,6 +268,14 @@ pub trait Driver: fmt::Debug {
     /// Queues `op`; it reaches the kernel at the next [`Driver::wait`] (one
     /// batch per loop turn). `user` comes back in the completion.
     fn submit(&mut self, op: Op, user: usize) -> OpKey;
+
+    /// Whether a [`Op::Recv`] may come with an empty `Vec::new()` for the
+    /// driver to fill with a buffer of its own (see [`Op::Recv`]), so that a
+    /// connection waiting for data holds no receive buffer. `false` unless a
+    /// backend says otherwise.
+    fn provides_recv_buffers(&self) -> bool {
+        false
+    }
 
     /// Requests cancellation of a submitted op. Never completes it here: its
     /// one completion still arrives from `wait`, with the real result if the

@@ -114,6 +114,9 @@ struct Inner {
     remote: Arc<Remote>,
     completions: RefCell<Vec<Completion>>,
     recv_pool: RefCell<Vec<Vec<u8>>>,
+    /// The driver provides receive buffers: receives go out with none
+    /// (`Driver::provides_recv_buffers`), and the pool stays empty.
+    driver_provides_recv: bool,
     stopping: Cell<bool>,
     running: Cell<bool>,
     closed: Cell<bool>,
@@ -230,6 +233,7 @@ impl EventLoop {
 
     pub(crate) fn from_driver(driver: Box<dyn Driver>) -> EventLoop {
         let kind = driver.kind();
+        let driver_provides_recv = driver.provides_recv_buffers();
         let remote = Remote::new(driver.remote_waker());
         EventLoop {
             handle: Handle {
@@ -244,6 +248,7 @@ impl EventLoop {
                     remote,
                     completions: RefCell::default(),
                     recv_pool: RefCell::default(),
+                    driver_provides_recv,
                     stopping: Cell::new(false),
                     running: Cell::new(false),
                     closed: Cell::new(false),
@@ -506,8 +511,12 @@ impl Handle {
         f(&mut **self.inner.driver.borrow_mut())
     }
 
-    /// Takes a receive buffer from the pool (empty, with capacity).
+    /// Takes a receive buffer from the pool (empty, with capacity), or an
+    /// empty `Vec::new()` where the driver provides the buffer.
     pub(crate) fn take_recv_buf(&self) -> Vec<u8> {
+        if self.inner.driver_provides_recv {
+            return Vec::new();
+        }
         self.inner
             .recv_pool
             .borrow_mut()
@@ -517,6 +526,9 @@ impl Handle {
 
     /// Returns a receive buffer to the pool.
     pub(crate) fn give_recv_buf(&self, mut buf: Vec<u8>) {
+        if self.inner.driver_provides_recv {
+            return; // freed: nothing would take it from the pool
+        }
         let mut pool = self.inner.recv_pool.borrow_mut();
         if pool.len() < RECV_POOL_MAX && buf.capacity() >= RECV_BUF_SIZE {
             buf.clear();

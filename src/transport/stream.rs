@@ -5,10 +5,11 @@
 //! go to the held queue of the [`Delivery`], whatever happened in between.
 //! `pause_reading()` only sets a flag, it never cancels the receive (R2); a
 //! new receive is issued only once the held queue is empty and reading is
-//! not paused (R3). Receive buffers come from the loop's pool and go back to
+//! not paused (R3). Where the driver provides receive buffers (`poll`), a
+//! receive goes out with none and an idle connection holds no receive
+//! buffer at all; elsewhere buffers come from the loop's pool and go back to
 //! it after delivery, so an idle connection holds at most the one buffer of
-//! its receive in flight; a kernel buffer ring can replace the pool later
-//! without touching the layers above.
+//! its receive in flight.
 //!
 //! # Write path (W1–W3)
 //! Writes append to a queue of `Bytes`; one vectored send is in flight at a

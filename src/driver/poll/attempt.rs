@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use socket2::SockAddr;
 
-use super::{invalid, PollDriver};
+use super::{invalid, PollDriver, RECV_SIZE};
 use crate::address::Address;
 use crate::driver::socket;
 use crate::driver::{Op, OpKey, SocketId};
@@ -101,6 +101,34 @@ impl PollDriver {
                     (Err(err), _) => Attempt::Done(Err(err)),
                 }
             }
+            Op::Recv { socket, buf } if buf.capacity() == 0 => {
+                // A provided buffer: read into the driver-wide one.
+                let scratch = &mut self.recv_buf;
+                debug_assert!(scratch.is_empty() && scratch.capacity() >= RECV_SIZE);
+                let spare = scratch.spare_capacity_mut();
+                let room = spare.len();
+                let s = socket::borrow(*socket);
+                match retry_eintr(|| s.recv(spare)) {
+                    Ok(n) => {
+                        debug_assert!(n <= room);
+                        // SAFETY: recv(2) initialised the first `n` bytes of
+                        // the spare capacity of the empty `scratch`, and
+                        // n <= room, its capacity.
+                        unsafe { scratch.set_len(n) };
+                        if n > RECV_SIZE / 2 {
+                            // Hand over the buffer itself rather than copy.
+                            *buf = std::mem::replace(scratch, Vec::with_capacity(RECV_SIZE));
+                        } else {
+                            buf.reserve_exact(n);
+                            buf.extend_from_slice(scratch);
+                            scratch.clear();
+                        }
+                        Attempt::Done(Ok(n))
+                    }
+                    Err(err) if is_would_block(&err) => Attempt::WouldBlock,
+                    Err(err) => Attempt::Done(Err(err)),
+                }
+            }
             Op::Recv { socket, buf } => {
                 let len = buf.len();
                 let spare = buf.spare_capacity_mut();
@@ -125,12 +153,17 @@ impl PollDriver {
                 bufs,
                 offset,
             } => {
-                let iov: Vec<IoSlice<'_>> = socket::send_slices(bufs, *offset)
-                    .map(IoSlice::new)
-                    .collect();
+                // On the stack: no allocation per send.
+                let mut iov = [IoSlice::new(&[]); socket::MAX_IOVECS];
+                let mut count = 0;
+                for (slot, slice) in iov.iter_mut().zip(socket::send_slices(bufs, *offset)) {
+                    *slot = IoSlice::new(slice);
+                    count += 1;
+                }
+                let iov = &iov[..count];
                 let s = socket::borrow(*socket);
                 // MSG_NOSIGNAL: a peer that went away gives EPIPE, never SIGPIPE.
-                match retry_eintr(|| s.send_vectored_with_flags(&iov, libc::MSG_NOSIGNAL)) {
+                match retry_eintr(|| s.send_vectored_with_flags(iov, libc::MSG_NOSIGNAL)) {
                     Ok(n) => Attempt::Done(Ok(n)),
                     Err(err) if is_would_block(&err) => Attempt::WouldBlock,
                     Err(err) => Attempt::Done(Err(err)),

@@ -22,8 +22,12 @@ pub(super) enum Dir {
     Write,
 }
 
-#[derive(Debug, Default)]
+/// No entry in `queues_by_fd`.
+const NO_QUEUES: u32 = u32::MAX;
+
+#[derive(Debug)]
 pub(super) struct Queues {
+    fd: RawFd,
     registered: bool,
     reads: VecDeque<OpKey>,
     writes: VecDeque<OpKey>,
@@ -50,9 +54,48 @@ fn park_target(op: &Op) -> Option<(RawFd, Dir)> {
 }
 
 impl PollDriver {
+    /// The key in `queues` of the socket `fd`, if it has queues.
+    fn queues_key(&self, fd: RawFd) -> Option<usize> {
+        let index = usize::try_from(fd).ok()?;
+        match self.queues_by_fd.get(index) {
+            Some(&key) if key != NO_QUEUES => Some(key as usize),
+            _ => None,
+        }
+    }
+
+    /// The queue `dir` of the socket `fd`, if it has queues.
+    fn queue_mut(&mut self, fd: RawFd, dir: Dir) -> Option<&mut VecDeque<OpKey>> {
+        let key = self.queues_key(fd)?;
+        Some(self.queues[key].queue(dir))
+    }
+
+    /// The key in `queues` of the socket `fd`, creating its (empty,
+    /// unregistered) queues the first time.
+    fn queues_key_or_insert(&mut self, fd: RawFd) -> usize {
+        if let Some(key) = self.queues_key(fd) {
+            return key;
+        }
+        let key = self.queues.insert(Queues {
+            fd,
+            registered: false,
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+        });
+        // fds are small non-negative numbers (the kernel hands out the
+        // lowest free one); one u32 per fd maps them to their queues.
+        let index = usize::try_from(fd).expect("a socket fd is non-negative");
+        if self.queues_by_fd.len() <= index {
+            self.queues_by_fd.resize(index + 1, NO_QUEUES);
+        }
+        self.queues_by_fd[index] = u32::try_from(key).expect("fewer than 2^32 sockets");
+        key
+    }
+
     /// The socket `fd` is being closed: deregisters it and drops its queues.
     pub(super) fn forget_queues(&mut self, fd: RawFd) {
-        if let Some(queues) = self.queues.remove(&fd) {
+        if let Some(key) = self.queues_key(fd) {
+            self.queues_by_fd[fd as usize] = NO_QUEUES;
+            let queues = self.queues.remove(key);
             debug_assert!(
                 queues.reads.is_empty() && queues.writes.is_empty(),
                 "close({fd}) with ops parked on it"
@@ -75,9 +118,10 @@ impl PollDriver {
         if let Some(entry) = self.ops.get_mut(key) {
             entry.state = State::Parked;
         }
-        let sock = self.queues.entry(fd).or_default();
+        let queues_key = self.queues_key_or_insert(fd);
+        let sock = &mut self.queues[queues_key];
         if !sock.registered {
-            let token = Token(usize::try_from(fd).unwrap_or(usize::MAX - 1));
+            let token = Token(queues_key);
             let registered = self.poll.registry().register(
                 &mut SourceFd(&fd),
                 token,
@@ -97,18 +141,14 @@ impl PollDriver {
     /// (restoring the edge-triggering invariant) or the queue is empty.
     fn drain(&mut self, fd: RawFd, dir: Dir) {
         loop {
-            let Some(key) = self
-                .queues
-                .get_mut(&fd)
-                .and_then(|s| s.queue(dir).front().copied())
-            else {
+            let Some(key) = self.queue_mut(fd, dir).and_then(|q| q.front().copied()) else {
                 return;
             };
             match self.attempt(key) {
                 Attempt::WouldBlock => return,
                 Attempt::Done(result) => {
-                    if let Some(s) = self.queues.get_mut(&fd) {
-                        s.queue(dir).pop_front();
+                    if let Some(q) = self.queue_mut(fd, dir) {
+                        q.pop_front();
                     }
                     self.finish(key, result);
                 }
@@ -135,7 +175,7 @@ impl PollDriver {
                 self.ops.get(key).map(|entry| &entry.state),
                 Some(State::Parked)
             ) {
-                if let Some(q) = self.queues.get_mut(&fd).map(|s| s.queue(dir)) {
+                if let Some(q) = self.queue_mut(fd, dir) {
                     q.retain(|k| *k != key);
                 }
                 // Removing an op that never got past EAGAIN keeps the invariant:
@@ -156,10 +196,7 @@ impl PollDriver {
             }
             let target = park_target(&entry.op);
             if let Some((fd, dir)) = target {
-                let behind = self
-                    .queues
-                    .get_mut(&fd)
-                    .is_some_and(|s| !s.queue(dir).is_empty());
+                let behind = self.queue_mut(fd, dir).is_some_and(|q| !q.is_empty());
                 if behind {
                     // Not attempted: it must not overtake the parked ops ahead
                     // of it. The head's EAGAIN keeps the edge armed.
@@ -189,21 +226,26 @@ impl PollDriver {
             Err(err) => return Err(err),
         }
         let mut woken = false;
-        let mut ready_fds = Vec::with_capacity(self.events.iter().count());
+        let mut ready = std::mem::take(&mut self.ready_sockets);
         for ev in self.events.iter() {
             if ev.token() == WAKER {
                 woken = true;
-            } else if let Ok(fd) = RawFd::try_from(ev.token().0) {
-                ready_fds.push(fd);
+            } else {
+                ready.push(ev.token().0);
             }
         }
-        for fd in ready_fds {
+        for key in ready.drain(..) {
             // Readable, writable, hangup or error: retry both directions, so
             // parked ops observe EOF/ECONNRESET/SO_ERROR through their syscall.
-            // A spurious retry costs one EAGAIN.
+            // A spurious retry costs one EAGAIN. (A key is live: sockets are
+            // only closed between waits, and closing deregisters them.)
+            let Some(fd) = self.queues.get(key).map(|q| q.fd) else {
+                continue;
+            };
             self.drain(fd, Dir::Read);
             self.drain(fd, Dir::Write);
         }
+        self.ready_sockets = ready;
         Ok(woken)
     }
 }
