@@ -28,6 +28,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use slab::Slab;
 
 use crate::driver::{Completion, Driver, DriverKind, DriverStats, Op, OpKey, SimStats, FAR_FUTURE};
@@ -49,16 +50,59 @@ pub(crate) type Callback = Box<dyn FnOnce()>;
 /// timers) or proactor did (transport dispatch, task polls): a closed loop
 /// drops the application's and still runs its own while it shuts down.
 struct Ready {
-    f: Callback,
+    job: Job,
     user: bool,
 }
+
+/// What a ready entry runs. Only `call_soon` and friends box a closure;
+/// the loop's own frequent work (a transport's run, a task's poll) is
+/// queued without an allocation.
+enum Job {
+    Callback(Callback),
+    Run(Rc<dyn Runnable>),
+    Task { index: usize, generation: u64 },
+}
+
+/// Something the loop runs when it is ready (a transport's run), queued by
+/// [`Handle::call_soon_run`] without an allocation.
+pub(crate) trait Runnable {
+    /// Runs it; called once per `call_soon_run`.
+    fn run_ready(self: Rc<Self>);
+}
+
 /// What runs when an operation completes.
 pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
+
+/// The owner of operations (a transport), told of their completions by
+/// [`OpOwner::complete`]: the loop keeps the owner itself, not a boxed
+/// closure per operation. The completion's op says which operation it was.
+pub(crate) trait OpOwner {
+    /// `completion` is the one completion of an op submitted with
+    /// [`Handle::submit_owned`].
+    fn complete(self: Rc<Self>, completion: Completion);
+}
+
+/// Who gets an operation's completion.
+enum Handler {
+    Boxed(CompletionHandler),
+    Owner(Rc<dyn OpOwner>),
+}
+
+impl Handler {
+    fn call(self, completion: Completion) {
+        match self {
+            Handler::Boxed(f) => f(completion),
+            Handler::Owner(owner) => owner.complete(completion),
+        }
+    }
+}
 
 /// Size of the receive buffers the loop hands to transports.
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
 /// How many idle receive buffers the loop keeps for reuse.
 const RECV_POOL_MAX: usize = 64;
+/// How many emptied send `Vec`s the loop keeps for reuse.
+const SEND_VEC_POOL_MAX: usize = 64;
 /// How long [`EventLoop::close`] waits for aborted connections to release
 /// their sockets (the kernel answering their cancels).
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
@@ -108,12 +152,14 @@ struct Inner {
     kind: DriverKind,
     ready: RefCell<VecDeque<Ready>>,
     timers: RefCell<Timers>,
-    handlers: RefCell<Slab<CompletionHandler>>,
+    handlers: RefCell<Slab<Handler>>,
     tasks: RefCell<Slab<Task>>,
     next_task_generation: Cell<u64>,
     remote: Arc<Remote>,
     completions: RefCell<Vec<Completion>>,
     recv_pool: RefCell<Vec<Vec<u8>>>,
+    /// Emptied `Vec`s of finished sends, for the next ones.
+    send_vec_pool: RefCell<Vec<Vec<Bytes>>>,
     /// The driver provides receive buffers: receives go out with none
     /// (`Driver::provides_recv_buffers`), and the pool stays empty.
     driver_provides_recv: bool,
@@ -248,6 +294,7 @@ impl EventLoop {
                     remote,
                     completions: RefCell::default(),
                     recv_pool: RefCell::default(),
+                    send_vec_pool: RefCell::default(),
                     driver_provides_recv,
                     stopping: Cell::new(false),
                     running: Cell::new(false),
@@ -413,18 +460,19 @@ impl Handle {
     /// (L1). Ignored once the loop is closed.
     pub fn call_soon(&self, f: impl FnOnce() + 'static) {
         if !self.inner.closed.get() {
-            self.push_ready(Box::new(f), true);
+            self.push_ready(Job::Callback(Box::new(f)), true);
         }
     }
 
-    /// `call_soon` for proactor's own work, which still runs while a closed
-    /// loop shuts its connections down.
-    pub(crate) fn call_soon_internal(&self, f: impl FnOnce() + 'static) {
-        self.push_ready(Box::new(f), false);
+    /// `call_soon` for proactor's own work (a transport's run), which still
+    /// runs while a closed loop shuts its connections down; queued without
+    /// an allocation.
+    pub(crate) fn call_soon_run(&self, runnable: Rc<dyn Runnable>) {
+        self.push_ready(Job::Run(runnable), false);
     }
 
-    fn push_ready(&self, f: Callback, user: bool) {
-        self.inner.ready.borrow_mut().push_back(Ready { f, user });
+    fn push_ready(&self, job: Job, user: bool) {
+        self.inner.ready.borrow_mut().push_back(Ready { job, user });
     }
 
     /// Schedules `f` to run `delay` from now; never early (L1). A delay too
@@ -497,8 +545,40 @@ impl Handle {
 
     /// Queues `op`; `handler` gets its completion. Submitted in the next batch.
     pub(crate) fn submit(&self, op: Op, handler: CompletionHandler) -> OpKey {
-        let user = self.inner.handlers.borrow_mut().insert(handler);
+        let user = self
+            .inner
+            .handlers
+            .borrow_mut()
+            .insert(Handler::Boxed(handler));
         self.inner.driver.borrow_mut().submit(op, user)
+    }
+
+    /// Queues `op`; `owner` gets its completion ([`OpOwner::complete`]).
+    pub(crate) fn submit_owned(&self, op: Op, owner: Rc<dyn OpOwner>) -> OpKey {
+        let user = self
+            .inner
+            .handlers
+            .borrow_mut()
+            .insert(Handler::Owner(owner));
+        self.inner.driver.borrow_mut().submit(op, user)
+    }
+
+    /// An empty `Vec` for the buffers of a send, reusing one of a finished send.
+    pub(crate) fn take_send_vec(&self) -> Vec<Bytes> {
+        self.inner
+            .send_vec_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Returns the `Vec` of a finished send (its buffers are released here: W3).
+    pub(crate) fn give_send_vec(&self, mut bufs: Vec<Bytes>) {
+        bufs.clear();
+        let mut pool = self.inner.send_vec_pool.borrow_mut();
+        if pool.len() < SEND_VEC_POOL_MAX && bufs.capacity() > 0 {
+            pool.push(bufs);
+        }
     }
 
     /// Requests cancellation; the handler still gets exactly one completion.

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::FutureExt;
 
 use super::exceptions::{guarded, panic_message, ExceptionContext, ExceptionSource};
-use super::{remote, Handle, WeakHandle};
+use super::{remote, Handle, Job, WeakHandle};
 
 /// A spawned future, boxed.
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
@@ -26,6 +26,8 @@ pub(crate) struct Task {
     pub(crate) future: Option<BoxFuture>,
     pub(crate) generation: u64,
     pub(crate) queued: bool,
+    /// Made at the first poll and reused by every later one.
+    waker: Option<Waker>,
 }
 
 /// What happens to a task's panic.
@@ -194,13 +196,18 @@ impl Handle {
             future: Some(future),
             generation,
             queued: true,
+            waker: None,
         });
-        let h = self.clone();
-        self.call_soon_internal(move || h.poll_task(index, generation));
+        self.push_task_poll(index, generation);
     }
 
-    fn poll_task(&self, index: usize, generation: u64) {
-        let mut fut = {
+    /// Queues a poll of the task as proactor's own ready callback.
+    fn push_task_poll(&self, index: usize, generation: u64) {
+        self.push_ready(Job::Task { index, generation }, false);
+    }
+
+    pub(super) fn poll_task(&self, index: usize, generation: u64) {
+        let (mut fut, waker) = {
             let mut tasks = self.inner.tasks.borrow_mut();
             let Some(t) = tasks.get_mut(index) else {
                 return;
@@ -209,12 +216,15 @@ impl Handle {
                 return;
             }
             t.queued = false;
-            match t.future.take() {
-                Some(f) => f,
-                None => return, // already being polled (woken from within its own poll)
-            }
+            let Some(f) = t.future.take() else {
+                return; // already being polled (woken from within its own poll)
+            };
+            let waker = t
+                .waker
+                .get_or_insert_with(|| remote::task_waker(&self.inner.remote, index, generation))
+                .clone();
+            (f, waker)
         };
-        let waker = remote::task_waker(&self.inner.remote, index, generation);
         let mut cx = Context::from_waker(&waker);
         // The wrapper catches the future's own panics; this only sees a
         // panic from a destructor run during the poll.
@@ -245,8 +255,7 @@ impl Handle {
             if t.generation == generation && !t.queued {
                 t.queued = true;
                 drop(tasks);
-                let h = self.clone();
-                self.call_soon_internal(move || h.poll_task(index, generation));
+                self.push_task_poll(index, generation);
             }
         }
     }

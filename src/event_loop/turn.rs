@@ -14,7 +14,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::exceptions::{default_exception_handler, guarded, ExceptionContext, ExceptionSource};
-use super::Handle;
+use super::{Handle, Job};
 
 impl Handle {
     /// Runs one loop step by hand (see the module docs).
@@ -77,7 +77,7 @@ impl Handle {
             let handler = i.handlers.borrow_mut().try_remove(c.user);
             match handler {
                 Some(h) => {
-                    if let Err(payload) = guarded(|| h(c)) {
+                    if let Err(payload) = guarded(|| h.call(c)) {
                         self.report_exception(ExceptionContext::from_panic(
                             ExceptionSource::Internal("completion handler"),
                             payload,
@@ -100,7 +100,7 @@ impl Handle {
     fn take_remote(&self) {
         let incoming = self.inner.remote.take();
         for cb in incoming.callbacks {
-            self.push_ready(cb, true);
+            self.push_ready(Job::Callback(cb), true);
         }
         for (index, generation) in incoming.woken_tasks {
             self.schedule_task(index, generation);
@@ -119,7 +119,7 @@ impl Handle {
                 drop(ready);
                 continue;
             }
-            if let Err(payload) = guarded(ready.f) {
+            if let Err(payload) = guarded(|| self.run_job(ready.job)) {
                 let source = if ready.user {
                     ExceptionSource::Callback
                 } else {
@@ -131,12 +131,20 @@ impl Handle {
         }
     }
 
+    fn run_job(&self, job: Job) {
+        match job {
+            Job::Callback(f) => f(),
+            Job::Run(runnable) => runnable.run_ready(),
+            Job::Task { index, generation } => self.poll_task(index, generation),
+        }
+    }
+
     fn fire_due_timers(&self) {
         let now = self.now();
         loop {
             let cb = self.inner.timers.borrow_mut().pop_due(now);
             match cb {
-                Some(cb) => self.push_ready(cb, true),
+                Some(cb) => self.push_ready(Job::Callback(cb), true),
                 None => break,
             }
         }

@@ -68,11 +68,12 @@ impl SendQueue {
         }
     }
 
-    /// Up to `max_chunks` sealed chunks from the front, and how many bytes of
-    /// the first one went out already (for a send op that owns its buffers).
-    pub(crate) fn front_chunks(&self, max_chunks: usize) -> (Vec<Bytes>, usize) {
-        let chunks = self.chunks.iter().take(max_chunks).cloned().collect();
-        (chunks, self.front_sent)
+    /// Appends up to `max_chunks` sealed chunks from the front to `out`, and
+    /// returns how many bytes of the first one went out already (for a send
+    /// op that owns its buffers; `out` is a reused `Vec`).
+    pub(crate) fn front_chunks(&self, max_chunks: usize, out: &mut Vec<Bytes>) -> usize {
+        out.extend(self.chunks.iter().take(max_chunks).cloned());
+        self.front_sent
     }
 
     /// Up to `max_slices` slices from the front of the sealed chunks,
@@ -174,6 +175,13 @@ mod tests {
         }
     }
 
+    /// `front_chunks` into a new `Vec`.
+    fn front(q: &SendQueue, max_chunks: usize) -> (Vec<Bytes>, usize) {
+        let mut chunks = Vec::new();
+        let offset = q.front_chunks(max_chunks, &mut chunks);
+        (chunks, offset)
+    }
+
     #[test]
     fn small_writes_coalesce_into_one_chunk() {
         let mut q = SendQueue::default();
@@ -181,7 +189,7 @@ mod tests {
             q.push_copy(b"xy");
         }
         q.seal();
-        let (chunks, offset) = q.front_chunks(64);
+        let (chunks, offset) = front(&q, 64);
         assert_eq!((chunks.len(), offset), (1, 0));
         assert_eq!(chunks[0].len(), 200);
     }
@@ -192,7 +200,7 @@ mod tests {
         q.push(Bytes::from_static(b"hello"));
         q.push(Bytes::from_static(b"world"));
         q.advance(3);
-        let (chunks, offset) = q.front_chunks(64);
+        let (chunks, offset) = front(&q, 64);
         assert_eq!((chunks.len(), offset, q.len()), (2, 3, 7));
         let slices = q.front_slices(64, 4);
         assert_eq!(
@@ -201,7 +209,7 @@ mod tests {
         );
         drop(slices);
         q.advance(2);
-        assert_eq!(q.front_chunks(64).1, 0, "offset resets with the chunk");
+        assert_eq!(front(&q, 64).1, 0, "offset resets with the chunk");
         assert_eq!(q.clear(), 5);
         assert_eq!(q.len(), 0);
     }

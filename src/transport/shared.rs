@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::io;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
@@ -18,7 +18,7 @@ use super::flow::{WriteEdges, WriteFlow};
 use super::send_queue::SendQueue;
 use super::{TlsInfo, Transport};
 use crate::address::Address;
-use crate::event_loop::{Handle, WeakHandle};
+use crate::event_loop::{Handle, Runnable, WeakHandle};
 use crate::protocol::AnyProtocol;
 
 /// The operations every transport offers; [`Transport`] dispatches to one.
@@ -161,6 +161,8 @@ pub(crate) struct TransportCore {
     /// The transport that holds this core: for the handles it gives the
     /// protocol and the runs it schedules.
     this: Weak<dyn TransportImpl>,
+    /// The same transport, as what the loop runs when it is scheduled.
+    runner: Weak<dyn Runnable>,
     /// The loop the transport runs on (weak: a transport never keeps its
     /// loop alive).
     event_loop: WeakHandle,
@@ -190,13 +192,14 @@ struct WriteSide {
 impl TransportCore {
     /// A core for the transport `this`, delivering to `delivery`'s
     /// protocol, with the default write water marks `(high, low)`.
-    pub(crate) fn new(
+    pub(crate) fn new<T: TransportImpl + 'static>(
         handle: &Handle,
-        this: Weak<dyn TransportImpl>,
+        this: Weak<T>,
         delivery: Delivery,
         (high_water, low_water): (usize, usize),
     ) -> Self {
         TransportCore {
+            runner: this.clone(),
             this,
             event_loop: handle.downgrade(),
             delivery: RefCell::new(delivery),
@@ -228,11 +231,8 @@ impl TransportCore {
         let Some(event_loop) = self.event_loop() else {
             return;
         };
-        let transport = self.transport().0;
-        event_loop.call_soon_internal(move || {
-            transport.core().scheduled.set(false);
-            transport.run();
-        });
+        let runner = self.runner.upgrade().expect("transport used after drop");
+        event_loop.call_soon_run(runner);
     }
 
     /// The delivery state, to read (briefly: never across a callback).
@@ -291,5 +291,13 @@ impl TransportCore {
         drop(writes);
         self.schedule();
         Ok(())
+    }
+}
+
+/// A scheduled run ([`TransportCore::schedule`]): delivers, then pumps.
+impl<T: TransportImpl> Runnable for T {
+    fn run_ready(self: Rc<Self>) {
+        self.core().scheduled.set(false);
+        self.run();
     }
 }

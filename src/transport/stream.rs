@@ -29,7 +29,7 @@ use super::shared::{TransportCore, TransportImpl};
 use super::Transport;
 use crate::address::Address;
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
-use crate::event_loop::{Handle, Resource};
+use crate::event_loop::{Handle, OpOwner, Resource};
 use crate::protocol::AnyProtocol;
 
 /// Most slices one vectored send carries.
@@ -151,13 +151,12 @@ impl StreamTransport {
             return;
         };
         let buf = event_loop.take_recv_buf();
-        let this = self.strong();
-        state.recv = Some(event_loop.submit(
+        state.recv = Some(event_loop.submit_owned(
             Op::Recv {
                 socket: self.socket,
                 buf,
             },
-            Box::new(move |completion| this.on_recv(completion)),
+            self.strong(),
         ));
     }
 
@@ -222,34 +221,34 @@ impl StreamTransport {
         if state.send.is_some() || state.aborted || state.socket_closed {
             return;
         }
-        let (bufs, offset) = self.core.with_send_queue(|queue| {
-            queue.seal();
-            queue.front_chunks(MAX_SEND_SLICES)
-        });
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
+        let mut bufs = event_loop.take_send_vec();
+        let offset = self.core.with_send_queue(|queue| {
+            queue.seal();
+            queue.front_chunks(MAX_SEND_SLICES, &mut bufs)
+        });
         if !bufs.is_empty() {
-            let this = self.strong();
-            state.send = Some(event_loop.submit(
+            state.send = Some(event_loop.submit_owned(
                 Op::Send {
                     socket: self.socket,
                     bufs,
                     offset,
                 },
-                Box::new(move |completion| this.on_send(completion)),
+                self.strong(),
             ));
             return;
         }
+        event_loop.give_send_vec(bufs);
         if state.eof_requested && !state.eof_sent && !state.closing {
             state.eof_sent = true;
-            let this = self.strong();
-            state.shutdown = Some(event_loop.submit(
+            state.shutdown = Some(event_loop.submit_owned(
                 Op::Shutdown {
                     socket: self.socket,
                     how: Shutdown::Write,
                 },
-                Box::new(move |completion| this.on_shutdown(completion)),
+                self.strong(),
             ));
             return;
         }
@@ -277,7 +276,10 @@ impl StreamTransport {
                 self.fail(e);
             }
         }
-        // `completion.op` (and the Bytes it holds) is released here: W3.
+        // The Bytes of the send are released here (W3); its `Vec` is reused.
+        if let (Op::Send { bufs, .. }, Some(event_loop)) = (completion.op, self.core.event_loop()) {
+            event_loop.give_send_vec(bufs);
+        }
         self.core.schedule();
     }
 
@@ -328,6 +330,18 @@ impl StreamTransport {
         let hooks = std::mem::take(&mut *self.release_hooks.borrow_mut());
         for f in hooks {
             f();
+        }
+    }
+}
+
+/// The completions of the transport's receive, send and shutdown.
+impl OpOwner for StreamTransport {
+    fn complete(self: Rc<Self>, completion: Completion) {
+        match completion.op {
+            Op::Recv { .. } => self.on_recv(completion),
+            Op::Send { .. } => self.on_send(completion),
+            Op::Shutdown { .. } => self.on_shutdown(completion),
+            ref other => unreachable!("a transport got the completion of {}", other.name()),
         }
     }
 }
