@@ -1,0 +1,157 @@
+//! No heap allocation per operation on the hot path: a closed-loop echo
+//! (one 64-byte message in flight) counts the allocations its loop thread
+//! makes per round trip, on every driver. Each round trip is two sends, two
+//! receives, their completions, two transport runs and two deliveries.
+//!
+//! The loop and transports allocate nothing per round trip; the bounds
+//! below leave room only for what a driver allocates per op: `poll` copies
+//! each received message into a buffer of its size (one allocation per
+//! receive, two per round trip); `sim` is reported, not bounded (it keeps a
+//! text trace of its decisions).
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{Cell, RefCell};
+
+use futures_channel::oneshot;
+use proactor::{BaseProtocol, DriverKind, Protocol, Transport};
+use util::*;
+
+/// Counts the allocations of the current thread (tests run in parallel).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds `GlobalAlloc`'s contract; the counter is a thread-local `Cell`
+// with a const initialiser and no destructor, so touching it never
+// allocates or re-enters the allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: the caller's layout is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: `ptr` came from `System` with `layout`, as the caller promises.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const SIZE: usize = 64;
+const WARMUP: u64 = 50;
+const ROUNDS: u64 = 500;
+
+struct Echo(Option<Transport>);
+impl BaseProtocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+}
+impl Protocol for Echo {
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.0 {
+            t.write(data);
+        }
+    }
+}
+
+/// Sends a message, waits for all of it to come back, sends the next;
+/// counts allocations from round `WARMUP` to round `WARMUP + ROUNDS`.
+struct Pinger {
+    transport: Option<Transport>,
+    got: usize,
+    rounds: u64,
+    start: u64,
+    done: Option<oneshot::Sender<u64>>,
+}
+impl BaseProtocol for Pinger {
+    fn connection_made(&mut self, t: Transport) {
+        t.write(&[7; SIZE]);
+        self.transport = Some(t);
+    }
+}
+impl Protocol for Pinger {
+    fn data_received(&mut self, data: &[u8]) {
+        self.got += data.len();
+        if self.got < SIZE {
+            return;
+        }
+        assert_eq!(self.got, SIZE, "one message in flight");
+        self.got = 0;
+        self.rounds += 1;
+        if self.rounds == WARMUP {
+            self.start = allocations();
+        }
+        if self.rounds == WARMUP + ROUNDS {
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(allocations() - self.start);
+            }
+            return;
+        }
+        if let Some(t) = &self.transport {
+            t.write(&[7; SIZE]);
+        }
+    }
+}
+
+#[test]
+fn echo_round_trips_allocate_nothing_per_op_in_the_loop() {
+    let figures = RefCell::new(Vec::new());
+    on_every_driver_shared("echo_round_trips_allocate", |lp| {
+        let h = lp.handle();
+        let server = h.create_server(localhost(), || Echo(None)).expect("listen");
+        let (tx, rx) = oneshot::channel();
+        let pinger = Pinger {
+            transport: None,
+            got: 0,
+            rounds: 0,
+            start: 0,
+            done: Some(tx),
+        };
+        let client = lp
+            .run_until_complete(h.create_connection(server.local_addr(), pinger))
+            .expect("loop runs")
+            .expect("connect");
+        let counted = lp
+            .run_until_complete(rx)
+            .expect("loop runs")
+            .expect("rounds done");
+        let per_round_trip = counted as f64 / ROUNDS as f64;
+        let kind = lp.handle().driver_kind();
+        figures.borrow_mut().push((kind, per_round_trip));
+        eprintln!("{kind}: {per_round_trip} allocations per echo round trip");
+        // Per round trip: the loop and transports allocate nothing; `poll`
+        // sizes each received message (2 receives). `sim` is not bounded:
+        // it records a readable trace of every scheduling decision (text).
+        let bound = match kind {
+            DriverKind::Poll => Some(2.0),
+            DriverKind::Uring => Some(0.5),
+            DriverKind::Sim => None,
+        };
+        if let Some(bound) = bound {
+            assert!(
+                per_round_trip <= bound,
+                "{kind}: {per_round_trip} allocations per round trip (at most {bound})"
+            );
+        }
+        client.close();
+        server.close();
+    });
+    eprintln!("allocations per echo round trip: {:?}", figures.borrow());
+}
