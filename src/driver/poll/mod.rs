@@ -19,7 +19,7 @@
 //!
 //! The driver provides receive buffers ([`Driver::provides_recv_buffers`]):
 //! a receive submitted with an empty `Vec` parks without any memory, and its
-//! attempt reads into one driver-wide buffer of [`RECV_SIZE`] bytes. What it
+//! attempt reads into one driver-wide buffer of `RECV_SIZE` (64 KiB). What it
 //! got is copied into a buffer of its own size; a read of more than half the
 //! size keeps the driver-wide buffer instead (a new one replaces it), which
 //! saves the copy where it costs most and still holds at most twice what was
