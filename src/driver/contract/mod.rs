@@ -143,6 +143,7 @@ contract!(
     echo_over_unix_and_close_unlinks_the_path,
     one_completion_per_op,
     invalid_arguments_complete_with_the_same_errors,
+    provided_receive_buffers_hold_only_what_was_read,
     connect_to_a_closed_listener_is_refused,
     short_writes_and_reads_lose_nothing,
     peer_close_gives_eof_after_the_data,

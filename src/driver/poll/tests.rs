@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{PollDriver, RECV_SIZE};
+use super::PollDriver;
 use crate::driver::contract::{recv_bytes, Harness};
-use crate::driver::{is_cancelled, Op};
+use crate::driver::is_cancelled;
 
 fn harness(test: &'static str) -> Harness {
     Harness::new(Box::new(PollDriver::new().unwrap()), test)
@@ -71,67 +71,5 @@ fn parked_ops_complete_in_submission_order() {
         ]
     );
     h.close_all(&[server, listener]);
-    h.assert_quiescent();
-}
-
-/// A receive submitted with `Vec::new()` gets its buffer from the driver:
-/// nothing held while it waits (it parks with the empty `Vec`), a buffer
-/// of the received size for a small read, at most twice the read for a
-/// large one, an empty buffer for EOF, and an untouched empty `Vec` when
-/// cancelled. (Only `poll` provides buffers so far.)
-#[test]
-fn provided_receive_buffers_hold_only_what_was_read() {
-    let mut h = harness("provided_receive_buffers");
-    assert!(h.driver.provides_recv_buffers());
-    let listener = h.listen(&"127.0.0.1:0".parse().unwrap());
-    let (ours, peer) = h.accept_peer(listener);
-    let provided = |socket| Op::Recv {
-        socket,
-        buf: Vec::new(),
-    };
-
-    // Parked on an idle socket, then cancelled: ECANCELED, no buffer.
-    let key = h.driver.submit(provided(ours), 0);
-    h.turn(Duration::ZERO);
-    assert!(!h.has_completion(key), "nothing to read: the receive parks");
-    h.driver.cancel(key);
-    let c = h.complete(key);
-    assert!(matches!(&c.op, Op::Recv { buf, .. } if buf.capacity() == 0));
-    assert!(is_cancelled(&c.result.unwrap_err()));
-
-    // Parked, then woken by a small write: exactly the bytes read.
-    let key = h.driver.submit(provided(ours), 0);
-    h.turn(Duration::ZERO);
-    assert!(!h.has_completion(key));
-    h.peer_write(&peer, b"hello");
-    let buf = recv_bytes(h.complete(key)).unwrap();
-    assert_eq!((&buf[..], buf.capacity()), (&b"hello"[..], 5));
-
-    // A large write (above half the driver-wide buffer): every byte, in
-    // order; no buffer more than twice its bytes.
-    // (Small enough for the socket buffers: the peer writes blocking.)
-    let data = crate::driver::contract::pattern(48 * 1024, 7);
-    h.peer_write(&peer, &data);
-    let mut got = Vec::new();
-    while got.len() < data.len() {
-        let key = h.driver.submit(provided(ours), 0);
-        let buf = recv_bytes(h.complete(key)).unwrap();
-        assert!(!buf.is_empty(), "unexpected EOF");
-        assert!(buf.len() <= RECV_SIZE);
-        assert!(
-            buf.capacity() <= 2 * buf.len(),
-            "{} for {}",
-            buf.capacity(),
-            buf.len()
-        );
-        got.extend_from_slice(&buf);
-    }
-    assert!(got == data, "bytes lost or reordered");
-
-    // EOF: a result of 0 and an empty buffer.
-    h.peer_close(peer);
-    let key = h.driver.submit(provided(ours), 0);
-    assert_eq!(recv_bytes(h.complete(key)).unwrap(), b"");
-    h.close_all(&[ours, listener]);
     h.assert_quiescent();
 }
