@@ -77,8 +77,9 @@ fn check_stream(
         assert_eq!(
             r.data.len(),
             sent,
-            "{who}: a clean EOF after {} of the {sent} bytes its peer sent",
-            r.data.len()
+            "{who}: a clean EOF after {} of the {sent} bytes its peer sent: {}",
+            r.data.len(),
+            r.summary()
         );
         totals.exact_ends += 1;
     }
