@@ -33,6 +33,25 @@ fn run_seed(seed: u64) -> sweep::Outcome {
     }
 }
 
+/// Seeds the 100,000-seed soak failed on, replayed in every run:
+/// - 4151: a fault resets the connection while the server has a receive and
+///   a send in flight; the send takes the reset's error (Linux reports it
+///   once), the receive then reads 0. The EOF was delivered as a clean end
+///   after 6 of 148,293 bytes, before `connection_lost(ECONNRESET)`.
+/// - 1453: a TLS application paused when its raw transport ended hears
+///   `connection_lost` only after its resume; the sweep checked before the
+///   pending resume timer ran.
+/// - 17677: a STARTTLS client completed its handshake and aborted at once,
+///   cutting the server's handshake before the client's Finished reached
+///   it; the sweep took the server's failed `start_tls` for a bug.
+#[test]
+fn seeds_the_soak_failed_on() {
+    for seed in [4151, 1453, 17677] {
+        let s = run_seed(seed).stats;
+        assert_eq!(s.submitted, s.completed, "O1 on seed {seed}");
+    }
+}
+
 /// The sweep: at least 1,000 seeds in CI, reporting the races exercised.
 #[test]
 fn sweep_random_workloads() {

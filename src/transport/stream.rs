@@ -58,6 +58,11 @@ struct SocketState {
     #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
     recv_cancelled_by_pause: bool,
     send: Option<OpKey>,
+    /// The socket read EOF while a send was in flight: the EOF waits for
+    /// that send's result. The kernel reports a reset once, to whichever
+    /// op runs first; a send that took it leaves the receive reading 0, and
+    /// the cut connection must not pass for a clean end.
+    eof_waits_for_send: bool,
     eof_requested: bool,
     /// The `SHUT_WR` was submitted (once).
     eof_sent: bool,
@@ -96,6 +101,7 @@ impl StreamTransport {
                 ))]
                 recv_cancelled_by_pause: false,
                 send: None,
+                eof_waits_for_send: false,
                 eof_requested: false,
                 eof_sent: false,
                 shutdown: None,
@@ -177,9 +183,13 @@ impl StreamTransport {
         match completion.result {
             Ok(0) => {
                 state.read_done = true;
+                state.eof_waits_for_send = state.send.is_some();
+                let eof_now = !state.eof_waits_for_send;
                 drop(state);
                 self.recycle(buf);
-                self.core.delivery_mut().push_eof();
+                if eof_now {
+                    self.core.delivery_mut().push_eof();
+                }
             }
             Ok(n) if state.closing => {
                 // Bytes that raced with close(): accounted for, not delivered.
@@ -263,6 +273,12 @@ impl StreamTransport {
     fn on_send(&self, completion: Completion) {
         let mut state = self.socket_state.borrow_mut();
         state.send = None;
+        // An EOF read while this send was in flight: a clean end unless the
+        // send took a reset's error (then `fail` below reports it instead).
+        let eof_waited = std::mem::take(&mut state.eof_waits_for_send);
+        if eof_waited && !matches!(&completion.result, Err(e) if !is_cancelled(e)) {
+            self.core.delivery_mut().push_eof();
+        }
         match completion.result {
             // After abort the queue is gone: a send that completed anyway
             // (cancel raced, or landed mid-transfer) only counts as sent.
