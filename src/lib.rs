@@ -35,7 +35,8 @@
         feature = "broken-double-recv",
         feature = "broken-tls-pause-leaks",
         feature = "broken-error-as-eof",
-        feature = "broken-switch-tail-to-old"
+        feature = "broken-switch-tail-to-old",
+        feature = "broken-multishot-drops-after-pause"
     )
 ))]
 compile_error!(
