@@ -253,9 +253,6 @@ impl SimDriver {
             return None;
         };
         let fd = socket.0;
-        if !self.multishot {
-            return Some(Arrival::End(Err(os_err(libc::EOPNOTSUPP))));
-        }
         if self.net.is_live(fd) {
             if self.rngs.fault.chance(reset_p) && self.net.reset(fd) {
                 self.sim_stats.resets += 1;

@@ -306,7 +306,12 @@ impl Driver for SimDriver {
             Op::Accept { .. } | Op::RecvMulti { .. } => String::new(),
         };
         let line = format!("submit {} sock={}{detail}", op.name(), op_socket(&op));
-        let immediate = op.immediate_result();
+        let immediate = match op {
+            Op::RecvMulti { .. } if !self.multishot => {
+                Some(Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
+            }
+            _ => op.immediate_result(),
+        };
         let key = self.ops.insert(Pending {
             op,
             user,

@@ -93,12 +93,12 @@ impl BufRing {
             this.push(bid);
         }
         this.publish();
+        let addr = this.ring.ptr.as_ptr() as u64;
         // SAFETY: the ring mapping is page aligned, holds `entries` entries
         // and lives as long as this `BufRing`, which the driver keeps until
         // the io_uring is closed (a field declared after the ring, and
         // leaked with the ops if the kernel never answered them); the
         // buffers the entries point to live in `bufs`, as long.
-        let addr = this.ring.ptr.as_ptr() as u64;
         unsafe { submitter.register_buf_ring_with_flags(addr, entries, GROUP, 0)? };
         Ok(this)
     }

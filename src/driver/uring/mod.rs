@@ -219,6 +219,17 @@ impl UringDriver {
     /// still safe (the kernel keeps an overflow list that `wait` flushes in
     /// the same turn) but slower.
     pub fn with_queues(entries: u32, cq_entries: u32) -> io::Result<UringDriver> {
+        Self::with_buffer_ring(entries, cq_entries, RING_BUFFERS, RING_BUFFER_SIZE)
+    }
+
+    /// [`UringDriver::with_queues`] with a provided buffer ring of
+    /// `buffers` (a power of two) of `size` bytes each.
+    pub(crate) fn with_buffer_ring(
+        entries: u32,
+        cq_entries: u32,
+        buffers: u16,
+        size: usize,
+    ) -> io::Result<UringDriver> {
         let (ring, setup) = build_ring(entries.max(8), cq_entries.max(2 * entries))?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe).map_err(|e| {
@@ -249,7 +260,7 @@ impl UringDriver {
         let close_supported = probe.is_supported(opcode::Close::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
         let buf_ring = if probe.is_supported(opcode::SendZc::CODE) && multishot_wanted() {
-            match BufRing::register(&ring.submitter(), RING_BUFFERS, RING_BUFFER_SIZE) {
+            match BufRing::register(&ring.submitter(), buffers, size) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!("uring: no provided buffer ring ({e}): single-shot receives");
