@@ -61,20 +61,20 @@ pub struct SimConfig {
     /// Probability that a wait that would block is interrupted by a signal
     /// (`EINTR` from `io_uring_enter` or `epoll_wait`, which both kernel
     /// drivers turn into an early return): it returns early with nothing,
-    /// its clock short of the timeout. At most [`MAX_EMPTY_POLLS`] in a
+    /// its clock short of the timeout. At most `MAX_EMPTY_POLLS` (3) in a
     /// row, so a timeout is always reached. Default 0.02.
     pub eintr_prob: f64,
     /// Probability that a zero-timeout `wait` returns nothing although ops
     /// could complete: their completions are not posted yet (task work that
     /// io_uring runs only on a later enter, a packet still in softirq
-    /// processing). At most [`MAX_EMPTY_POLLS`] in a row. Default 0.1.
+    /// processing). At most `MAX_EMPTY_POLLS` (3) in a row. Default 0.1.
     pub empty_poll_prob: f64,
     /// When a cancel wins over a send that could move bytes: probability
     /// that it lands mid-transfer and the send completes "aborted after N
     /// bytes", as IOCP reports a cancelled `WSASend` (`ERROR_OPERATION_ABORTED`
     /// with N bytes transferred) and io_uring a send stopped after a partial
     /// transfer. Reported as the partial success `Ok(N)`, N short of the
-    /// offer (see [`Completion`](crate::driver::Completion)). Default 0.5.
+    /// offer (see the driver's `Completion`). Default 0.5.
     pub partial_cancel_prob: f64,
     /// Initial retransmission timeout of a TCP connect whose SYN goes
     /// unanswered (the listener's accept queue is full, or the SYN is
@@ -129,7 +129,7 @@ pub struct SimConfig {
     /// the application caused. Default 0 (Linux).
     pub reset_accept_abort_prob: f64,
     /// Probability, decided once per driver from the seed, that it offers
-    /// multishot receives ([`Op::RecvMulti`](crate::driver::Op::RecvMulti))
+    /// multishot receives (`Op::RecvMulti`)
     /// over a provided buffer ring, so a sweep covers both receive paths.
     /// Default 0.5.
     pub multishot_recv_prob: f64,
