@@ -239,6 +239,7 @@ impl StreamTransport {
             // The buffer ring ran dry: the multishot ended having taken
             // nothing; `pump_read` arms a new one if reading goes on.
             Err(e) if state.multishot && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::debug!(socket = ?self.socket, "multishot receive ran out of ring buffers");
                 drop(state);
             }
             Err(e) if is_cancelled(&e) => {
