@@ -23,13 +23,19 @@ impl UringDriver {
     /// overflow entry it could not allocate) as an error: the ops they
     /// belonged to will never complete.
     pub(super) fn reap_all(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.arrivals = 0;
         let mut n = self.reap(out);
         let mut rounds = 0;
         let mut result = Ok(());
         loop {
             let overflow = self.ring.submission().cq_overflow();
             let batch = self.defer_taskrun && n >= KERNEL_TASK_WORK_BATCH;
-            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS {
+            // Armed multishot receives post arrivals for as long as peers
+            // send: entering again would read on (and hold) without end
+            // before the loop ever delivers or pauses. A ring's worth of
+            // arrivals is one turn's share; the rest waits for the next.
+            let enough = self.arrivals > 0 && self.arrivals >= self.ring_buffers;
+            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS || enough {
                 break;
             }
             rounds += 1;
@@ -150,6 +156,7 @@ impl UringDriver {
         } else {
             Ok(res as usize)
         };
+        self.arrivals += 1;
         let completion = Completion {
             more: true,
             user: slot.user,

@@ -143,6 +143,10 @@ pub struct UringDriver {
     /// has none, they are off). Declared after `ring`, so it is unmapped
     /// only after the ring is closed.
     buf_ring: Option<BufRing>,
+    /// Buffers in `buf_ring` (0 without one).
+    ring_buffers: usize,
+    /// Multishot arrivals reaped by the current `wait`.
+    arrivals: usize,
     slots: Slots<Slot>,
     /// The live key for each slot index (to cancel everything on drop).
     live: Vec<Option<OpKey>>,
@@ -283,6 +287,12 @@ impl UringDriver {
 
         let mut driver = UringDriver {
             ring,
+            ring_buffers: if buf_ring.is_some() {
+                usize::from(buffers)
+            } else {
+                0
+            },
+            arrivals: 0,
             buf_ring,
             slots: Slots::default(),
             live: Vec::new(),

@@ -60,3 +60,47 @@ fn an_empty_buffer_ring_ends_the_multishot_with_enobufs_and_loses_nothing() {
     d.close(ours);
     assert_quiescent(&d);
 }
+
+/// A peer that never stops sending keeps an armed multishot posting
+/// arrivals: one `wait` returns after about a ring's worth of them, so the
+/// loop gets to deliver (and pause) instead of reading on without end.
+#[test]
+fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
+    let mut d = match UringDriver::with_buffer_ring(64, 4096, 256, 64) {
+        Ok(d) if d.supports_multishot_recv() => d,
+        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
+        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    };
+    let (ours, mut peer) = pair();
+    let writer = std::thread::spawn(move || {
+        let chunk = [7u8; 4096];
+        // Until our side closes: EPIPE ends it.
+        while peer.write_all(&chunk).is_ok() {}
+    });
+    let key = d.submit(
+        Op::RecvMulti {
+            socket: ours,
+            buf: Vec::new(),
+        },
+        0,
+    );
+    let mut out = Vec::new();
+    while out.is_empty() {
+        d.wait(Some(Duration::from_secs(1)), &mut out).unwrap();
+    }
+    assert!(
+        out.len() < 2 * 256,
+        "one wait reaped {} arrivals, a ring holds 256",
+        out.len()
+    );
+    d.cancel(key);
+    loop {
+        if out.iter().any(|c| c.key == key && !c.more) {
+            break;
+        }
+        d.wait(Some(Duration::from_secs(1)), &mut out).unwrap();
+    }
+    d.close(ours);
+    writer.join().unwrap();
+    assert_quiescent(&d);
+}
