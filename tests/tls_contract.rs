@@ -1531,11 +1531,20 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading(); // the peer stops reading for good
             until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
-            // Set-up, not synchronisation: the kernel's socket buffers fill
-            // (a state no API shows), so the alert queued behind our data
-            // cannot flush. If they did not, the assertion on the wait below
-            // fails; it cannot pass by accident.
-            sleep(&h, Duration::from_millis(20)).await;
+            // The kernel's socket buffers fill, so the alert queued behind
+            // our data cannot flush: wait until the server's raw transport
+            // has a backlog and the kernel took nothing more for 20 ms (its
+            // ledger counts what the kernel accepted).
+            let st = srv.borrow().transport.clone().unwrap().raw_transport();
+            let deadline = h.now() + LIMIT;
+            loop {
+                let before = st.ledger().sent;
+                sleep(&h, Duration::from_millis(20)).await;
+                if st.ledger().sent == before && st.get_write_buffer_size() > 0 {
+                    break;
+                }
+                assert!(h.now() < deadline, "the server's socket buffers never filled");
+            }
             // A record that cannot decrypt: our engine fails.
             raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
             until(&h, LIMIT, "engine error", || srv.borrow().lost == 1).await;
