@@ -6,16 +6,18 @@
 //! receives, their completions, two transport runs and two deliveries.
 //!
 //! The loop and transports allocate nothing per round trip; the bounds
-//! below leave room only for what a driver allocates per op: `poll` copies
-//! each received message into a buffer of its size (one allocation per
-//! receive, two per round trip); `sim` is reported, not bounded (it keeps a
-//! text trace of its decisions).
+//! below leave room only for what a driver allocates per op: `poll`, and
+//! `uring` when it receives multishot over its buffer ring, copy each
+//! received message into a buffer of its size (one allocation per receive,
+//! two per round trip); single-shot `uring` allocates nothing; `sim` is
+//! reported, not bounded (it keeps a text trace of its decisions).
 //!
 //! Little heap per idle connection: what a connection that made one round
 //! trip and went quiet still holds. On `poll` no receive buffer (the driver
-//! reads into one buffer for the loop); `uring` holds its receive buffer
-//! (64 KiB of address space, one page of it touched) until it provides
-//! buffers from a ring, and is reported, not bounded.
+//! reads into one buffer for the loop), nor on `uring` with multishot
+//! receives (the buffer ring is the loop's); single-shot `uring` and `sim`
+//! (on seeds without multishot) hold their 64 KiB receive buffer, and are
+//! reported, not bounded.
 
 mod util;
 
@@ -157,13 +159,20 @@ fn echo_round_trips_allocate_nothing_per_op_in_the_loop() {
             .expect("rounds done");
         let per_round_trip = counted as f64 / ROUNDS as f64;
         let kind = lp.handle().driver_kind();
+        let multishot = lp.handle().driver_stats().multishot_completions > 0;
         figures.borrow_mut().push((kind, per_round_trip));
-        eprintln!("{kind}: {per_round_trip} allocations per echo round trip");
+        eprintln!(
+            "{kind}: {per_round_trip} allocations per echo round trip (multishot receives: {multishot})"
+        );
         // Per round trip: the loop and transports allocate nothing; `poll`
-        // sizes each received message (2 receives). `sim` is not bounded:
-        // it records a readable trace of every scheduling decision (text).
+        // sizes each received message (2 receives), and so does `uring`
+        // when it receives multishot (each arrival is copied out of the
+        // buffer ring into a buffer of its size); single-shot `uring`
+        // receives into pooled buffers. `sim` is not bounded: it records
+        // a readable trace of every scheduling decision (text).
         let bound = match kind {
             DriverKind::Poll => Some(2.0),
+            DriverKind::Uring if multishot => Some(2.0),
             DriverKind::Uring => Some(0.5),
             DriverKind::Sim => None,
         };
@@ -233,7 +242,10 @@ fn idle_connections_hold_little_heap() {
         // Both ends of each connection are on this loop.
         let per_connection = (live_bytes() - before) as f64 / (2 * CONNECTIONS) as f64;
         let kind = h.driver_kind();
-        eprintln!("{kind}: {per_connection:.0} heap bytes per idle connection");
+        let multishot = h.driver_stats().multishot_completions > 0;
+        eprintln!(
+            "{kind}: {per_connection:.0} heap bytes per idle connection (multishot receives: {multishot})"
+        );
         if kind == DriverKind::Poll {
             // About 1.4 KB today (the transport, its queues' first
             // allocations, the loop's and driver's table entries); a

@@ -72,6 +72,9 @@ fn sweep_random_workloads() {
         total.cancel_partial += s.cancel_partial;
         total.short_reads += s.short_reads;
         total.short_writes += s.short_writes;
+        total.multishot_completions += s.multishot_completions;
+        total.multishot_held += s.multishot_held;
+        total.multishot_enobufs += s.multishot_enobufs;
         sim.add(&o.sim);
         totals.add(&o.totals);
     }
@@ -104,9 +107,17 @@ fn sweep_random_workloads() {
         "  pauses by source [pauses, recv in flight, completion ready]: {:?}; {} of TLS transports, {} plain",
         totals.pauses.by_source, totals.pauses.tls, totals.pauses.plain
     );
+    println!(
+        "  multishot receives: {} arrivals, {} held while paused, {} re-armed after ENOBUFS",
+        total.multishot_completions, total.multishot_held, total.multishot_enobufs
+    );
     window.report();
     sim.report();
     if seeds.len() >= 100 {
+        assert!(
+            total.multishot_held > 0 && total.multishot_enobufs > 0,
+            "multishot arrivals came while paused and the ring ran dry: {total:?}"
+        );
         assert!(
             total.short_reads > 0 && total.short_writes > 0,
             "the sweep exercises short I/O"
@@ -131,6 +142,8 @@ fn sweep_random_workloads() {
             "sends_to_closed_peer",
             "unix_epipes",
             "unix_sndbuf_stalls",
+            "multishot_enobufs",
+            "multishot_ends",
         ]);
     }
     window.assert_every_ten_seeds();

@@ -77,21 +77,28 @@ pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 /// [`OpOwner::complete`]: the loop keeps the owner itself, not a boxed
 /// closure per operation. The completion's op says which operation it was.
 pub(crate) trait OpOwner {
-    /// `completion` is the one completion of an op submitted with
-    /// [`Handle::submit_owned`].
+    /// `completion` is a completion of an op submitted with
+    /// [`Handle::submit_owned`]: its one completion, or, for a multishot op
+    /// ([`Op::RecvMulti`]), each of them up to and including the final one
+    /// (`more == false`).
     fn complete(self: Rc<Self>, completion: Completion);
 }
 
-/// Who gets an operation's completion.
-enum Handler {
-    Boxed(CompletionHandler),
+/// Who gets an operation's completions.
+pub(crate) enum Handler {
+    /// A boxed closure: the one completion of a single-shot op.
+    Once(CompletionHandler),
+    /// The op's owner: every completion. It stays registered while they
+    /// come with `more == true` (a multishot op stays armed) and is removed
+    /// with the final one; sharing it costs a reference count, not an
+    /// allocation.
     Owner(Rc<dyn OpOwner>),
 }
 
 impl Handler {
-    fn call(self, completion: Completion) {
+    pub(crate) fn call(self, completion: Completion) {
         match self {
-            Handler::Boxed(f) => f(completion),
+            Handler::Once(f) => f(completion),
             Handler::Owner(owner) => owner.complete(completion),
         }
     }
@@ -549,11 +556,13 @@ impl Handle {
             .inner
             .handlers
             .borrow_mut()
-            .insert(Handler::Boxed(handler));
+            .insert(Handler::Once(handler));
         self.inner.driver.borrow_mut().submit(op, user)
     }
 
-    /// Queues `op`; `owner` gets its completion ([`OpOwner::complete`]).
+    /// Queues `op`; `owner` gets its completion ([`OpOwner::complete`]), or
+    /// every completion of a multishot op ([`Op::RecvMulti`]) up to and
+    /// including its final one.
     pub(crate) fn submit_owned(&self, op: Op, owner: Rc<dyn OpOwner>) -> OpKey {
         let user = self
             .inner
@@ -561,6 +570,11 @@ impl Handle {
             .borrow_mut()
             .insert(Handler::Owner(owner));
         self.inner.driver.borrow_mut().submit(op, user)
+    }
+
+    /// Whether the driver offers [`Op::RecvMulti`].
+    pub(crate) fn supports_multishot_recv(&self) -> bool {
+        self.inner.driver.borrow().supports_multishot_recv()
     }
 
     /// An empty `Vec` for the buffers of a send, reusing one of a finished send.
@@ -581,7 +595,7 @@ impl Handle {
         }
     }
 
-    /// Requests cancellation; the handler still gets exactly one completion.
+    /// Requests cancellation; the handler still gets exactly one final completion.
     pub(crate) fn cancel(&self, key: OpKey) {
         self.inner.driver.borrow_mut().cancel(key);
     }

@@ -14,7 +14,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::exceptions::{default_exception_handler, guarded, ExceptionContext, ExceptionSource};
-use super::{Handle, Job};
+use super::{Handle, Handler, Job};
 
 impl Handle {
     /// Runs one loop step by hand (see the module docs).
@@ -74,7 +74,16 @@ impl Handle {
         let i = &self.inner;
         let mut batch = std::mem::take(&mut *i.completions.borrow_mut());
         for c in batch.drain(..) {
-            let handler = i.handlers.borrow_mut().try_remove(c.user);
+            let handler = if c.more {
+                // A multishot op stays armed: its owner stays registered
+                // (shared, not moved out) until the final completion.
+                match i.handlers.borrow().get(c.user) {
+                    Some(Handler::Owner(owner)) => Some(Handler::Owner(owner.clone())),
+                    _ => None,
+                }
+            } else {
+                i.handlers.borrow_mut().try_remove(c.user)
+            };
             match handler {
                 Some(h) => {
                     if let Err(payload) = guarded(|| h.call(c)) {

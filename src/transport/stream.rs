@@ -7,9 +7,21 @@
 //! new receive is issued only once the held queue is empty and reading is
 //! not paused (R3). Where the driver provides receive buffers (`poll`), a
 //! receive goes out with none and an idle connection holds no receive
-//! buffer at all; elsewhere buffers come from the loop's pool and go back to
-//! it after delivery, so an idle connection holds at most the one buffer of
-//! its receive in flight.
+//! buffer at all; elsewhere single-shot receives take buffers from the
+//! loop's pool and give them back after delivery, so an idle connection
+//! holds at most the one buffer of its receive in flight.
+//!
+//! Where the driver offers it, the one receive is a multishot
+//! ([`Op::RecvMulti`]) over the driver's buffer ring: it stays armed, each
+//! arrival completes with exactly its bytes, and an idle connection holds
+//! no buffer at all. The same rules hold: a completion that arrives while
+//! reading is paused is held, never dropped (R2); because an armed
+//! multishot would go on reading (and the peer would never feel the
+//! pause), that first held arrival also asks the driver to stop it, and
+//! whatever still comes before its final completion is held too. A new one
+//! is armed only once the final completion came (`ENOBUFS`: the ring ran
+//! dry, nothing was lost; or the kernel ended it after some bytes), the
+//! held queue is empty and reading is not paused (R3).
 //!
 //! # Write path (W1–W3)
 //! Writes append to a queue of `Bytes`; one vectored send is in flight at a
@@ -51,7 +63,12 @@ pub(crate) struct StreamTransport {
 
 /// The ops in flight on the socket, and how far its closing got.
 struct SocketState {
+    /// The receive in flight: single-shot, or an armed multishot.
     recv: Option<OpKey>,
+    /// Receives are multishot (the driver offers them).
+    multishot: bool,
+    /// The armed multishot was asked to stop (bytes came while paused).
+    multishot_stopping: bool,
     /// EOF or an error came from the socket: no more receives.
     read_done: bool,
     /// Test-only: the receive in flight was cancelled by `pause_reading`.
@@ -94,6 +111,8 @@ impl StreamTransport {
             local,
             socket_state: RefCell::new(SocketState {
                 recv: None,
+                multishot: handle.supports_multishot_recv(),
+                multishot_stopping: false,
                 read_done: false,
                 #[cfg(any(
                     feature = "broken-pause-cancels",
@@ -156,6 +175,18 @@ impl StreamTransport {
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
+        if state.multishot {
+            // The transport stays registered as the owner of every
+            // arrival until the final completion.
+            state.recv = Some(event_loop.submit_owned(
+                Op::RecvMulti {
+                    socket: self.socket,
+                    buf: Vec::new(),
+                },
+                self.strong(),
+            ));
+            return;
+        }
         let buf = event_loop.take_recv_buf();
         state.recv = Some(event_loop.submit_owned(
             Op::Recv {
@@ -167,11 +198,14 @@ impl StreamTransport {
     }
 
     fn on_recv(&self, completion: Completion) {
-        let Op::Recv { buf, .. } = completion.op else {
+        let (Op::Recv { buf, .. } | Op::RecvMulti { buf, .. }) = completion.op else {
             unreachable!("recv handler got {}", completion.op.name())
         };
         let mut state = self.socket_state.borrow_mut();
-        state.recv = None;
+        if !completion.more {
+            state.recv = None;
+            state.multishot_stopping = false;
+        }
         #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
         if std::mem::take(&mut state.recv_cancelled_by_pause) {
             // The asyncio bug, kept to prove the tests catch it: the cancel was
@@ -198,9 +232,27 @@ impl StreamTransport {
                 self.recycle(buf);
             }
             Ok(_) => {
+                if state.multishot && self.core.delivery().read_paused {
+                    self.hold_multishot_arrival(&mut state, completion.more);
+                    // BROKEN ON PURPOSE (`broken-multishot-drops-after-pause`),
+                    // a test-only feature: an arrival of an armed multishot
+                    // after the pause is dropped, as if pausing had stopped it.
+                    #[cfg(feature = "broken-multishot-drops-after-pause")]
+                    {
+                        drop(state);
+                        self.core.schedule();
+                        return;
+                    }
+                }
                 drop(state);
                 // Always keep the bytes (O2), whatever happened meanwhile.
                 self.core.delivery_mut().push_data(buf);
+            }
+            // The buffer ring ran dry: the multishot ended having taken
+            // nothing; `pump_read` arms a new one if reading goes on.
+            Err(e) if state.multishot && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::debug!(socket = ?self.socket, "multishot receive ran out of ring buffers");
+                drop(state);
             }
             Err(e) if is_cancelled(&e) => {
                 drop(state);
@@ -224,6 +276,21 @@ impl StreamTransport {
             }
         }
         self.core.schedule();
+    }
+
+    /// Bytes of the armed multishot came while reading is paused: they are
+    /// held (the caller keeps them), and the multishot is asked to stop so
+    /// the socket stops being read; arrivals that beat the cancel are held
+    /// too (R2), and resuming arms a new one after its final completion.
+    fn hold_multishot_arrival(&self, state: &mut SocketState, more: bool) {
+        let Some(event_loop) = self.core.event_loop() else {
+            return;
+        };
+        event_loop.with_driver(|driver| driver.count_multishot_held());
+        if let (true, false, Some(key)) = (more, state.multishot_stopping, state.recv) {
+            state.multishot_stopping = true;
+            event_loop.cancel(key);
+        }
     }
 
     fn pump_write(&self) {
@@ -354,7 +421,7 @@ impl StreamTransport {
 impl OpOwner for StreamTransport {
     fn complete(self: Rc<Self>, completion: Completion) {
         match completion.op {
-            Op::Recv { .. } => self.on_recv(completion),
+            Op::Recv { .. } | Op::RecvMulti { .. } => self.on_recv(completion),
             Op::Send { .. } => self.on_send(completion),
             Op::Shutdown { .. } => self.on_shutdown(completion),
             ref other => unreachable!("a transport got the completion of {}", other.name()),

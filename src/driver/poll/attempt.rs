@@ -101,6 +101,10 @@ impl PollDriver {
                     (Err(err), _) => Attempt::Done(Err(err)),
                 }
             }
+            // Readiness has no buffer ring to receive into.
+            Op::RecvMulti { .. } => {
+                Attempt::Done(Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
+            }
             Op::Recv { socket, buf } if buf.capacity() == 0 => {
                 // A provided buffer: read into the driver-wide one.
                 let scratch = &mut self.recv_buf;

@@ -274,6 +274,7 @@ impl Driver for PollDriver {
                 State::Queued | State::Parked => Err(invalid("op returned before completing")),
             };
             let completion = Completion {
+                more: false,
                 user: entry.user,
                 key,
                 op: entry.op,
@@ -296,6 +297,10 @@ impl Driver for PollDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_multishot_held(&mut self) {
+        self.stats.count_multishot_held();
     }
 
     fn count_read_pause(&mut self, recv: Option<OpKey>) {
