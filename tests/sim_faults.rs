@@ -137,6 +137,7 @@ fn faulty_workload(seed: u64, totals: &mut Totals) -> DriverStats {
         .unwrap();
     totals.refused += refused;
     totals.accept_errors += accept_errors;
+    let mut incomplete = 0u64;
     for (t, rec, payload) in clients {
         let r = rec.borrow();
         r.assert_ok();
@@ -160,8 +161,20 @@ fn faulty_workload(seed: u64, totals: &mut Totals) -> DriverStats {
         totals.connections += 1;
         if r.data.len() == payload.len() && r.lost_error.is_none() {
             totals.complete += 1;
+        } else {
+            incomplete += 1;
         }
     }
+    // Each injected fault strikes one connection (a reset, a half-close, a
+    // send cut by a reset, or an accept that failed after the client's
+    // connect had completed): no more connections may end short than
+    // faults were injected, or one fault took others down with it.
+    let sim = stats_of.sim_stats().expect("sim driver");
+    let faults = sim.resets + sim.half_closes + sim.send_resets + accept_errors;
+    assert!(
+        incomplete <= faults,
+        "{incomplete} connections ended short, but only {faults} faults were injected: {sim:?}, {accept_errors} accept errors"
+    );
     stats_of.driver_stats()
 }
 
@@ -196,12 +209,11 @@ fn faults_end_one_connection_with_an_error_and_nothing_else() {
             totals.errors > 0 && totals.accept_errors > 0 && totals.refused > 0,
             "faults were injected"
         );
-        // Faults hit single connections: most still echo everything. (A
-        // fault that took others down with it would sink this share; the
-        // fault rates give about 87%.)
+        // Faults hit single connections (checked per seed against the
+        // faults injected); most connections still echo everything.
         assert!(
-            totals.complete * 4 >= totals.connections * 3,
-            "only {} of {} connections completed: faults spread beyond the connection they hit",
+            totals.complete * 2 >= totals.connections,
+            "only {} of {} connections completed",
             totals.complete,
             totals.connections
         );

@@ -87,6 +87,7 @@ impl SimTotals {
         t.partial_cancels += s.partial_cancels;
         t.send_resets += s.send_resets;
         t.resets += s.resets;
+        t.half_closes += s.half_closes;
         t.syn_retransmits += s.syn_retransmits;
         t.connect_timeouts += s.connect_timeouts;
         t.accept_resource_errors += s.accept_resource_errors;
@@ -99,7 +100,7 @@ impl SimTotals {
         t.multishot_ends += s.multishot_ends;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 17] {
+    fn fields(&self) -> [(&'static str, u64); 18] {
         let t = &self.0;
         [
             ("reaps_reordered", t.reaps_reordered),
@@ -109,6 +110,7 @@ impl SimTotals {
             ("partial_cancels", t.partial_cancels),
             ("send_resets", t.send_resets),
             ("resets", t.resets),
+            ("half_closes", t.half_closes),
             ("syn_retransmits", t.syn_retransmits),
             ("connect_timeouts", t.connect_timeouts),
             ("accept_resource_errors", t.accept_resource_errors),

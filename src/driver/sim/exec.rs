@@ -180,6 +180,7 @@ impl SimDriver {
                         counts.resets += 1;
                         trace.push(format!("step {step}: fault reset sock={fd} (recv)"));
                     } else if rngs.fault.chance(half_p) && net.half_close(fd) {
+                        counts.half_closes += 1;
                         trace.push(format!("step {step}: fault half-close peer of sock={fd}"));
                     }
                 }
@@ -258,6 +259,7 @@ impl SimDriver {
                 self.sim_stats.resets += 1;
                 self.log(format_args!("fault reset sock={fd} (recv)"));
             } else if self.rngs.fault.chance(half_p) && self.net.half_close(fd) {
+                self.sim_stats.half_closes += 1;
                 self.log(format_args!("fault half-close peer of sock={fd}"));
             }
         }

@@ -24,6 +24,9 @@ pub struct SimStats {
     pub send_resets: u64,
     /// Connections reset by the network while idle or at a data op (fault).
     pub resets: u64,
+    /// Connections whose peer's writing side was shut by the network
+    /// (fault): EOF after what is buffered.
+    pub half_closes: u64,
     /// SYN retransmissions of TCP connects (full accept queue, or dropped).
     pub syn_retransmits: u64,
     /// TCP connects that failed with `ETIMEDOUT`.

@@ -82,8 +82,10 @@ impl SimDriver {
                 continue;
             }
             if self.rngs.fault.chance(reset_p) && self.net.reset(fd) {
+                self.sim_stats.resets += 1;
                 self.log(format_args!("fault reset sock={fd} (idle recv)"));
             } else if self.rngs.fault.chance(half_p) && self.net.half_close(fd) {
+                self.sim_stats.half_closes += 1;
                 self.log(format_args!(
                     "fault half-close peer of sock={fd} (idle recv)"
                 ));
