@@ -53,7 +53,7 @@ pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{
     default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,
     ExceptionSource, Handle, JoinError, JoinHandle, RemoteHandle, RunError, TableSizes,
-    TimerHandle,
+    TimerHandle, WaitHook,
 };
 pub use net::{Server, ServerOptions, SocketOptions, WaitClosed};
 pub use protocol::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol};
