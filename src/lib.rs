@@ -55,7 +55,7 @@ pub use event_loop::{
     ExceptionSource, Handle, JoinError, JoinHandle, RemoteHandle, RunError, TableSizes,
     TimerHandle, WaitHook,
 };
-pub use net::{Server, ServerOptions, SocketOptions, WaitClosed};
+pub use net::{ConnectFd, Server, ServerOptions, SocketOptions, WaitClosed};
 pub use protocol::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol};
 pub use tls::{TlsError, TlsOptions};
 pub use transport::{Ledger, TlsInfo, Transport, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};

@@ -58,7 +58,7 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,6 +291,16 @@ impl Driver for PollDriver {
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
         self.sockets.set_option(socket, opt)
+    }
+
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<SocketId> {
+        self.sockets.adopt(fd)
+    }
+
+    fn release(&mut self, socket: SocketId) -> io::Result<OwnedFd> {
+        // Deregistered from epoll: its next owner may register it again.
+        self.forget_queues(socket.0);
+        Ok(self.sockets.release(socket))
     }
 }
 
