@@ -5,6 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proactor::{DriverKind, EventLoop, RemoteHandle};
@@ -32,6 +33,12 @@ pub(crate) struct LoopCore {
     anchor_time: f64,
     closed: AtomicBool,
     driver: DriverKind,
+    /// `call_soon_threadsafe` callbacks from other threads, moved to the
+    /// ready queue before the next local `call_soon` (so the two keep the
+    /// order they were called in, as in asyncio's single ready queue) or
+    /// by the wake-up they send, whichever comes first.
+    foreign: Mutex<Vec<Py<CallbackHandle>>>,
+    has_foreign: AtomicBool,
 }
 
 impl LoopCore {
@@ -44,6 +51,25 @@ impl LoopCore {
             Err(PyRuntimeError::new_err("Event loop is closed"))
         } else {
             Ok(())
+        }
+    }
+
+    /// Queues a handle on proactor's ready queue (loop thread only).
+    fn enqueue(&self, local: &Local, h: Py<CallbackHandle>) {
+        let shared = local.shared.clone();
+        local.handle.call_soon(move || {
+            Python::attach(|py| handles::run(py, &shared, h.bind(py)));
+        });
+    }
+
+    /// Moves callbacks other threads sent to the ready queue.
+    pub(crate) fn take_foreign(&self, local: &Local) {
+        if !self.has_foreign.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let pending = std::mem::take(&mut *self.foreign.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in pending {
+            self.enqueue(local, h);
         }
     }
 
@@ -130,6 +156,8 @@ impl LoopCore {
             anchor: Instant::now(),
             anchor_time,
             closed: AtomicBool::new(false),
+            foreign: Mutex::new(Vec::new()),
+            has_foreign: AtomicBool::new(false),
         })
     }
 
@@ -152,10 +180,10 @@ impl LoopCore {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<CallbackHandle>> {
         let (h, shared, _) = self.schedule(py, callback, args, context, None, "call_soon")?;
-        let run = h.clone_ref(py);
-        self.local()?.handle.call_soon(move || {
-            Python::attach(|py| handles::run(py, &shared, run.bind(py)));
-        });
+        let _ = shared;
+        let local = self.local()?;
+        self.take_foreign(local);
+        self.enqueue(local, h.clone_ref(py));
         Ok(h)
     }
 
@@ -178,8 +206,18 @@ impl LoopCore {
             py,
             CallbackHandle::new(py, callback, args.unbind(), context, None)?,
         )?;
-        let run = h.clone_ref(py);
-        self.remote.call_soon_threadsafe(move || {
+        if let Ok(local) = self.local() {
+            // On the loop's own thread: an ordinary call_soon.
+            self.take_foreign(local);
+            self.enqueue(local, h.clone_ref(py));
+            return Ok(h);
+        }
+        self.foreign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h.clone_ref(py));
+        self.has_foreign.store(true, Ordering::Release);
+        self.remote.call_soon_threadsafe(|| {
             Python::attach(|py| {
                 let Some(lp) = crate::errors::current_loop(py) else {
                     return;
@@ -187,11 +225,10 @@ impl LoopCore {
                 let Ok(core) = lp.cast::<LoopCore>() else {
                     return;
                 };
-                let Ok(local) = core.get().local() else {
-                    return;
-                };
-                let shared = local.shared.clone();
-                handles::run(py, &shared, run.bind(py));
+                let core = core.get();
+                if let Ok(local) = core.local() {
+                    core.take_foreign(local);
+                }
             });
         });
         Ok(h)

@@ -254,6 +254,12 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
             path = sock.getsockname()
         native = self._servers.pop(sock.fileno(), None)
         if native is not None:
+            # proactor closes its descriptor once the accept in flight has
+            # answered its cancel; stop listening now, as asyncio does.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             native.close()
         sock.close()
         if path is not None:
