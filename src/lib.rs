@@ -30,7 +30,12 @@
     any(
         feature = "broken-pause-cancels",
         feature = "broken-early-delivery",
-        feature = "broken-scheduled-handshake"
+        feature = "broken-scheduled-handshake",
+        feature = "broken-pause-drops-ready",
+        feature = "broken-double-recv",
+        feature = "broken-tls-pause-leaks",
+        feature = "broken-error-as-eof",
+        feature = "broken-switch-tail-to-old"
     )
 ))]
 compile_error!(
@@ -48,7 +53,7 @@ pub mod tls;
 mod transport;
 
 pub use address::Address;
-pub use driver::sim::SimConfig;
+pub use driver::sim::{SimConfig, SimStats};
 pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{
     default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,

@@ -200,10 +200,15 @@ fn reset_storm(lp: &EventLoop) {
                 resets() >= 50
             })
             .await;
+            let resets_before = resets();
             for _ in 0..ROUNDS {
                 let rtt = round_trip(&h, &addr).await;
                 w.borrow_mut().push(rtt);
             }
+            assert!(
+                resets() > resets_before,
+                "the storm went on while the well-behaved client was measured"
+            );
             stop_threads.store(true, Ordering::Relaxed);
             stop_tasks.set(true);
             for t in threads {
@@ -225,6 +230,14 @@ fn reset_storm(lp: &EventLoop) {
         "reset storm on {kind}: {resets} resets, {accept_errors} accept errors, \
          round trip median {median:?}, worst {max:?}"
     );
+    if kind == DriverKind::Sim {
+        // Every reset before accept is reported as ECONNABORTED here
+        // (reset_accept_abort_prob = 1): the storm reached the accept path.
+        assert!(
+            accept_errors > 0,
+            "sim: {resets} resets, none reached the accept path as ECONNABORTED"
+        );
+    }
     let limit = if kind == DriverKind::Sim {
         SIM_LIMIT
     } else {

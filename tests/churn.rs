@@ -1,6 +1,7 @@
 //! 10,000 connections opened and closed leave file descriptors and the
 //! loop's internal tables at their starting size (W3, O3: nothing outlives
-//! its connection). Runs on uring, poll and sim (one seed: it is long).
+//! its connection). Runs on uring, poll and sim (one seed: it is long;
+//! `PROACTOR_SIM_SEEDS` and `PROACTOR_SIM_SEED_BASE` choose others).
 
 mod util;
 
@@ -8,7 +9,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proactor::{BaseProtocol, DriverKind, EventLoop, Handle, Protocol, Transport};
+use proactor::{BaseProtocol, EventLoop, Protocol, Transport};
 use util::*;
 
 /// Server side: echo, close on EOF.
@@ -31,14 +32,19 @@ struct Once {
     t: Option<Transport>,
     got: usize,
     done: Rc<Cell<usize>>,
+    /// Connections that ended cleanly with their echo.
+    ok: Rc<Cell<usize>>,
 }
 impl BaseProtocol for Once {
     fn connection_made(&mut self, t: Transport) {
         t.write(b"ping\n");
         self.t = Some(t);
     }
-    fn connection_lost(&mut self, _e: Option<std::io::Error>) {
+    fn connection_lost(&mut self, e: Option<std::io::Error>) {
         self.done.set(self.done.get() + 1);
+        if e.is_none() && self.got == 5 {
+            self.ok.set(self.ok.get() + 1);
+        }
     }
 }
 impl Protocol for Once {
@@ -60,6 +66,7 @@ fn churn(lp: &EventLoop, total: usize, concurrency: usize) {
     lp.run_until_complete(async move {
         let server = hh.create_server(localhost(), || Echo(None)).unwrap();
         let done = Rc::new(Cell::new(0usize));
+        let ok = Rc::new(Cell::new(0usize));
         let mut started = 0usize;
         while done.get() < total {
             while started < total && started - done.get() < concurrency {
@@ -67,6 +74,7 @@ fn churn(lp: &EventLoop, total: usize, concurrency: usize) {
                     t: None,
                     got: 0,
                     done: done.clone(),
+                    ok: ok.clone(),
                 };
                 let addr = server.local_addr();
                 let hc = hh.clone();
@@ -85,50 +93,43 @@ fn churn(lp: &EventLoop, total: usize, concurrency: usize) {
         .await;
         server.wait_closed().await;
         assert_eq!(server.accepted(), total as u64);
-        wait(&hh).await;
+        assert_eq!(
+            ok.get(),
+            total,
+            "every connection got its echo and closed cleanly"
+        );
+        // The last completions (closes racing with accepts) drain.
+        wait_until(
+            &hh,
+            Duration::from_secs(10),
+            "ops and transports drained",
+            || {
+                let t = hh.table_sizes();
+                (t.ops_in_flight, t.driver_in_flight, t.transports)
+                    == (
+                        tables_before.ops_in_flight,
+                        tables_before.driver_in_flight,
+                        tables_before.transports,
+                    )
+            },
+        )
+        .await;
     })
     .unwrap();
-    // Let last completions (closes racing with accepts) drain.
-    let hh = h.clone();
-    lp.run_until_complete(async move { sleep(&hh, Duration::from_millis(20)).await })
-        .unwrap();
-    let tables_after = h.table_sizes();
     assert_eq!(
-        tables_after, tables_before,
+        h.table_sizes(),
+        tables_before,
         "loop tables back to their starting size"
     );
     assert_eq!(open_fds(), fds_before, "no file descriptor leaked");
 }
 
-async fn wait(h: &Handle) {
-    sleep(h, Duration::from_millis(5)).await;
-}
-
 #[test]
 fn churn_10k_connections_leaves_no_trace() {
-    if uring_available() {
-        churn(
-            &EventLoop::builder()
-                .driver(DriverKind::Uring)
-                .build()
-                .unwrap(),
-            10_000,
-            64,
-        );
-    }
-    churn(
-        &EventLoop::builder()
-            .driver(DriverKind::Poll)
-            .build()
-            .unwrap(),
-        10_000,
-        64,
-    );
-    let seed = sim_seeds(1)[0];
-    let lp = EventLoop::builder()
-        .driver(DriverKind::Sim)
-        .sim_seed(seed)
-        .build()
-        .unwrap();
-    churn(&lp, 10_000, 64);
+    let _fds = fd_count_lock();
+    let plan = Plan {
+        seeds: Seeds::Sweep(1),
+        ..Plan::new("churn_10k_connections_leaves_no_trace")
+    };
+    matrix::run(plan, |lp| churn(&lp, 10_000, 64));
 }

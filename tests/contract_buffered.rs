@@ -50,8 +50,9 @@ fn r5_buffered_pause_inside_buffer_updated_holds_the_rest_of_the_chunk() {
             .await;
             let srec = rec.borrow().clone().unwrap();
             let t = srec.borrow().transport.clone().unwrap();
-            // Paused after byte 1: give the rest every chance to arrive.
-            sleep(&h, Duration::from_millis(30)).await;
+            // Paused after byte 1: the rest of that chunk is held, and no
+            // receive is issued while paused.
+            next_turn(&h).await;
             assert_eq!(
                 srec.borrow().data.len(),
                 1,
@@ -61,12 +62,21 @@ fn r5_buffered_pause_inside_buffer_updated_holds_the_rest_of_the_chunk() {
             let l = t.ledger();
             assert_eq!(l.delivered, 1, "the ledger counts only what was delivered");
             assert!(l.held >= 1, "the rest of the chunk is held: {l:?}");
-            for _ in 0..payload.len() * 3 {
-                if srec.borrow().data.len() == payload.len() {
-                    break;
-                }
+            assert_eq!(l.received, l.delivered + l.held, "{l:?}");
+            // Each resume delivers exactly one byte, then the hook pauses.
+            while srec.borrow().data.len() < payload.len() {
+                let before = srec.borrow().data.len();
                 t.resume_reading();
-                sleep(&h, Duration::from_millis(1)).await;
+                wait_until(&h, LIMIT, "one more byte after resume", || {
+                    srec.borrow().data.len() > before
+                })
+                .await;
+                assert_eq!(
+                    srec.borrow().data.len(),
+                    before + 1,
+                    "R5: one byte per resume, then paused again"
+                );
+                assert!(!t.is_reading(), "paused again by the hook");
             }
             assert_eq!(srec.borrow().data, payload, "R1: every byte once, in order");
             assert_eq!(srec.borrow().data_calls, 100, "one byte per buffer_updated");
@@ -118,8 +128,11 @@ fn r5_buffered_set_protocol_mid_chunk_hands_the_tail_to_the_new_protocol() {
             let (cp, _) = Recorder::new();
             let client = h.create_connection(server.local_addr(), cp).await.unwrap();
             client.write(b"hello\nworld");
-            wait_until(&h, LIMIT, "world reaches the new protocol", || {
-                new.borrow().data.len() >= 5
+            // Wait for all 11 bytes, whichever protocol got them, so that a
+            // tail given to the wrong one fails below, by name, at once.
+            wait_until(&h, LIMIT, "all of hello\\nworld delivered", || {
+                let got = old.borrow().as_ref().map_or(0, |o| o.borrow().data.len());
+                got + new.borrow().data.len() >= 11
             })
             .await;
             let old = old.borrow().clone().unwrap();

@@ -40,9 +40,8 @@ fn call(m: Method, t: &Transport) {
         }
         Method::Close => t.close(),
         Method::Abort => t.abort(),
-        Method::WriteEof => {
-            let _ = t.write_eof();
-        }
+        // Ok from every callback: after close or abort it does nothing.
+        Method::WriteEof => t.write_eof().expect("write_eof"),
         Method::SetLimits => t.set_write_buffer_limits(Some(1), Some(0)).unwrap(),
     }
 }
@@ -116,8 +115,22 @@ fn l4_every_method_from_every_callback() {
                     });
                     let client = h.create_connection(server.local_addr(), cp).await.unwrap();
                     client.write(b"some request bytes");
-                    sleep(&h, Duration::from_millis(20)).await;
-                    let _ = client.write_eof();
+                    // Half-close once the server has the request, or will
+                    // not read it: it paused reading or ended the connection
+                    // from an earlier callback.
+                    let what = format!("{cb:?}/{m:?}: request delivered");
+                    wait_until(&h, Duration::from_secs(10), &what, || {
+                        srec.borrow().as_ref().is_some_and(|r| {
+                            let r = r.borrow();
+                            !r.data.is_empty()
+                                || r.lost == 1
+                                || r.transport
+                                    .as_ref()
+                                    .is_some_and(|t| t.is_closing() || !t.is_reading())
+                        })
+                    })
+                    .await;
+                    client.write_eof().expect("the client's write_eof");
                     let what = format!("{cb:?}/{m:?}: server connection_lost");
                     wait_until(&h, Duration::from_secs(10), &what, || {
                         srec.borrow().as_ref().is_some_and(|r| {
@@ -239,9 +252,13 @@ fn r1_set_protocol_carries_data_and_write_pause() {
                 second.borrow().is_some()
             })
             .await;
-            sleep(&h, Duration::from_millis(20)).await;
             let rec2 = second.borrow().clone().unwrap();
             let t = rec2.borrow().transport.clone().unwrap();
+            // Paused inside data_received: no receive is issued, nothing
+            // reaches either protocol until the resume.
+            next_turn(&h).await;
+            assert!(rec2.borrow().data.is_empty(), "R3: nothing while paused");
+            assert_eq!(t.ledger().held, 0, "no receive issued while paused");
             t.resume_reading();
             client.close();
             wait_until(&h, Duration::from_secs(10), "lost", || {
@@ -261,9 +278,18 @@ fn r1_set_protocol_carries_data_and_write_pause() {
                 a.data.len(),
                 b.data.len()
             );
-            assert!(
-                b.pauses >= 1,
-                "the new protocol learned that writing is paused"
+            assert_eq!(a.pauses, 0, "the old protocol was swapped out first");
+            assert_eq!(
+                (b.pauses, b.resumes),
+                (1, 1),
+                "the new protocol learned that writing is paused, then resumed: {:?}",
+                b.trace
+            );
+            assert_eq!(
+                b.trace.front().map(String::as_str),
+                Some("pause_writing"),
+                "the pause comes first, before any data: {:?}",
+                b.trace
             );
             server.close();
         })

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use proactor::{EventLoop, RunError};
+use proactor::RunError;
 use util::*;
 
 /// L1: call_soon callbacks run in FIFO order, including ones scheduled by callbacks.
@@ -112,61 +112,88 @@ fn l1_run_until_complete_reports_stop() {
     });
 }
 
+/// Whether thread `tid` of this process is asleep in the kernel (state `S`
+/// in `/proc/self/task/<tid>/stat`).
+fn asleep(tid: libc::pid_t) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // "tid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+}
+
 /// L2: call_soon_threadsafe wakes a loop blocked in the kernel with nothing
-/// else to do (no timers, no I/O).
+/// else to do (no timers, no I/O). The other thread calls only once it sees
+/// the loop's thread asleep in the kernel, so the wake-up is what ends the
+/// wait, not a check the loop would have made anyway.
 #[test]
 fn l2_call_soon_threadsafe_wakes_blocked_loop() {
     on_every_driver("l2_call_soon_threadsafe_wakes_blocked_loop", |lp| {
         let h = lp.handle();
         let remote = h.remote();
-        let (tx, rx) = futures_channel::oneshot::channel::<u32>();
-        let started = Instant::now();
+        let (tx, rx) = futures_channel::oneshot::channel::<Duration>();
+        // SAFETY: gettid(2) has no preconditions and touches no memory.
+        let loop_tid = unsafe { libc::gettid() };
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // Twice in a row, a millisecond apart: blocked, not between steps.
+            let mut seen = 0;
+            while seen < 2 {
+                assert!(Instant::now() < deadline, "the loop never blocked");
+                seen = if asleep(loop_tid) { seen + 1 } else { 0 };
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let called = Instant::now();
             remote.call_soon_threadsafe(move || {
-                let _ = tx.send(42);
+                tx.send(called.elapsed()).expect("the loop waits for it");
             });
         });
-        let v = lp.run_until_complete(rx).unwrap().unwrap();
-        assert_eq!(v, 42);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let latency = lp.run_until_complete(rx).unwrap().unwrap();
         t.join().unwrap();
+        assert!(
+            latency < Duration::from_secs(1),
+            "L2: the blocked loop woke up {latency:?} after call_soon_threadsafe"
+        );
     });
 }
 
 /// L2: many threads at once; every callback runs exactly once.
 #[test]
 fn l2_many_threads_each_callback_once() {
-    let lp = EventLoop::new().unwrap();
-    let h = lp.handle();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let r = h.remote();
-            let c = count.clone();
-            std::thread::spawn(move || {
-                for _ in 0..1000 {
-                    let c = c.clone();
-                    r.call_soon_threadsafe(move || {
-                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    });
-                }
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    on_every_driver("l2_many_threads_each_callback_once", |lp| {
+        let h = lp.handle();
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        // The 4000th callback completes the future the loop waits on: no
+        // timer polls (on sim, loop time would race ahead of the threads).
+        let (tx, rx) = futures_channel::oneshot::channel::<()>();
+        let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let r = h.remote();
+                let (c, tx) = (count.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        let (c, tx) = (c.clone(), tx.clone());
+                        r.call_soon_threadsafe(move || {
+                            if c.fetch_add(1, SeqCst) + 1 == 4000 {
+                                let tx = tx.lock().unwrap().take().expect("once");
+                                tx.send(()).unwrap();
+                            }
+                        });
+                    }
+                })
             })
-        })
-        .collect();
-    let hh = h.clone();
-    let c2 = count.clone();
-    lp.run_until_complete(async move {
-        wait_until(&hh, Duration::from_secs(10), "4000 callbacks", || {
-            c2.load(std::sync::atomic::Ordering::SeqCst) >= 4000
-        })
-        .await;
-    })
-    .unwrap();
-    for t in threads {
-        t.join().unwrap();
-    }
-    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4000);
+            .collect();
+        lp.run_until_complete(rx).unwrap().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // A callback run twice would show by now.
+        let hh = h.clone();
+        lp.run_until_complete(async move { next_turn(&hh).await })
+            .unwrap();
+        assert_eq!(count.load(SeqCst), 4000);
+    });
 }
 
 /// L1: a timer "never" (`Duration::MAX`) is accepted, never fires, and can be

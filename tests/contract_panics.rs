@@ -219,7 +219,12 @@ fn l5_panic_in_each_protocol_callback_aborts_only_that_connection() {
                         // do not read: the victim pauses, then resumes.
                         a.pause_reading();
                         a.write(b"BIG!");
-                        sleep(&h, Duration::from_millis(20)).await;
+                        // Its 4 MiB reply is written inside data_received,
+                        // far over the high mark: pause_writing follows.
+                        wait_until(&h, LIMIT, "the victim got BIG!", || {
+                            victim.borrow().data.ends_with(b"BIG!")
+                        })
+                        .await;
                         a.resume_reading();
                     }
                 }

@@ -4,7 +4,6 @@ mod util;
 
 use std::time::Duration;
 
-use proactor::tls::TlsOptions;
 use tls_support::*;
 
 #[test]
@@ -56,7 +55,6 @@ fn tls_echo_round_trip() {
             assert_eq!(sinfo.server_name.as_deref(), Some("localhost"));
             server.close();
             server.wait_closed().await;
-            let _ = TlsOptions::server;
         })
         .unwrap();
     });

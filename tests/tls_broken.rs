@@ -1,7 +1,8 @@
 //! Proof that the TLS tests can fail: with `broken-scheduled-handshake`
-//! (the bpo-33674 shape: the server's handshake is scheduled instead of
-//! started, and bytes arriving before it runs are dropped), a sim sweep of
-//! TLS connections must catch it within a bounded number of seeds:
+//! (bpo-33674: the handshake is scheduled with `call_soon` instead of
+//! started, and bytes the raw transport delivers before it runs pass
+//! through to the application unencrypted), a sim sweep of TLS connections
+//! must catch it within a bounded number of seeds:
 //!
 //! ```text
 //! cargo test --features broken-scheduled-handshake --test tls_broken

@@ -23,9 +23,13 @@ pub enum Command {
     Race(RaceArgs),
     /// Serve an echo on HOST:PORT or unix:PATH until killed.
     Echo(EchoArgs),
-    /// Echo throughput and latency: proactor (uring, poll) against tokio,
-    /// driven by the same client.
+    /// Echo, bulk, TLS and idle-memory figures of proactor (uring, poll)
+    /// next to tokio, a bare io_uring ring, std threads, monoio, compio and
+    /// tokio-rustls, each server pinned apart from the load client.
     Bench(BenchArgs),
+    /// One server of `bench`, in its own process (used by `bench`).
+    #[command(hide = true)]
+    BenchServer(BenchServerArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -51,8 +55,9 @@ pub struct RaceArgs {
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
-    /// sim only: run the workload once per seed 0..N (PROACTOR_SIM_SEEDS is
-    /// the default; PROACTOR_SIM_SEED=S replays the single seed S).
+    /// sim only: run the workload once per seed B..B+N, B being
+    /// PROACTOR_SIM_SEED_BASE (default 0) (PROACTOR_SIM_SEEDS is the default
+    /// N; PROACTOR_SIM_SEED=S replays the single seed S).
     #[arg(long)]
     pub seeds: Option<u64>,
     /// Run only the client, against an echo server at HOST:PORT or unix:PATH.
@@ -118,28 +123,61 @@ impl TlsArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct BenchArgs {
-    /// Servers to compare: proactor-uring, proactor-poll, tokio.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "proactor-uring,proactor-poll,tokio"
-    )]
-    pub servers: Vec<String>,
-    /// Connection counts to run.
-    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
-    pub connections: Vec<usize>,
-    /// Message sizes in bytes.
-    #[arg(long, value_delimiter = ',', default_value = "64,1024,16384", value_parser = parse_size)]
-    pub sizes: Vec<usize>,
-    /// Seconds measured per cell of the table.
-    #[arg(long, default_value_t = 2.0)]
-    pub duration: f64,
-    /// Seconds of warm-up before each measurement.
-    #[arg(long, default_value_t = 0.5)]
-    pub warmup: f64,
+    /// CI smoke run (under a minute): echo at 64 x 64 B and 256 x 1 KiB, bulk,
+    /// TLS, idle memory at 1,000 connections; one round, short windows.
+    #[arg(long)]
+    pub quick: bool,
+    /// Servers to run (default: all): proactor-uring, proactor-poll,
+    /// tokio-ct, tokio-mt, bare-ring, std-threads, monoio, compio,
+    /// proactor-uring-tls, proactor-poll-tls, tokio-rustls, loopback.
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Option<Vec<String>>,
+    /// Parts to run (default: all): echo, bulk, tls, idle.
+    #[arg(long, value_delimiter = ',', value_parser = ["echo", "bulk", "tls", "idle"])]
+    pub only: Vec<String>,
+    /// Echo connection counts [default: 1,64,256,1000].
+    #[arg(long, value_delimiter = ',')]
+    pub connections: Option<Vec<usize>>,
+    /// Echo message sizes in bytes [default: 64,1K,16K].
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    pub sizes: Option<Vec<usize>>,
+    /// Rounds; each figure is the median over them [default: 3, --quick 1].
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Seconds measured per run [default: 1, --quick 0.4].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seconds of warm-up before each measurement [default: 0.2, --quick 0.1].
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Idle connections of the memory figure, 0 to skip [default: 10000,
+    /// --quick 1000].
+    #[arg(long)]
+    pub idle: Option<usize>,
     /// Print one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
+    /// Write a bar chart (SVG) of the figures to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// `proactor bench-server`: one server of `proactor bench`, in its own
+/// process (started by the bench, not by hand).
+#[derive(Debug, Args, Clone)]
+pub struct BenchServerArgs {
+    /// Which server (a name from `bench --servers`).
+    #[arg(long)]
+    pub kind: String,
+    /// Pin the process to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// PEM certificate of the TLS servers.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the TLS servers.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A byte count, with an optional K/M suffix (binary units): `16K`, `1M`.

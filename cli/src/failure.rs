@@ -38,6 +38,14 @@ impl Failure {
         }
     }
 
+    /// Something this machine does not offer (io_uring refused): exit 3.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::DriverUnavailable,
+            message: message.into(),
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self.kind {
             FailureKind::Run => 1,

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Some(Command::Race(args)) => race::run(&args),
         Some(Command::Echo(args)) => echo::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::BenchServer(args)) => bench::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

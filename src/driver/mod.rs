@@ -46,8 +46,10 @@ use bytes::Bytes;
 
 use crate::address::Address;
 
+pub use sim::SimStats;
 pub(crate) use slots::Slots;
 pub use stats::DriverStats;
+pub(crate) use stats::RecvProgress;
 
 /// Which backend a loop runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +93,12 @@ impl FromStr for DriverKind {
         }
     }
 }
+
+/// The furthest a loop timer is ever scheduled: longer delays mean "never"
+/// and are clamped here (100 years), so no deadline arithmetic can overflow
+/// `Instant`. A `wait` timeout near it comes from such a timer: the `sim`
+/// driver treats it as no timeout at all.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A socket owned by a driver. For kernel drivers it is the file descriptor;
 /// for `sim` it is an index into the simulated network.
@@ -213,6 +221,14 @@ pub struct Completion {
     pub op: Op,
     /// Bytes transferred, or 0 for ops that move none; `ECANCELED` only when a
     /// cancel truly prevented the operation.
+    ///
+    /// An op that moved bytes and was then stopped (cancelled mid-transfer:
+    /// IOCP's `ERROR_OPERATION_ABORTED` with N bytes transferred) or failed
+    /// (io_uring reports a partly done send as its `done_io` byte count)
+    /// completes with the partial success `Ok(n)`, never with an error that
+    /// would hide the bytes; an error left on the socket (a reset) fails
+    /// the next op. The same on every backend: the kernel drivers report
+    /// what `send(2)` / the CQE said, `sim` models both cases.
     pub result: io::Result<usize>,
 }
 
@@ -252,6 +268,15 @@ pub trait Driver: fmt::Debug {
     /// op finished first (O2). A stale key is ignored.
     fn cancel(&mut self, key: OpKey);
 
+    /// Test-only (`broken-pause-drops-ready`): whether the completion of
+    /// `key` is produced and waits to be returned by `wait` — the window in
+    /// which IOCP's `CancelIoEx` fails with `ERROR_NOT_FOUND` (bpo-33694).
+    /// Only `sim` tells; the kernel backends answer `false`.
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn completion_ready(&self, _key: OpKey) -> bool {
+        false
+    }
+
     /// Submits everything queued, then waits until at least one completion is
     /// available, a remote wake arrives, or `timeout` passes (`None`: no limit,
     /// `Some(ZERO)`: do not block). Appends completions to `out`.
@@ -266,8 +291,20 @@ pub trait Driver: fmt::Debug {
     /// Counters since the driver was created.
     fn stats(&self) -> DriverStats;
 
+    /// A transport paused its reading while `recv` (its receive, if one is
+    /// in flight) was submitted: counted in [`DriverStats`] with where that
+    /// receive stood ([`DriverStats::pauses_recv_in_flight`],
+    /// [`DriverStats::pauses_recv_ready`]). Changes nothing else: a pause
+    /// never touches the receive (R2).
+    fn count_read_pause(&mut self, recv: Option<OpKey>);
+
     /// A readable trace of recent scheduling decisions (`sim` only).
     fn trace(&self) -> Option<String> {
+        None
+    }
+
+    /// What the simulator injected (`sim` only).
+    fn sim_stats(&self) -> Option<sim::SimStats> {
         None
     }
 

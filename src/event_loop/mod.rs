@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::driver::{Completion, Driver, DriverKind, DriverStats, Op, OpKey};
+use crate::driver::{Completion, Driver, DriverKind, DriverStats, Op, OpKey, SimStats, FAR_FUTURE};
 pub use builder::Builder;
 pub(crate) use exceptions::guarded;
 use exceptions::ExceptionHandler;
@@ -59,9 +59,6 @@ pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 
 /// Size of the receive buffers the loop hands to transports.
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
-/// The furthest a timer is ever scheduled: longer delays mean "never" and
-/// are clamped here, so no deadline arithmetic can overflow `Instant`.
-const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How many idle receive buffers the loop keeps for reuse.
 const RECV_POOL_MAX: usize = 64;
 /// How long [`EventLoop::close`] waits for aborted connections to release
@@ -394,6 +391,12 @@ impl Handle {
     /// The driver's counters.
     pub fn driver_stats(&self) -> DriverStats {
         self.inner.driver.borrow().stats()
+    }
+
+    /// What the simulator injected: how often it did each kernel behaviour
+    /// it models (`sim` only).
+    pub fn sim_stats(&self) -> Option<SimStats> {
+        self.inner.driver.borrow().sim_stats()
     }
 
     /// The driver's recent scheduling trace (`sim` only).

@@ -63,7 +63,7 @@ pub(super) struct Session {
     handshake_timer: Option<TimerHandle>,
     shutdown_timer: Option<TimerHandle>,
     /// BROKEN ON PURPOSE (`broken-scheduled-handshake`): whether the
-    /// scheduled handshake has run; bytes arriving before are dropped.
+    /// scheduled handshake has run (see [`TlsTransport::start_handshake`]).
     #[cfg(feature = "broken-scheduled-handshake")]
     started: bool,
 }
@@ -146,26 +146,29 @@ impl TlsTransport {
     /// first flight, feeds the bytes the old protocol did not consume (T3).
     pub(crate) fn start_handshake(&self, unconsumed: Bytes) {
         self.arm(Deadline::Handshake);
+        // BROKEN ON PURPOSE (`broken-scheduled-handshake`, bpo-33674), a
+        // test-only feature: the handshake is scheduled with `call_soon`, as
+        // `SSLProtocol.connection_made()` did before CPython's be00a558.
+        // Bytes the raw transport delivers before it runs pass through
+        // `feed` unencrypted, where `_SSLPipe` sent them (see `feed`).
         #[cfg(feature = "broken-scheduled-handshake")]
-        {
-            // BROKEN ON PURPOSE (bpo-33674 shape), test-only feature: the
-            // handshake is scheduled instead of started, and bytes arriving
-            // before it runs — `unconsumed` included — are dropped.
-            drop(unconsumed);
+        if let Some(event_loop) = self.core.event_loop() {
             let this = self.strong();
-            if let Some(event_loop) = self.core.event_loop() {
-                event_loop.call_soon(move || {
-                    this.session.borrow_mut().started = true;
-                    this.flush_output();
-                });
-            }
+            event_loop.call_soon(move || {
+                this.session.borrow_mut().started = true;
+                this.begin_handshake(unconsumed);
+            });
+            return;
         }
-        #[cfg(not(feature = "broken-scheduled-handshake"))]
-        {
-            self.flush_output();
-            if !unconsumed.is_empty() {
-                self.feed(&unconsumed);
-            }
+        self.begin_handshake(unconsumed);
+    }
+
+    /// Writes the client's first flight and feeds the engine the bytes the
+    /// old protocol did not consume (T3).
+    fn begin_handshake(&self, unconsumed: Bytes) {
+        self.flush_output();
+        if !unconsumed.is_empty() {
+            self.feed(&unconsumed);
         }
     }
 
@@ -248,8 +251,12 @@ impl TlsTransport {
         }
         #[cfg(feature = "broken-scheduled-handshake")]
         if !session.started {
-            // BROKEN ON PURPOSE: see `start_handshake`.
-            tracing::debug!(n = data.len(), "broken-scheduled-handshake: dropping bytes");
+            // BROKEN ON PURPOSE (bpo-33674): the handshake has not started,
+            // so, like `_SSLPipe.feed_ssldata()` while unwrapped, the bytes
+            // pass straight through to the application as plaintext; the
+            // engine never sees them and the handshake hangs.
+            drop(session);
+            self.core.delivery_mut().push_data(data.to_vec());
             return;
         }
         let mut plaintext = Vec::new();
@@ -452,12 +459,37 @@ impl TransportImpl for TlsTransport {
         false
     }
 
+    /// Counted with the raw transport's receive: that is the one in flight.
+    fn count_read_pause(&self) {
+        if let Some(raw) = TlsTransport::raw(self) {
+            raw.0.count_read_pause();
+        }
+    }
+
     fn close(&self) {
         self.close_connection();
     }
 
     fn abort(&self) {
         self.abort_connection();
+    }
+
+    // BROKEN ON PURPOSE (`broken-tls-pause-leaks`), a test-only feature
+    // (bpo-45159): pausing the TLS transport pauses only the raw one, as
+    // asyncio's `_SSLProtocolTransport` did up to 3.10. Nothing decrypted
+    // after the call is delivered (no more ciphertext is read), but
+    // plaintext already decrypted and held still goes to `data_received`.
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn pause_reading(&self) {
+        self.raw().map(Transport::pause_reading);
+    }
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn resume_reading(&self) {
+        self.raw().map(Transport::resume_reading);
+    }
+    #[cfg(feature = "broken-tls-pause-leaks")]
+    fn is_reading(&self) -> bool {
+        self.raw().is_some_and(Transport::is_reading)
     }
 
     /// Also true once the raw transport is closing, whoever closed it

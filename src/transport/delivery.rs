@@ -31,6 +31,11 @@ pub struct Ledger {
     pub discarded: u64,
     /// Bytes currently held (received, not yet delivered).
     pub held: u64,
+    /// Write side: bytes passed on from the write queue, ever. For a plain
+    /// transport, bytes the kernel accepted (what the peer can receive, at
+    /// most), counting a send that completed after `abort()`; for TLS,
+    /// plaintext handed to the engine. Not part of the balance.
+    pub sent: u64,
 }
 
 impl Ledger {
@@ -146,7 +151,14 @@ impl Delivery {
     /// chunk: it paused, closed, aborted or handed over to another protocol
     /// (`set_protocol`, `start_tls`) inside `buffer_updated` (R5).
     fn stops_feeding(&self) -> bool {
-        self.read_paused || self.replacement.is_some() || !self.accepts_data()
+        // BROKEN ON PURPOSE (`broken-switch-tail-to-old`), a test-only
+        // feature: a protocol switch does not stop the feeding, so the old
+        // protocol gets the rest of the chunk, as asyncio's
+        // `_feed_data_to_buffered_proto(proto, data)` feeds all of it to the
+        // protocol it was handed.
+        let switched =
+            cfg!(not(feature = "broken-switch-tail-to-old")) && self.replacement.is_some();
+        self.read_paused || switched || !self.accepts_data()
     }
 
     /// Records bytes that arrived after the application closed: counted as

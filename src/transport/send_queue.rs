@@ -31,6 +31,8 @@ pub(crate) struct SendQueue {
     /// Bytes not passed on: the chunks (minus `front_sent`) and the tail.
     /// Invariant: `len == Σ chunks[i].len() - front_sent + tail.len()`.
     len: usize,
+    /// Bytes passed on since the transport started (see [`SendQueue::passed_on`]).
+    passed_on: u64,
 }
 
 impl SendQueue {
@@ -90,12 +92,25 @@ impl SendQueue {
         slices
     }
 
+    /// Every byte passed on so far: advanced over, or reported gone after
+    /// the queue was cleared ([`SendQueue::passed_on_after_clear`]).
+    pub(crate) fn passed_on(&self) -> u64 {
+        self.passed_on
+    }
+
+    /// `n` bytes of a send that was in flight when the queue was cleared
+    /// (an abort) went out anyway: counted as passed on.
+    pub(crate) fn passed_on_after_clear(&mut self, n: usize) {
+        self.passed_on += n as u64;
+    }
+
     /// Takes `n` bytes off the front: they were passed on.
     ///
     /// # Panics
     /// If `n` is more than the sealed chunks hold (a bug in the caller).
     pub(crate) fn advance(&mut self, mut n: usize) {
         self.len -= n;
+        self.passed_on += n as u64;
         while n > 0 {
             let front = self.chunks.front().expect("advanced past the queue");
             let left = front.len() - self.front_sent;

@@ -78,8 +78,18 @@ pub(crate) trait TransportImpl {
     }
 
     fn pause_reading(&self) {
-        self.core().delivery_mut().read_paused = true;
+        let mut delivery = self.core().delivery_mut();
+        let was_reading = !delivery.read_paused;
+        delivery.read_paused = true;
+        drop(delivery);
+        if was_reading && !self.is_closing() {
+            self.count_read_pause();
+        }
     }
+
+    /// Reading was just paused: count it, with where the receive underneath
+    /// stood, in the driver's stats (the bpo-33694 window counters).
+    fn count_read_pause(&self);
 
     fn resume_reading(&self) {
         let core = self.core();
@@ -122,7 +132,11 @@ pub(crate) trait TransportImpl {
     }
 
     fn ledger(&self) -> Ledger {
-        self.core().delivery().ledger()
+        let sent = self.core().writes.borrow().queue.passed_on();
+        Ledger {
+            sent,
+            ..self.core().delivery().ledger()
+        }
     }
 }
 

@@ -54,7 +54,7 @@ struct SocketState {
     /// EOF or an error came from the socket: no more receives.
     read_done: bool,
     /// Test-only: the receive in flight was cancelled by `pause_reading`.
-    #[cfg(feature = "broken-pause-cancels")]
+    #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
     recv_cancelled_by_pause: bool,
     send: Option<OpKey>,
     eof_requested: bool,
@@ -89,7 +89,10 @@ impl StreamTransport {
             socket_state: RefCell::new(SocketState {
                 recv: None,
                 read_done: false,
-                #[cfg(feature = "broken-pause-cancels")]
+                #[cfg(any(
+                    feature = "broken-pause-cancels",
+                    feature = "broken-pause-drops-ready"
+                ))]
                 recv_cancelled_by_pause: false,
                 send: None,
                 eof_requested: false,
@@ -137,6 +140,12 @@ impl StreamTransport {
             return;
         }
         drop(delivery);
+        self.submit_recv(&mut state);
+    }
+
+    /// Submits a receive; the caller checked that one may be issued (R2,
+    /// R3: at most one in flight, none while paused or holding data).
+    fn submit_recv(&self, state: &mut SocketState) {
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
@@ -157,7 +166,7 @@ impl StreamTransport {
         };
         let mut state = self.socket_state.borrow_mut();
         state.recv = None;
-        #[cfg(feature = "broken-pause-cancels")]
+        #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
         if std::mem::take(&mut state.recv_cancelled_by_pause) {
             // The asyncio bug, kept to prove the tests catch it: the cancel was
             // "successful" as far as we care, so the completion is ignored.
@@ -186,6 +195,17 @@ impl StreamTransport {
             Err(e) if is_cancelled(&e) => {
                 drop(state);
                 self.recycle(buf);
+            }
+            // BROKEN ON PURPOSE (`broken-error-as-eof`), a test-only
+            // feature: while paused, a receive error is queued behind the
+            // held data as the end of the stream, so that data is not lost;
+            // the application then sees a clean EOF where the connection was
+            // cut (hidden truncation, the class of T4).
+            #[cfg(feature = "broken-error-as-eof")]
+            Err(_) if self.core.delivery().read_paused => {
+                state.read_done = true;
+                drop(state);
+                self.core.delivery_mut().push_eof();
             }
             Err(e) => {
                 state.read_done = true;
@@ -245,8 +265,10 @@ impl StreamTransport {
         state.send = None;
         match completion.result {
             // After abort the queue is gone: a send that completed anyway
-            // (cancel raced) has nothing left to account for.
-            Ok(_) if state.aborted => {}
+            // (cancel raced, or landed mid-transfer) only counts as sent.
+            Ok(sent) if state.aborted => self
+                .core
+                .with_send_queue(|queue| queue.passed_on_after_clear(sent)),
             Ok(sent) => self.core.with_send_queue(|queue| queue.advance(sent)),
             Err(e) if is_cancelled(&e) => {}
             Err(e) => {
@@ -362,6 +384,13 @@ impl TransportImpl for StreamTransport {
         true
     }
 
+    fn count_read_pause(&self) {
+        let recv = self.socket_state.borrow().recv;
+        if let Some(event_loop) = self.core.event_loop() {
+            event_loop.with_driver(|driver| driver.count_read_pause(recv));
+        }
+    }
+
     #[cfg(feature = "broken-pause-cancels")]
     fn pause_reading(&self) {
         let mut delivery = self.core.delivery_mut();
@@ -370,11 +399,47 @@ impl TransportImpl for StreamTransport {
         }
         delivery.read_paused = true;
         drop(delivery);
+        self.count_read_pause();
         let mut state = self.socket_state.borrow_mut();
         if let Some(key) = state.recv {
             state.recv_cancelled_by_pause = true;
             drop(state);
             if let Some(event_loop) = self.core.event_loop() {
+                event_loop.cancel(key);
+            }
+        }
+    }
+
+    // BROKEN ON PURPOSE (`broken-double-recv`), a test-only feature
+    // (bpo-26819): resuming starts a receive at once, without looking for
+    // the one still in flight, as asyncio's proactor `resume_reading()`
+    // called `_loop_reading()`. Two receives are then in flight on one
+    // socket, and the transport keeps track of the second only.
+    #[cfg(feature = "broken-double-recv")]
+    fn resume_reading(&self) {
+        let mut delivery = self.core.delivery_mut();
+        if std::mem::take(&mut delivery.read_paused) && !delivery.has_held() {
+            drop(delivery);
+            let mut state = self.socket_state.borrow_mut();
+            if !state.read_done && !state.closing {
+                self.submit_recv(&mut state);
+            }
+        }
+        self.core.schedule();
+    }
+
+    // BROKEN ON PURPOSE (`broken-pause-drops-ready`), a test-only feature:
+    // bpo-33694 reduced to its window. A receive still pending is left alone
+    // (R2 looks kept), but one whose completion is ready and not yet reaped
+    // is cancelled, and `on_recv` ignores what it returns, as asyncio did
+    // when `CancelIoEx` failed with `ERROR_NOT_FOUND`: those bytes vanish.
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn pause_reading(&self) {
+        self.core.delivery_mut().read_paused = true;
+        let mut state = self.socket_state.borrow_mut();
+        if let (Some(key), Some(event_loop)) = (state.recv, self.core.event_loop()) {
+            if event_loop.with_driver(|driver| driver.completion_ready(key)) {
+                state.recv_cancelled_by_pause = true;
                 event_loop.cancel(key);
             }
         }

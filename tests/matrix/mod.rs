@@ -3,19 +3,27 @@
 //!
 //! - `PROACTOR_TEST_DRIVERS=poll,sim` narrows the drivers while debugging.
 //! - `PROACTOR_CONTRACT_SEEDS=N` sets how many sim seeds a contract test runs
-//!   (default 8); a sweep names its own default, resized by
-//!   `PROACTOR_SIM_SEEDS`; `PROACTOR_SIM_SEED=S` replays one seed.
+//!   (default 8, always from seed 0); a sweep names its own default, resized
+//!   by `PROACTOR_SIM_SEEDS` and started at `PROACTOR_SIM_SEED_BASE` (default
+//!   0: the fixed regression range; CI adds a run from a random base);
+//!   `PROACTOR_SIM_SEED=S` replays one seed.
 //! - uring is skipped, with the reason printed, only where the kernel
 //!   refuses io_uring; with `PROACTOR_REQUIRE_URING=1` (CI sets it once
 //!   `proactor race --driver uring` passed) that skip is a failure.
 //! - A driver that fails to build for any other reason fails the test.
+//! - No scenario may hang the suite: each run of a scenario (one driver, one
+//!   sim seed) has `PROACTOR_TEST_TIMEOUT` seconds of wall time (default
+//!   120); past that a watchdog prints which test, driver and seed hung and
+//!   ends the test process with status 124.
 //! - Every loop is crash-fast: a panic in a test's callback, timer or task
 //!   re-raises out of `run_*` and fails the test, as it would without the
 //!   loop's exception handler (L5).
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::rc::Rc;
-use std::sync::OnceLock;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use proactor::{Builder, DriverKind, EventLoop, SimConfig};
 
@@ -32,21 +40,127 @@ pub enum Seeds {
 }
 
 impl Seeds {
-    /// The seeds: `PROACTOR_SIM_SEED` replays one, else `0..n`.
+    /// The seeds: `PROACTOR_SIM_SEED` replays one; else a contract test runs
+    /// `0..n` and a sweep `base..base + n`, `base` being
+    /// `PROACTOR_SIM_SEED_BASE` (default 0).
     pub fn list(self) -> Vec<u64> {
         if let Some(s) = env_u64("PROACTOR_SIM_SEED") {
             return vec![s];
         }
-        let n = match self {
-            Seeds::Contract => env_u64("PROACTOR_CONTRACT_SEEDS").unwrap_or(DEFAULT_CONTRACT_SEEDS),
-            Seeds::Sweep(n) => env_u64("PROACTOR_SIM_SEEDS").unwrap_or(n),
+        let (base, n) = match self {
+            Seeds::Contract => (
+                0,
+                env_u64("PROACTOR_CONTRACT_SEEDS").unwrap_or(DEFAULT_CONTRACT_SEEDS),
+            ),
+            Seeds::Sweep(n) => (sweep_base(), env_u64("PROACTOR_SIM_SEEDS").unwrap_or(n)),
         };
-        (0..n).collect()
+        let end = base
+            .checked_add(n)
+            .unwrap_or_else(|| panic!("sim seeds {base} + {n} overflow u64"));
+        (base..end).collect()
     }
 }
 
+/// The first seed of every sweep: `PROACTOR_SIM_SEED_BASE`, default 0.
+pub fn sweep_base() -> u64 {
+    env_u64("PROACTOR_SIM_SEED_BASE").unwrap_or(0)
+}
+
+/// A numeric setting; one that is set but does not parse fails the test
+/// rather than silently running the defaults.
 fn env_u64(var: &str) -> Option<u64> {
-    std::env::var(var).ok().and_then(|s| s.trim().parse().ok())
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Some(
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{var}={v:?} is not a number")),
+        ),
+        _ => None,
+    }
+}
+
+/// Wall time one run of a scenario may take: `PROACTOR_TEST_TIMEOUT`
+/// seconds, default 120.
+pub fn scenario_limit() -> Duration {
+    Duration::from_secs(env_u64("PROACTOR_TEST_TIMEOUT").unwrap_or(120))
+}
+
+/// Ends the test process when a run of a scenario outlives
+/// [`scenario_limit`], after saying which one: a hung loop (blocked in the
+/// kernel, waiting on a peer that never answers) must fail CI, not hold it.
+/// One thread per test; [`Watchdog::arm`] names the run being watched and
+/// restarts the clock.
+pub struct Watchdog {
+    shared: Arc<(Mutex<Watch>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Watch {
+    what: String,
+    deadline: Instant,
+    done: bool,
+}
+
+impl Watchdog {
+    pub fn start(what: &str) -> Watchdog {
+        let limit = scenario_limit();
+        let shared = Arc::new((
+            Mutex::new(Watch {
+                what: what.to_string(),
+                deadline: Instant::now() + limit,
+                done: false,
+            }),
+            Condvar::new(),
+        ));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("test watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut w = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !w.done {
+                    let now = Instant::now();
+                    if now >= w.deadline {
+                        // Straight to stderr: the test harness captures
+                        // `eprintln!` of test threads and would drop it.
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "TIMEOUT: {} ran for more than {limit:?} (PROACTOR_TEST_TIMEOUT); \
+                             ending the test process so CI does not hang",
+                            w.what
+                        );
+                        std::process::exit(124);
+                    }
+                    let wait = w.deadline - now;
+                    w = cv
+                        .wait_timeout(w, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            })
+            .expect("spawn the test watchdog");
+        Watchdog {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Watches a new run, with a fresh time limit.
+    pub fn arm(&self, what: String) {
+        let mut w = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.what = what;
+        w.deadline = Instant::now() + scenario_limit();
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).done = true;
+        self.shared.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How a test runs on the matrix.
@@ -94,13 +208,31 @@ pub fn uring_available() -> bool {
                 "io_uring is refused ({e}) but PROACTOR_REQUIRE_URING=1: uring tests may not be skipped here"
             );
             static SAID: OnceLock<()> = OnceLock::new();
-            SAID.get_or_init(|| eprintln!("SKIPPED uring: io_uring refused on this machine ({e})"));
+            SAID.get_or_init(|| {
+                // Past the harness's capture, so the skip shows in the output.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED uring: io_uring refused on this machine ({e})"
+                );
+            });
             false
         }
     }
 }
 
-fn wanted(kind: DriverKind) -> bool {
+/// Whether [`run`] runs `kind` here: asked for by `PROACTOR_TEST_DRIVERS`
+/// (default: all), uring only where io_uring works, sim unless the test
+/// names a reason to skip it.
+pub fn driver_expected(kind: DriverKind, sim_skip: Option<&str>) -> bool {
+    wanted(kind)
+        && match kind {
+            DriverKind::Uring => uring_available(),
+            DriverKind::Sim => sim_skip.is_none(),
+            _ => true,
+        }
+}
+
+pub fn wanted(kind: DriverKind) -> bool {
     std::env::var("PROACTOR_TEST_DRIVERS")
         .map(|v| v.split(',').any(|s| s.trim() == kind.name()))
         .unwrap_or(true)
@@ -111,10 +243,12 @@ fn wanted(kind: DriverKind) -> bool {
 /// the end of its trace.
 pub fn run(plan: Plan<'_>, scenario: impl Fn(Rc<EventLoop>)) {
     let test = plan.test;
+    let watchdog = Watchdog::start(test);
     for kind in [DriverKind::Uring, DriverKind::Poll] {
-        if !wanted(kind) || (kind == DriverKind::Uring && !uring_available()) {
+        if !driver_expected(kind, None) {
             continue;
         }
+        watchdog.arm(format!("{test} on driver {kind}"));
         let lp = crash_fast(EventLoop::builder().driver(kind))
             .build()
             .unwrap_or_else(|e| panic!("{test}: the {kind} driver failed to build: {e}"));
@@ -134,6 +268,9 @@ pub fn run(plan: Plan<'_>, scenario: impl Fn(Rc<EventLoop>)) {
         return;
     }
     for seed in plan.seeds.list() {
+        watchdog.arm(format!(
+            "{test} on sim seed {seed} (replay: PROACTOR_SIM_SEED={seed} PROACTOR_TEST_DRIVERS=sim cargo test --release {test})"
+        ));
         let lp = crash_fast(
             EventLoop::builder()
                 .driver(DriverKind::Sim)

@@ -78,18 +78,28 @@ pub fn localhost() -> proactor::Address {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Whether an external program can be run.
+/// Whether an external program (a real peer) can be run. Where it cannot,
+/// the test says so and is skipped, unless `PROACTOR_REQUIRE_PEERS=1` (set
+/// in CI, which installs the peers): there a missing peer fails the test.
 pub fn have(program: &str, version_arg: &str) -> bool {
-    let ok = std::process::Command::new(program)
+    let ran = std::process::Command::new(program)
         .arg(version_arg)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: `{program}` is not installed");
-    }
-    ok
+        .status();
+    let why = match ran {
+        Ok(status) if status.success() => return true,
+        Ok(status) => format!("`{program} {version_arg}` exited {status}"),
+        Err(e) => format!("`{program}` cannot run: {e}"),
+    };
+    assert!(
+        std::env::var("PROACTOR_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "{why}, but PROACTOR_REQUIRE_PEERS=1: a real-peer test may not be skipped"
+    );
+    // Past the harness's capture, so the skip shows in the test output.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED real peer: {why}");
+    false
 }
 
 /// What an [`Echo`] or a [`Sink`] saw.
@@ -154,6 +164,13 @@ impl Protocol for Sink {
     fn data_received(&mut self, data: &[u8]) {
         let mut s = self.seen.borrow_mut();
         assert_eq!(s.lost, 0, "data after connection_lost");
+        if let Some(t) = &s.transport {
+            assert!(
+                t.is_reading() || t.is_closing(),
+                "R3: data_received({} bytes) while reading is paused",
+                data.len()
+            );
+        }
         s.data.extend_from_slice(data);
         assert!(
             !self.echo || s.transport.is_some(),

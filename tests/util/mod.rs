@@ -5,7 +5,9 @@
 pub mod buffered;
 #[path = "../matrix/mod.rs"]
 pub mod matrix;
+pub mod pauses;
 pub mod recorder;
+pub mod window;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -70,25 +72,40 @@ pub async fn wait_until(h: &Handle, limit: Duration, what: &str, mut cond: impl 
 
 /// Sleeps on the loop clock.
 pub fn sleep(h: &Handle, d: Duration) -> Sleep {
-    let done = Rc::new(Cell::new(false));
-    let waker: Rc<Cell<Option<std::task::Waker>>> = Rc::default();
-    {
-        let done = done.clone();
-        let waker = waker.clone();
-        h.call_later(d, move || {
-            done.set(true);
-            if let Some(w) = waker.take() {
-                w.wake();
-            }
-        });
-    }
-    Sleep { done, waker }
+    let (sleep, wake) = Sleep::new();
+    h.call_later(d, wake);
+    sleep
+}
+
+/// Resolves on the loop's next turn, once what the current turn queued
+/// (operations to submit, events to deliver) has gone out: an ordering
+/// point, not a delay.
+pub fn next_turn(h: &Handle) -> Sleep {
+    let (sleep, wake) = Sleep::new();
+    h.call_soon(wake);
+    sleep
 }
 
 /// Future of [`sleep`].
 pub struct Sleep {
     done: Rc<Cell<bool>>,
     waker: Rc<Cell<Option<std::task::Waker>>>,
+}
+
+impl Sleep {
+    /// The future and the callback that resolves it.
+    fn new() -> (Sleep, impl FnOnce() + 'static) {
+        let done = Rc::new(Cell::new(false));
+        let waker: Rc<Cell<Option<std::task::Waker>>> = Rc::default();
+        let (d, w) = (done.clone(), waker.clone());
+        let wake = move || {
+            d.set(true);
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        };
+        (Sleep { done, waker }, wake)
+    }
 }
 
 impl Future for Sleep {

@@ -159,4 +159,5 @@ contract!(
     close_with_a_linger_never_blocks_the_loop,
     drop_with_ops_in_flight_releases_their_buffers,
     no_descriptor_left_after_a_thousand_sockets,
+    read_pauses_count_where_the_receive_stood,
 );

@@ -66,8 +66,8 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::socket::{self, Sockets};
 use super::{
-    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots,
-    SockOpt, SocketId,
+    cancelled_error, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RecvProgress,
+    RemoteWaker, Slots, SockOpt, SocketId,
 };
 use crate::address::Address;
 use queues::Queues;
@@ -260,6 +260,19 @@ impl Driver for PollDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_read_pause(&mut self, recv: Option<OpKey>) {
+        let progress = match recv.and_then(|k| self.ops.get(k)) {
+            None => RecvProgress::Idle,
+            // Produced and not yet returned by `wait`.
+            Some(Entry {
+                state: State::Done(_),
+                ..
+            }) => RecvProgress::Ready,
+            Some(_) => RecvProgress::InFlight,
+        };
+        self.stats.count_read_pause(progress);
     }
 
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {

@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+/// Most zero-timeout waits in a row that return nothing although ops could
+/// complete ([`SimConfig::empty_poll_prob`]), and most waits in a row
+/// interrupted by a signal ([`SimConfig::eintr_prob`]): a kernel posts
+/// completions eventually, and a timeout is reached.
+pub const MAX_EMPTY_POLLS: u32 = 3;
+
 /// Environment variable read by [`SimConfig::seed_from_env`].
 pub const SEED_ENV: &str = "PROACTOR_SIM_SEED";
 
@@ -44,6 +50,44 @@ pub struct SimConfig {
     /// in a step, holding the rest (produced but not yet reaped) for the next
     /// `wait`: a cancel then finds its op already complete. Default 0.2.
     pub holdback_prob: f64,
+    /// Probability that one `wait` reaps its completions in another order
+    /// than they were produced in: any interleaving of sockets, while the
+    /// completions of one socket and one kind of op keep their order (an
+    /// io_uring CQ or an IOCP port posts each socket's receives, sends and
+    /// accepts in the order they complete, and nothing more). Holding back
+    /// completions ([`SimConfig::holdback_prob`]) likewise holds any subset
+    /// closed under that order, not only the newest. Default 0.3.
+    pub reap_shuffle_prob: f64,
+    /// Probability that a wait that would block is interrupted by a signal
+    /// (`EINTR` from `io_uring_enter` or `epoll_wait`, which both kernel
+    /// drivers turn into an early return): it returns early with nothing,
+    /// its clock short of the timeout. At most [`MAX_EMPTY_POLLS`] in a
+    /// row, so a timeout is always reached. Default 0.02.
+    pub eintr_prob: f64,
+    /// Probability that a zero-timeout `wait` returns nothing although ops
+    /// could complete: their completions are not posted yet (task work that
+    /// io_uring runs only on a later enter, a packet still in softirq
+    /// processing). At most [`MAX_EMPTY_POLLS`] in a row. Default 0.1.
+    pub empty_poll_prob: f64,
+    /// When a cancel wins over a send that could move bytes: probability
+    /// that it lands mid-transfer and the send completes "aborted after N
+    /// bytes", as IOCP reports a cancelled `WSASend` (`ERROR_OPERATION_ABORTED`
+    /// with N bytes transferred) and io_uring a send stopped after a partial
+    /// transfer. Reported as the partial success `Ok(N)`, N short of the
+    /// offer (see [`Completion`](crate::driver::Completion)). Default 0.5.
+    pub partial_cancel_prob: f64,
+    /// Initial retransmission timeout of a TCP connect whose SYN goes
+    /// unanswered (the listener's accept queue is full, or the SYN is
+    /// dropped); it doubles at each retry. Linux: 1 s. Default 1 s.
+    pub syn_rto: Duration,
+    /// SYN retransmissions before the connect fails with `ETIMEDOUT`.
+    /// Linux's `tcp_syn_retries` default 6 gives up after 127 s. Default 6.
+    pub syn_retries: u32,
+    /// Real time a `wait` with nothing that can ever progress (no op can
+    /// complete, no kernel timer runs, no timer but "never" ones) waits for a
+    /// remote wake from another thread before it fails with the trace
+    /// instead of blocking for ever. Default 5 s.
+    pub stall_timeout: Duration,
     /// Virtual time one scheduler step takes. Default 5 µs.
     pub step_time: Duration,
     /// Maximum extra virtual time added when the clock jumps over an idle
@@ -56,16 +100,26 @@ pub struct SimConfig {
     pub recv_buffer: usize,
     /// Enables fault injection with the probabilities below. Default `false`.
     pub faults: bool,
-    /// Per data op (and per blocked recv per step): the connection is reset.
-    /// Default 0.002.
+    /// Per data op (and per blocked recv per step): a TCP connection is
+    /// reset (no network resets a Unix socket). Default 0.002.
     pub reset_prob: f64,
     /// Per recv: the peer half-closes (EOF here, EPIPE for its sends). Default 0.002.
     pub half_close_prob: f64,
-    /// Per accept with a queued connection: fail with `EMFILE` (connection
-    /// kept) or `ECONNABORTED` (connection dropped, client reset). Default 0.05.
+    /// Per TCP send (faults on): part of the data is accepted, a prefix of
+    /// that part reaches the peer, and the connection is then reset: the
+    /// send reports what it accepted, the rest is lost, the peer reads what
+    /// reached it and then `ECONNRESET`, the sender's next op fails with
+    /// `ECONNRESET`. Default 0.002.
+    pub send_reset_prob: f64,
+    /// Per accept with a queued connection: fail with `EMFILE`, `ENOBUFS`
+    /// or `ENOMEM` (connection kept: resource exhaustion) or, on TCP,
+    /// `ECONNABORTED` (connection dropped, client reset). Default 0.05.
     pub accept_error_prob: f64,
     /// Per connect: refused even though a listener exists. Default 0.05.
     pub connect_refuse_prob: f64,
+    /// Per TCP connect: every SYN is dropped, so it fails with `ETIMEDOUT`
+    /// after [`SimConfig::syn_retries`] retransmissions. Default 0.02.
+    pub connect_timeout_prob: f64,
     /// When the connection an accept would return was reset by its client
     /// while it waited in the backlog: probability that the accept fails with
     /// `ECONNABORTED` and drops it, as BSD kernels report such a connection
@@ -93,6 +147,13 @@ impl Default for SimConfig {
             late_cancel_prob: 0.3,
             late_cancel_steps: 4,
             holdback_prob: 0.2,
+            reap_shuffle_prob: 0.3,
+            eintr_prob: 0.02,
+            empty_poll_prob: 0.1,
+            partial_cancel_prob: 0.5,
+            syn_rto: Duration::from_secs(1),
+            syn_retries: 6,
+            stall_timeout: Duration::from_secs(5),
             step_time: Duration::from_micros(5),
             timer_jitter: Duration::from_millis(1),
             send_buffer: 128 << 10,
@@ -100,8 +161,10 @@ impl Default for SimConfig {
             faults: false,
             reset_prob: 0.002,
             half_close_prob: 0.002,
+            send_reset_prob: 0.002,
             accept_error_prob: 0.05,
             connect_refuse_prob: 0.05,
+            connect_timeout_prob: 0.02,
             reset_accept_abort_prob: 0.0,
             trace_lines: 200,
         }
@@ -148,6 +211,15 @@ impl SimConfig {
                 }
             })
             .unwrap_or(default)
+    }
+
+    /// `p` when races are on, else 0.
+    pub(super) fn race(&self, p: f64) -> f64 {
+        if self.races {
+            p
+        } else {
+            0.0
+        }
     }
 
     pub(super) fn fault(&self, p: f64) -> f64 {

@@ -3,8 +3,8 @@
 
 use std::io;
 
-use super::network::os_err;
-use super::{key_str, op_socket, result_str, Cancel, SimDriver, State};
+use super::network::{errno_name, os_err, Network};
+use super::{key_str, op_socket, result_str, Cancel, SimDriver, State, Syn};
 use crate::driver::{cancelled_error, Op, OpKey};
 
 impl SimDriver {
@@ -14,7 +14,10 @@ impl SimDriver {
         };
         match &pending.op {
             Op::Accept { listener, .. } => self.net.accept_ready(listener.0),
-            Op::Connect { .. } | Op::Shutdown { .. } => true,
+            // A connect whose SYN went unanswered waits for its next
+            // retransmission (or for giving up).
+            Op::Connect { .. } => pending.syn.is_none_or(|syn| self.elapsed >= syn.next),
+            Op::Shutdown { .. } => true,
             Op::Recv { socket, .. } => self.net.recv_ready(socket.0),
             Op::Send { socket, .. } => self.net.send_ready(socket.0, pending.op.send_len()),
         }
@@ -32,12 +35,16 @@ impl SimDriver {
         let half_p = self.config.fault(self.config.half_close_prob);
         let accept_p = self.config.fault(self.config.accept_error_prob);
         let refuse_p = self.config.fault(self.config.connect_refuse_prob);
+        let timeout_p = self.config.fault(self.config.connect_timeout_prob);
+        let send_reset_p = self.config.fault(self.config.send_reset_prob);
         let reset_abort_p = self.config.reset_accept_abort_prob;
-        let step = self.step;
+        let (rto, retries) = (self.config.syn_rto, self.config.syn_retries);
+        let (step, now) = (self.step, self.elapsed);
         let pending = self.ops.get_mut(key)?;
         let net = &mut self.net;
         let rngs = &mut self.rngs;
         let trace = &mut self.trace;
+        let counts = &mut self.sim_stats;
         match &mut pending.op {
             Op::Accept { listener, accepted } => {
                 let l = listener.0;
@@ -45,14 +52,25 @@ impl SimDriver {
                     return None;
                 }
                 if rngs.fault.chance(accept_p) {
-                    if rngs.fault.chance(0.5) && net.abort_queued(l) {
+                    // Unix listeners never see ECONNABORTED: no network
+                    // aborts a Unix connection before its accept.
+                    if rngs.fault.chance(0.5) && !net.is_unix_listener(l) && net.abort_queued(l) {
                         trace.push(format!(
                             "step {step}: fault accept listener={l} ECONNABORTED"
                         ));
                         return Some(Err(os_err(libc::ECONNABORTED)));
                     }
-                    trace.push(format!("step {step}: fault accept listener={l} EMFILE"));
-                    return Some(Err(os_err(libc::EMFILE)));
+                    // Resource exhaustion (accept(2): EMFILE, ENOBUFS, ENOMEM);
+                    // the connection stays queued.
+                    let errno = [libc::EMFILE, libc::ENOBUFS, libc::ENOMEM][rngs.fault.index(3)];
+                    counts.accept_resource_errors += 1;
+                    if errno == libc::ENOBUFS {
+                        counts.accept_enobufs += 1;
+                    }
+                    let e = os_err(errno);
+                    let name = errno_name(&e);
+                    trace.push(format!("step {step}: fault accept listener={l} {name}"));
+                    return Some(Err(e));
                 }
                 if net.queued_head_was_reset(l)
                     && rngs.fault.chance(reset_abort_p)
@@ -76,6 +94,55 @@ impl SimDriver {
                 }
             }
             Op::Connect { socket, addr } => {
+                let fd = socket.0;
+                if Network::is_tcp_target(addr) && !net.is_connected(fd) {
+                    match pending.syn.as_mut() {
+                        None => {
+                            // The first SYN: dropped (fault), or unanswered
+                            // while the accept queue is full; either way the
+                            // kernel retransmits it.
+                            let dropped = rngs.fault.chance(timeout_p);
+                            if dropped || !net.syn_answered(fd, addr) {
+                                let next = now + rto;
+                                pending.syn = Some(Syn {
+                                    next,
+                                    sent: 0,
+                                    dropped,
+                                });
+                                let why = if dropped {
+                                    "dropped"
+                                } else {
+                                    "accept queue full"
+                                };
+                                trace.push(format!(
+                                    "step {step}: connect sock={fd}: SYN unanswered ({why}), retransmit at {next:?}"
+                                ));
+                                return None;
+                            }
+                        }
+                        // A retransmission is due (`op_ready` checked the time).
+                        Some(syn) => {
+                            if syn.sent >= retries {
+                                counts.connect_timeouts += 1;
+                                trace.push(format!(
+                                    "step {step}: connect sock={fd}: no answer to {} SYNs, ETIMEDOUT",
+                                    syn.sent + 1
+                                ));
+                                return Some(Err(os_err(libc::ETIMEDOUT)));
+                            }
+                            if syn.dropped || !net.syn_answered(fd, addr) {
+                                syn.sent += 1;
+                                syn.next = now + rto * 2u32.saturating_pow(syn.sent);
+                                counts.syn_retransmits += 1;
+                                let (sent, next) = (syn.sent, syn.next);
+                                trace.push(format!(
+                                    "step {step}: connect sock={fd}: SYN retransmit {sent}, next at {next:?}"
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                }
                 let refuse = rngs.fault.chance(refuse_p);
                 match net.connect(socket.0, addr, refuse) {
                     Ok(c) => {
@@ -92,6 +159,9 @@ impl SimDriver {
                                 socket.0
                             ));
                         }
+                        if e.raw_os_error() == Some(libc::EAGAIN) {
+                            counts.unix_connect_eagain += 1;
+                        }
                         Some(Err(e))
                     }
                 }
@@ -100,6 +170,7 @@ impl SimDriver {
                 let fd = socket.0;
                 if net.is_live(fd) {
                     if rngs.fault.chance(reset_p) && net.reset(fd) {
+                        counts.resets += 1;
                         trace.push(format!("step {step}: fault reset sock={fd} (recv)"));
                     } else if rngs.fault.chance(half_p) && net.half_close(fd) {
                         trace.push(format!("step {step}: fault half-close peer of sock={fd}"));
@@ -121,7 +192,31 @@ impl SimDriver {
             } => {
                 let fd = socket.0;
                 if net.is_live(fd) && rngs.fault.chance(reset_p) && net.reset(fd) {
+                    counts.resets += 1;
                     trace.push(format!("step {step}: fault reset sock={fd} (send)"));
+                }
+                if net.is_live_tcp(fd) && rngs.fault.chance(send_reset_p) {
+                    let io = &mut rngs.io;
+                    let cut = net.send_then_reset(
+                        fd,
+                        bufs,
+                        *offset,
+                        |max| {
+                            if io.chance(short_p) {
+                                io.split(max)
+                            } else {
+                                max
+                            }
+                        },
+                        |n| rngs.fault.between(0, n as u64) as usize,
+                    );
+                    if let Some((n, k)) = cut {
+                        counts.send_resets += 1;
+                        trace.push(format!(
+                            "step {step}: fault send sock={fd} accepted {n}, {k} reached the peer, then reset"
+                        ));
+                        return Some(Ok(n));
+                    }
                 }
                 let io = &mut rngs.io;
                 net.send(fd, bufs, *offset, |max| {
@@ -176,6 +271,53 @@ impl SimDriver {
         }
         self.finish(key, result, note);
         true
+    }
+
+    /// A cancel lands on `key` (at once, or late) and wins: a send that can
+    /// move more than one byte may be stopped mid-transfer, completing
+    /// "aborted after N bytes" (IOCP's `ERROR_OPERATION_ABORTED` with N
+    /// transferred) as the partial success `Ok(N)`, N short of its offer;
+    /// anything else is truly cancelled.
+    pub(super) fn cancel_lands(&mut self, key: OpKey, note: &str) {
+        let p = self.config.race(self.config.partial_cancel_prob);
+        let candidate = match self.ops.get(key).map(|pending| &pending.op) {
+            Some(op @ Op::Send { socket, .. }) => {
+                op.send_len() > 1 && self.net.send_room_now(socket.0) > 0
+            }
+            _ => false,
+        };
+        if candidate && self.rngs.kernel.chance(p) {
+            if let Some(n) = self.partial_send(key) {
+                self.sim_stats.partial_cancels += 1;
+                if let Some(pending) = self.ops.get_mut(key) {
+                    pending.cancel = Cancel::Settled;
+                }
+                let note = format!(" [cancel landed mid-transfer: aborted after {n} bytes]");
+                self.finish(key, Ok(n), &note);
+                return;
+            }
+        }
+        self.cancel_now(key, note);
+    }
+
+    /// Sends part of the send under `key` (at least one byte, at most one
+    /// short of its offer). `None`: it could not move a byte.
+    fn partial_send(&mut self, key: OpKey) -> Option<usize> {
+        let pending = self.ops.get_mut(key)?;
+        let len = pending.op.send_len();
+        let Op::Send {
+            socket,
+            bufs,
+            offset,
+        } = &pending.op
+        else {
+            return None;
+        };
+        let io = &mut self.rngs.io;
+        // The caller checked there is room: this send cannot fail.
+        self.net
+            .send(socket.0, bufs, *offset, |max| io.split(max.min(len - 1)))?
+            .ok()
     }
 
     /// Truly cancels `key`.

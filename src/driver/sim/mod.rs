@@ -14,7 +14,36 @@
 //!   `-EALREADY` / IOCP `ERROR_NOT_FOUND` case) or truly cancelled, and a
 //!   blocked one may have its cancel land late, after it completed anyway;
 //! - timer jitter when the virtual clock jumps;
-//! - faults, when enabled: resets, half-closes, accept errors, refused connects.
+//! - what a kernel's completion ring allows (`reap`): each `wait` may hold
+//!   back any completions and reap the rest interleaved across sockets in
+//!   any order, keeping only each socket's order per kind of op;
+//! - waits interrupted by a signal (`EINTR`: early, with nothing) and
+//!   zero-timeout waits that return nothing although ops could complete;
+//! - a cancel that lands mid-send completing "aborted after N bytes"
+//!   (Windows IOCP), as the partial success `Ok(N)`;
+//! - TCP connects whose SYN goes unanswered (the accept queue is full, or a
+//!   fault drops it) retransmitting after 1, 3, 7... s, as Linux does, and
+//!   failing with `ETIMEDOUT` after 127 s; the clock follows these kernel
+//!   timers when the loop has nothing else to do;
+//! - Unix sockets by Linux `af_unix` rules, not TCP's: a direction holds
+//!   the sender's `SO_SNDBUF` only, a full backlog refuses with `EAGAIN`, a
+//!   send to a closed peer fails at once with `EPIPE` (TCP accepts one and
+//!   loses it), no network resets them;
+//! - faults, when enabled: resets, a send cut short by a reset, half-closes,
+//!   accept errors (`EMFILE`, `ENOBUFS`, `ENOMEM`, `ECONNABORTED`), refused
+//!   and timed-out connects.
+//!
+//! [`SimStats`] counts each of these. When nothing can ever progress (no op
+//! can complete, no timer but "never" ones), `wait` fails with the trace
+//! instead of blocking for ever (`wait`).
+//!
+//! Multishot receive with provided buffers (io_uring's `RecvMulti` over a
+//! buffer ring) fits this shape when it comes: the network gains a pool of
+//! provided buffers per group, a multishot op stays live while its
+//! completions (each naming a buffer, flagged "more") go to the done queue
+//! one per arrival, and an empty pool ends it with `ENOBUFS`, as the kernel
+//! does; `reap` already orders completions per socket and kind, which is
+//! the order a multishot op's completions keep.
 //!
 //! The same seed and the same sequence of calls give the same trace, byte
 //! for byte: nothing iterates a hash map and no decision reads real time
@@ -22,21 +51,28 @@
 //! `wait(None)` waits for a real remote wake).
 //!
 //! Where things are: `config` holds the knobs, `step` the scheduler,
-//! `exec` performs ops against the simulated `network`, `sched` splits the
-//! seed into streams, `trace` records the decisions, `waker` is the remote
-//! waker; `tests` holds what only this driver promises (the contract is in
-//! `driver::contract`).
+//! `exec` performs ops against the simulated `network`, `reap` picks what
+//! one wait returns, `wait` the waiting (clock, interruptions, stalls),
+//! `sched` splits the seed into streams, `trace` records the decisions,
+//! `stats` counts what was injected, `waker` is the remote waker; `tests`
+//! holds what only this driver promises and `tests_kernel` one test per
+//! modelled kernel behaviour (the contract is in `driver::contract`).
 
 mod config;
 mod exec;
 mod network;
+mod reap;
 mod sched;
+mod stats;
 mod step;
 mod trace;
+mod wait;
 mod waker;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_kernel;
 
 use std::fmt;
 use std::io;
@@ -44,8 +80,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Address, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots, SockOpt,
-    SocketId,
+    Address, Completion, Driver, DriverKind, DriverStats, Op, OpKey, RecvProgress, RemoteWaker,
+    Slots, SockOpt, SocketId,
 };
 use network::{errno_name, Network};
 use sched::Rngs;
@@ -55,6 +91,7 @@ use waker::SimWaker;
 pub use config::SimConfig;
 #[cfg(test)]
 use config::SEED_ENV;
+pub use stats::SimStats;
 
 /// Where an op stands.
 #[derive(Debug)]
@@ -85,6 +122,20 @@ struct Pending {
     ready_at: u64,
     deferred: u32,
     cancel: Cancel,
+    /// A TCP connect whose SYN went unanswered: its retransmission timer.
+    syn: Option<Syn>,
+}
+
+/// The SYN retransmission state of a TCP connect (Linux: the first retry
+/// after `syn_rto`, doubling, `ETIMEDOUT` after `syn_retries` of them).
+#[derive(Debug, Clone, Copy)]
+struct Syn {
+    /// Virtual time of the next retransmission (or of giving up).
+    next: Duration,
+    /// Retransmissions so far.
+    sent: u32,
+    /// Every SYN is dropped (fault): the connect can only time out.
+    dropped: bool,
 }
 
 /// The `sim` driver.
@@ -101,6 +152,12 @@ pub struct SimDriver {
     base: Instant,
     elapsed: Duration,
     stats: DriverStats,
+    sim_stats: SimStats,
+    /// Zero-timeout waits in a row that returned nothing on purpose.
+    empty_polls_in_a_row: u32,
+    /// Waits in a row interrupted by a signal: a signal cannot come so
+    /// often that a timeout is never reached.
+    interrupts_in_a_row: u32,
     trace: Trace,
     waker: Arc<SimWaker>,
 }
@@ -157,6 +214,9 @@ impl SimDriver {
             base: Instant::now(),
             elapsed: Duration::ZERO,
             stats: DriverStats::default(),
+            sim_stats: SimStats::default(),
+            empty_polls_in_a_row: 0,
+            interrupts_in_a_row: 0,
             trace,
             waker: Arc::new(SimWaker::default()),
             config,
@@ -181,6 +241,17 @@ impl SimDriver {
     /// leak check at shutdown.
     pub fn open_sockets(&self) -> usize {
         self.net.open_sockets()
+    }
+
+    /// Every behaviour the simulator injected so far.
+    pub fn injected(&self) -> SimStats {
+        let net = self.net.counts;
+        SimStats {
+            sends_to_closed_peer: net.sends_to_closed_peer,
+            unix_epipes: net.unix_epipes,
+            unix_sndbuf_stalls: net.unix_sndbuf_stalls,
+            ..self.sim_stats
+        }
     }
 
     fn log(&mut self, what: fmt::Arguments<'_>) {
@@ -216,6 +287,7 @@ impl Driver for SimDriver {
             ready_at: 0,
             deferred: 0,
             cancel: Cancel::None,
+            syn: None,
         });
         self.active.push(key);
         self.log(format_args!("{line} {} user={user}", key_str(key)));
@@ -255,7 +327,7 @@ impl Driver for SimDriver {
                 self.cancel_now(key, " [cancelled]");
             } else {
                 self.log(format_args!("cancel {ks}: cancel wins"));
-                self.cancel_now(key, " [cancelled]");
+                self.cancel_lands(key, " [cancelled]");
             }
             return;
         }
@@ -273,45 +345,15 @@ impl Driver for SimDriver {
         }
     }
 
+    #[cfg(feature = "broken-pause-drops-ready")]
+    fn completion_ready(&self, key: OpKey) -> bool {
+        self.ops
+            .get(key)
+            .is_some_and(|pending| matches!(pending.state, State::Done(_)))
+    }
+
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.stats.count_wait();
-        self.activate();
-        while self.done.is_empty() && self.any_progressable() {
-            self.step();
-        }
-        if !self.done.is_empty() {
-            self.drain(out);
-            return Ok(());
-        }
-        // Nothing can progress without the outside world.
-        if self.waker.take() {
-            self.log(format_args!("remote wake (pending)"));
-            return Ok(());
-        }
-        match timeout {
-            Some(d) => {
-                let jitter = if d.is_zero() || !self.config.races {
-                    Duration::ZERO
-                } else {
-                    let max =
-                        u64::try_from(self.config.timer_jitter.as_nanos()).unwrap_or(u64::MAX);
-                    Duration::from_nanos(self.rngs.clock.between(0, max))
-                };
-                self.elapsed += d + jitter;
-                if !d.is_zero() {
-                    let now = self.elapsed;
-                    self.log(format_args!(
-                        "idle: clock +{d:?} +{jitter:?} jitter -> {now:?}"
-                    ));
-                }
-            }
-            None => {
-                self.log(format_args!("idle: blocking until remote wake"));
-                self.waker.block();
-                self.log(format_args!("remote wake"));
-            }
-        }
-        Ok(())
+        self.wait_for(timeout, out)
     }
 
     fn remote_waker(&self) -> Arc<dyn RemoteWaker> {
@@ -326,8 +368,36 @@ impl Driver for SimDriver {
         self.stats
     }
 
+    fn count_read_pause(&mut self, recv: Option<OpKey>) {
+        let (progress, what) = match recv.and_then(|k| self.ops.get(k).map(|p| (k, p))) {
+            None => (RecvProgress::Idle, String::from("no recv in flight")),
+            Some((k, pending)) => {
+                let ready = match pending.state {
+                    State::Done(_) => Some("completed, not reaped"),
+                    // The bytes are there: a kernel would have completed it
+                    // on their arrival; the next step will.
+                    State::Active if self.op_ready(k) => Some("bytes there, completing"),
+                    State::Queued | State::Active => None,
+                };
+                match ready {
+                    Some(why) => (RecvProgress::Ready, format!("recv {} {why}", key_str(k))),
+                    None => (
+                        RecvProgress::InFlight,
+                        format!("recv {} in flight", key_str(k)),
+                    ),
+                }
+            }
+        };
+        self.stats.count_read_pause(progress);
+        self.log(format_args!("pause reading: {what}"));
+    }
+
     fn trace(&self) -> Option<String> {
         Some(self.trace.render(self.config.seed))
+    }
+
+    fn sim_stats(&self) -> Option<SimStats> {
+        Some(self.injected())
     }
 
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {

@@ -80,6 +80,9 @@ pub(super) struct Rngs {
     pub(super) fault: Stream,
     /// Timer jitter and per-step time.
     pub(super) clock: Stream,
+    /// The kernel behaviours modelled since: reap order, interrupted and
+    /// empty waits, cancels that land mid-transfer.
+    pub(super) kernel: Stream,
 }
 
 impl Rngs {
@@ -90,6 +93,7 @@ impl Rngs {
             cancel: Stream::new(seed, 0xca9c_e100_0000_0003),
             fault: Stream::new(seed, 0xfa01_7000_0000_0004),
             clock: Stream::new(seed, 0xc10c_c000_0000_0005),
+            kernel: Stream::new(seed, 0x4e41_e100_0000_0006),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The scheduler: which ready ops complete at each step, in what order,
-//! which are deferred, when late cancels land, and which completions one
-//! `wait` returns.
+//! which are deferred, and when late cancels land. Which completions one
+//! `wait` returns is `reap`.
 
 use super::{key_str, Cancel, Pending, SimDriver, State};
-use crate::driver::{Completion, Op, OpKey};
+use crate::driver::{Op, OpKey};
 
 impl SimDriver {
     /// The live ops (in submission order) for which `pred` holds.
@@ -54,6 +54,11 @@ impl SimDriver {
             };
             pending.state = State::Active;
             pending.ready_at = self.step + 1 + latency;
+            if let Op::Send { socket, .. } = pending.op {
+                if !self.op_ready(key) {
+                    self.net.note_send_blocked(socket.0);
+                }
+            }
         }
     }
 
@@ -142,35 +147,7 @@ impl SimDriver {
         let due =
             self.live_where(|pending| matches!(pending.cancel, Cancel::Late(at) if at <= step));
         for key in due {
-            self.cancel_now(key, " [late cancel]");
-        }
-    }
-
-    pub(super) fn drain(&mut self, out: &mut Vec<Completion>) {
-        let mut ready = std::mem::take(&mut self.done);
-        if self.config.races && ready.len() > 1 && self.rngs.sched.chance(self.config.holdback_prob)
-        {
-            let keep = self.rngs.sched.between(1, ready.len() as u64 - 1) as usize;
-            self.done = ready.split_off(keep);
-            let held = self.done.len();
-            self.log(format_args!("reap {keep}, hold back {held} completions"));
-        }
-        for key in ready {
-            let Some(pending) = self.ops.remove(key) else {
-                continue;
-            };
-            let State::Done(result) = pending.state else {
-                unreachable!("done queue holds done ops");
-            };
-            let completion = Completion {
-                user: pending.user,
-                key,
-                op: pending.op,
-                result,
-            };
-            self.stats
-                .count_completion(&completion, pending.cancel != Cancel::None);
-            out.push(completion);
+            self.cancel_lands(key, " [late cancel]");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! can end a `wait(None)` of the simulator.
 
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::driver::RemoteWaker;
 
@@ -26,11 +27,23 @@ impl SimWaker {
         std::mem::replace(&mut *p, false)
     }
 
-    pub(super) fn block(&self) {
+    /// Blocks until a wake, for at most `limit` of real time; returns
+    /// whether a wake came (and takes it).
+    pub(super) fn block_for(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         while !*p {
-            p = self.cv.wait(p).unwrap_or_else(|e| e.into_inner());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            p = self
+                .cv
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         *p = false;
+        true
     }
 }

@@ -59,7 +59,8 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::socket::{self, Sockets};
 use super::{
-    Completion, Driver, DriverKind, DriverStats, Op, OpKey, RemoteWaker, Slots, SockOpt, SocketId,
+    Completion, Driver, DriverKind, DriverStats, Op, OpKey, RecvProgress, RemoteWaker, Slots,
+    SockOpt, SocketId,
 };
 use crate::address::Address;
 use prep::Side;
@@ -358,6 +359,23 @@ impl Driver for UringDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_read_pause(&mut self, recv: Option<OpKey>) {
+        let progress = match recv {
+            Some(k) if self.slots.get(k).is_some() => {
+                // A CQE still in the kernel's ring is not visible here
+                // without consuming it: only completions this driver holds
+                // count as ready.
+                if self.ready.iter().any(|&(r, _)| r == k) {
+                    RecvProgress::Ready
+                } else {
+                    RecvProgress::InFlight
+                }
+            }
+            _ => RecvProgress::Idle,
+        };
+        self.stats.count_read_pause(progress);
     }
 
     fn listen(&mut self, addr: &Address, backlog: u32) -> io::Result<SocketId> {

@@ -23,6 +23,13 @@ pub struct ClientReport {
     pub verified: u64,
     /// Completed pause → resume cycles of the client's reading.
     pub pause_cycles: u64,
+    /// Of those, cycles that ended with echoed bytes held by the transport:
+    /// a receive completed while reading was paused (the bpo-33694 window)
+    /// and its bytes waited for `resume_reading`.
+    pub held_at_resume: u64,
+    /// Bytes handed to `data_received` while reading was paused (R3): any
+    /// is a failure.
+    pub received_while_paused: u64,
     /// `pause_writing` calls the client honoured.
     pub write_pauses: u64,
     pub send_hash: u64,
@@ -184,6 +191,9 @@ fn toggle(shared: &Shared, h: &Handle) {
             return;
         };
         if c.reading_paused {
+            if t.ledger().held > 0 {
+                c.report.held_at_resume += 1;
+            }
             t.resume_reading();
             c.reading_paused = false;
             c.report.pause_cycles += 1;
@@ -259,6 +269,15 @@ impl Protocol for RaceProtocol {
         c.report.received += data.len() as u64;
         if let Some(pb) = &c.progress {
             pb.inc(data.len() as u64);
+        }
+        if c.reading_paused {
+            // R3: once `pause_reading` has returned, nothing may reach the
+            // protocol until `resume_reading`.
+            c.report.received_while_paused += data.len() as u64;
+            let n = data.len();
+            c.error(format!(
+                "{n} bytes reached the client while its reading was paused (R3)"
+            ));
         }
         if c.report.mismatch.is_some() || c.finished {
             return;

@@ -82,11 +82,4 @@ fn finish(args: &RaceArgs, report: &RaceReport) -> Result<(), Failure> {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn default_race_parses() {
-        let a = super::default_args();
-        assert_eq!((a.packets, a.size), (2000, 16384));
-        assert_eq!(a.pause_every, std::time::Duration::from_millis(100));
-    }
-}
+mod tests;

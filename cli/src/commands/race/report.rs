@@ -4,7 +4,7 @@
 //! Timing fields (`seconds`, `throughput_mb_s`, and the "wall time" line) are
 //! the only ones that may differ between two replays of the same sim seed.
 
-use proactor::DriverKind;
+use proactor::{DriverKind, DriverStats};
 use serde_json::{json, Value};
 
 use super::workload::Outcome;
@@ -18,12 +18,24 @@ const MAX_ERRORS: usize = 10;
 #[derive(Debug, Default, Clone)]
 pub struct SimSummary {
     pub seeds: u64,
+    /// The first seed of the sweep (`PROACTOR_SIM_SEED_BASE`, default 0).
+    pub first_seed: u64,
     /// The seed replayed through PROACTOR_SIM_SEED, if any.
     pub replayed_seed: Option<u64>,
     pub failed_seeds: Vec<u64>,
     pub cancel_races: u64,
     pub short_reads: u64,
     pub short_writes: u64,
+}
+
+/// How often reading was paused, and how often that pause met the receive
+/// in flight or its completion ready but not yet reaped (the bpo-33694
+/// window), from the driver's [`DriverStats`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Window {
+    pub read_pauses: u64,
+    pub pauses_recv_in_flight: u64,
+    pub pauses_recv_ready: u64,
 }
 
 /// Totals over every client of every run.
@@ -43,7 +55,13 @@ pub struct RaceReport {
     pub bytes_verified: u64,
     pub server_echoed: Option<u64>,
     pub pause_cycles: u64,
+    /// Pause cycles that ended with echoed bytes held by the transport.
+    pub held_at_resume: u64,
+    /// Bytes delivered while a client's reading was paused (R3: must be 0).
+    pub received_while_paused: u64,
     pub write_pauses: u64,
+    /// The driver's bpo-33694 window counters, over every run.
+    pub window: Window,
     pub seconds: f64,
     /// Fingerprints of everything sent and received, in client order.
     sent_hash: StreamHash,
@@ -53,6 +71,14 @@ pub struct RaceReport {
     pub errors_total: u64,
     /// What the first TLS client negotiated.
     pub tls: Option<String>,
+}
+
+impl Window {
+    fn add(&mut self, stats: &DriverStats) {
+        self.read_pauses += stats.read_pauses;
+        self.pauses_recv_in_flight += stats.pauses_recv_in_flight;
+        self.pauses_recv_ready += stats.pauses_recv_ready;
+    }
 }
 
 impl RaceReport {
@@ -75,7 +101,10 @@ impl RaceReport {
             bytes_verified: 0,
             server_echoed: None,
             pause_cycles: 0,
+            held_at_resume: 0,
+            received_while_paused: 0,
             write_pauses: 0,
+            window: Window::default(),
             seconds: 0.0,
             sent_hash: StreamHash::default(),
             recv_hash: StreamHash::default(),
@@ -90,12 +119,15 @@ impl RaceReport {
     pub fn add(&mut self, o: &Outcome, planned_per_client: u64, label: Option<&str>) {
         self.driver = o.driver;
         self.seconds += o.seconds;
+        self.window.add(&o.stats);
         for c in &o.clients {
             self.bytes_planned += planned_per_client;
             self.bytes_sent += c.sent;
             self.bytes_echoed += c.received;
             self.bytes_verified += c.verified;
             self.pause_cycles += c.pause_cycles;
+            self.held_at_resume += c.held_at_resume;
+            self.received_while_paused += c.received_while_paused;
             self.write_pauses += c.write_pauses;
             self.sent_hash.update(&c.send_hash.to_le_bytes());
             if self.tls.is_none() {
@@ -117,6 +149,14 @@ impl RaceReport {
         }
     }
 
+    /// Records a failure of the run as a whole (not of one client).
+    pub fn fail(&mut self, why: String) {
+        self.errors_total += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(why);
+        }
+    }
+
     /// Bytes sent that never came back verified.
     pub fn bytes_lost(&self) -> u64 {
         self.bytes_sent.saturating_sub(self.bytes_verified)
@@ -124,6 +164,7 @@ impl RaceReport {
 
     pub fn passed(&self) -> bool {
         self.errors_total == 0
+            && self.received_while_paused == 0
             && self.bytes_lost() == 0
             && self.bytes_verified == self.bytes_planned
             && self.sim.as_ref().is_none_or(|s| s.failed_seeds.is_empty())
@@ -153,7 +194,12 @@ impl RaceReport {
         if let Some(s) = &self.sim {
             match s.replayed_seed {
                 Some(seed) => println!("  sim seed    {seed} (replay)"),
-                None => println!("  sim seeds   {} (0..{})", s.seeds, s.seeds),
+                None => println!(
+                    "  sim seeds   {} ({}..{})",
+                    s.seeds,
+                    s.first_seed,
+                    s.first_seed + s.seeds
+                ),
             }
             println!(
                 "  sim races   {} cancel-after-complete, {} short reads, {} short writes",
@@ -179,8 +225,16 @@ impl RaceReport {
         );
         println!("  lost        {} bytes", self.bytes_lost());
         println!(
-            "  pauses      {} pause/resume cycles of reading, {} write pauses",
-            self.pause_cycles, self.write_pauses
+            "  pauses      {} pause/resume cycles of reading ({} with echoed bytes held at resume), {} write pauses",
+            self.pause_cycles, self.held_at_resume, self.write_pauses
+        );
+        println!(
+            "  paused      {} bytes reached a client while its reading was paused",
+            self.received_while_paused
+        );
+        println!(
+            "  window      {} read pauses: {} with the receive in flight, {} with its completion ready, not reaped",
+            self.window.read_pauses, self.window.pauses_recv_in_flight, self.window.pauses_recv_ready
         );
         println!(
             "  wall time   {:.3} s, throughput {:.1} MB/s",
@@ -223,7 +277,12 @@ impl RaceReport {
             "bytes_lost": self.bytes_lost(),
             "server_echoed": self.server_echoed,
             "pause_cycles": self.pause_cycles,
+            "held_at_resume": self.held_at_resume,
+            "received_while_paused": self.received_while_paused,
             "write_pauses": self.write_pauses,
+            "read_pauses": self.window.read_pauses,
+            "pauses_recv_in_flight": self.window.pauses_recv_in_flight,
+            "pauses_recv_ready": self.window.pauses_recv_ready,
             "sent_hash": format!("{:016x}", self.sent_hash.finish()),
             "echo_hash": format!("{:016x}", self.recv_hash.finish()),
             "seconds": self.seconds,
@@ -235,6 +294,7 @@ impl RaceReport {
         });
         if let (Some(s), Some(map)) = (&self.sim, v.as_object_mut()) {
             map.insert("seeds".into(), json!(s.seeds));
+            map.insert("first_seed".into(), json!(s.first_seed));
             map.insert("seed".into(), json!(s.replayed_seed));
             map.insert("failed_seeds".into(), json!(s.failed_seeds));
             map.insert("cancel_races".into(), json!(s.cancel_races));

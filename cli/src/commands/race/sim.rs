@@ -1,6 +1,7 @@
 //! `race --driver sim`: the workload once per seed, on the simulator.
 //!
-//! Each seed gets a fresh loop, so a failing seed replays on its own with
+//! Seeds `0..N` by default (`--seeds N` or `PROACTOR_SIM_SEEDS`), from
+//! `PROACTOR_SIM_SEED_BASE` when set. Each seed gets a fresh loop, so a failing seed replays on its own with
 //! `PROACTOR_SIM_SEED=S proactor race --driver sim`, which gives the same
 //! report every time except for the timing fields.
 
@@ -46,13 +47,20 @@ pub fn sweep(args: &RaceArgs, security: &RaceSecurity) -> Result<RaceReport, Fai
             if n == 0 {
                 return Err(Failure::setup("--seeds must be at least 1"));
             }
-            (0..n).collect()
+            let base = env_u64("PROACTOR_SIM_SEED_BASE")?.unwrap_or(0);
+            let end = base.checked_add(n).ok_or_else(|| {
+                Failure::setup(format!(
+                    "PROACTOR_SIM_SEED_BASE={base} + {n} seeds overflow"
+                ))
+            })?;
+            (base..end).collect()
         }
     };
     let planned = args.packets * args.size as u64;
     let mut report = RaceReport::new(DriverKind::Sim, args, security.label());
     let mut summary = SimSummary {
         seeds: 0,
+        first_seed: seeds.first().copied().unwrap_or(0),
         replayed_seed: replay,
         ..SimSummary::default()
     };
@@ -84,9 +92,24 @@ pub fn sweep(args: &RaceArgs, security: &RaceSecurity) -> Result<RaceReport, Fai
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // The race exists to pause reading while a receive is in flight (the
+    // bpo-33694 window). Over ten seeds or more that toggled reading, a sim
+    // run that never did so no longer tests what it claims.
+    let w = report.window;
+    if seeds.len() >= WINDOW_SEEDS && report.pause_cycles > 0 && w.pauses_recv_in_flight == 0 {
+        report.fail(format!(
+            "{} pause/resume cycles over {} seeds, and not one pause met a receive in flight: \
+             the race no longer exercises the bpo-33694 window",
+            report.pause_cycles,
+            seeds.len()
+        ));
+    }
     report.sim = Some(summary);
     Ok(report)
 }
+
+/// Seeds from which a sim race must have met the window (if it paused).
+const WINDOW_SEEDS: usize = 10;
 
 /// The command line that replays one seed of this sweep.
 fn replay_command(args: &RaceArgs) -> String {

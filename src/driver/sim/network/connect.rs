@@ -5,7 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use super::{family_of, os_err, Connected, Network, Sock, StreamSock, FIRST_CLIENT_PORT};
+use super::{family_of, os_err, Connected, Family, Network, Sock, StreamSock, FIRST_CLIENT_PORT};
 use crate::address::Address;
 use crate::driver::SocketId;
 
@@ -60,6 +60,13 @@ impl Network {
         let Some(Sock::Listener(l)) = self.sockets.get(&lfd) else {
             unreachable!("find_listener returns listeners");
         };
+        if l.queue.len() >= l.backlog && family == Family::Unix {
+            // Linux `unix_stream_connect` on a non-blocking socket (as both
+            // kernel drivers connect): the backlog is full, try again.
+            return Err(os_err(libc::EAGAIN));
+        }
+        // A full TCP backlog drops the SYN: the driver keeps such a connect
+        // in progress (see `syn_answered`) and only gets here once it has room.
         if refuse || l.queue.len() >= l.backlog {
             return Err(os_err(libc::ECONNREFUSED));
         }
@@ -104,6 +111,36 @@ impl Network {
             server,
             listener: lfd,
         })
+    }
+
+    /// Whether a TCP connect from `fd` to `target` has its SYN answered now:
+    /// false while the target listener's accept queue is full (Linux drops
+    /// the SYN and the client retransmits). Unix connects, connects that
+    /// fail at once, and TCP connects to a listener with room: true.
+    pub(in crate::driver::sim) fn syn_answered(&self, fd: i32, target: &Address) -> bool {
+        if self
+            .stream(fd)
+            .map_or(true, |s| s.connected || s.family == Family::Unix)
+        {
+            return true;
+        }
+        match self
+            .find_listener(target)
+            .and_then(|l| self.sockets.get(&l))
+        {
+            Some(Sock::Listener(l)) => l.queue.len() < l.backlog,
+            _ => true,
+        }
+    }
+
+    /// Whether `target` is a TCP address (SYNs, retransmission, timeouts).
+    pub(in crate::driver::sim) fn is_tcp_target(target: &Address) -> bool {
+        matches!(target, Address::Inet(_))
+    }
+
+    /// Whether listener `fd` is a Unix one.
+    pub(in crate::driver::sim) fn is_unix_listener(&self, fd: i32) -> bool {
+        matches!(self.sockets.get(&fd), Some(Sock::Listener(l)) if matches!(l.addr, Address::Unix(_)))
     }
 
     /// Whether an accept on `fd` can complete now (with a connection or an error).

@@ -53,6 +53,11 @@ pub(super) fn errno_name(err: &io::Error) -> String {
         Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT",
         Some(libc::ENOTSOCK) => "ENOTSOCK",
         Some(libc::ENOENT) => "ENOENT",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EAGAIN) => "EAGAIN",
+        Some(libc::ENOBUFS) => "ENOBUFS",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::EINTR) => "EINTR",
         _ => return err.to_string(),
     };
     name.to_string()
@@ -113,6 +118,10 @@ struct StreamSock {
     nodelay: bool,
     /// `SO_LINGER` with a zero timeout: close resets the connection.
     linger_zero: bool,
+    /// TCP: the peer closed cleanly (its FIN is here) and its socket is
+    /// gone, but nothing we sent has met its reset yet: the next send is
+    /// accepted and lost, and the reset it draws fails the one after.
+    peer_closed: bool,
 }
 
 impl fmt::Debug for StreamSock {
@@ -148,6 +157,7 @@ impl StreamSock {
             error: None,
             nodelay: false,
             linger_zero: false,
+            peer_closed: false,
         }
     }
 }
@@ -165,9 +175,23 @@ pub(super) struct Connected {
     pub(super) listener: i32,
 }
 
+/// What the network did that the driver reports in its
+/// [`SimStats`](super::SimStats).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct NetCounts {
+    /// TCP sends accepted after the peer had closed, their bytes lost.
+    pub(super) sends_to_closed_peer: u64,
+    /// Unix sends to a closed peer, failed at once with `EPIPE`.
+    pub(super) unix_epipes: u64,
+    /// Unix sends that found the direction full at the sender's `SO_SNDBUF`
+    /// although the TCP rule (send + receive buffer) would have had room.
+    pub(super) unix_sndbuf_stalls: u64,
+}
+
 /// The whole simulated network.
 #[derive(Debug)]
 pub(super) struct Network {
+    pub(super) counts: NetCounts,
     sockets: BTreeMap<i32, Sock>,
     next_fd: i32,
     next_listen_port: u16,
@@ -179,6 +203,7 @@ pub(super) struct Network {
 impl Network {
     pub(super) fn new(sndbuf: usize, rcvbuf: usize) -> Network {
         Network {
+            counts: NetCounts::default(),
             sockets: BTreeMap::new(),
             next_fd: 3,
             next_listen_port: FIRST_LISTEN_PORT,
@@ -359,6 +384,7 @@ impl Network {
                     if let Some(Sock::Stream(p)) = self.sockets.get_mut(&peer) {
                         p.rd_eof = true;
                         p.peer = None;
+                        p.peer_closed = p.family != Family::Unix;
                     }
                 }
                 true
@@ -374,16 +400,18 @@ impl Network {
             s.error = Some(libc::ECONNRESET);
             s.rd_eof = true;
             s.peer = None;
+            s.peer_closed = false;
         }
     }
 
     /// Fault: the connection of `fd` is reset (both ends see `ECONNRESET`).
-    /// Returns whether there was a live connection to reset.
+    /// Returns whether there was a live connection to reset: a TCP one, since
+    /// no network resets a Unix socket.
     pub(super) fn reset(&mut self, fd: i32) -> bool {
-        let Ok(s) = self.connected_stream(fd) else {
+        if !self.is_live_tcp(fd) {
             return false;
-        };
-        let Some(peer) = s.peer else {
+        }
+        let Some(peer) = self.stream(fd).ok().and_then(|s| s.peer) else {
             return false;
         };
         self.reset_one(fd);
@@ -418,5 +446,22 @@ impl Network {
         self.connected_stream(fd)
             .map(|s| s.peer.is_some())
             .unwrap_or(false)
+    }
+
+    /// Whether `fd` is a live TCP connection (what network faults can hit).
+    pub(super) fn is_live_tcp(&self, fd: i32) -> bool {
+        self.connected_stream(fd)
+            .map(|s| s.peer.is_some() && s.family != Family::Unix)
+            .unwrap_or(false)
+    }
+
+    /// Whether `fd` is a connected stream.
+    pub(super) fn is_connected(&self, fd: i32) -> bool {
+        self.connected_stream(fd).is_ok()
+    }
+
+    /// Whether `fd` is a Unix socket (of any state).
+    pub(super) fn is_unix(&self, fd: i32) -> bool {
+        self.stream(fd).is_ok_and(|s| s.family == Family::Unix)
     }
 }
