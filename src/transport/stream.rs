@@ -452,7 +452,6 @@ impl TransportImpl for StreamTransport {
         }
         state.closing = true;
         let recv = state.recv;
-        let sending = state.send.is_some() || state.shutdown.is_some();
         drop(state);
         // Receive nothing more: held data is dropped (counted), and the
         // receive in flight is asked to stop; its completion still arrives
@@ -460,15 +459,6 @@ impl TransportImpl for StreamTransport {
         self.core.delivery_mut().close_reading();
         if let (Some(key), Some(event_loop)) = (recv, self.core.event_loop()) {
             event_loop.cancel(key);
-        }
-        // Nothing left to flush: the close is complete now, so
-        // `connection_lost` follows on the next step (as in asyncio), not
-        // after one more run of the write pump.
-        if !sending && TransportImpl::write_buffer_size(self) == 0 {
-            let mut delivery = self.core.delivery_mut();
-            if !delivery.is_lost() {
-                delivery.lose(None);
-            }
         }
         self.core.schedule();
     }
