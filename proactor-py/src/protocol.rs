@@ -12,6 +12,16 @@ use std::io;
 use std::rc::Rc;
 
 use proactor::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol, Transport};
+
+/// A `close()` that waits for the write buffer to drain before proactor's
+/// close (see [`ConnState::closing`]).
+pub(crate) struct DeferredClose {
+    /// The transport to close once its write buffer is empty.
+    pub(crate) transport: Transport,
+    /// The protocol's `(low, high)` water marks (asyncio's order) while
+    /// the transport's own are (0, 0).
+    pub(crate) limits: (usize, usize),
+}
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -32,6 +42,16 @@ pub(crate) struct ConnState {
     pub(crate) told_paused: Cell<bool>,
     /// The exception that made a callback fail, for `connection_lost`.
     pub(crate) fatal: RefCell<Option<PyErr>>,
+    /// `write_eof()` was called: a close must flush and shut down.
+    pub(crate) eof_written: Cell<bool>,
+    /// asyncio's `close()` with bytes still buffered: the transport keeps
+    /// taking writes until the buffer drains (asyncio's `SSLProtocol`
+    /// writes its `close_notify` then), and only then closes. proactor's
+    /// `close()` drops later writes, so it is called once the buffer is
+    /// empty: the transport's marks are set to (0, 0) meanwhile, so the
+    /// drain comes as its `resume_writing`. Cleared at `connection_lost`
+    /// (the transport refers back to this state).
+    pub(crate) closing: RefCell<Option<DeferredClose>>,
     /// Called with `(native_transport, protocol)` at `connection_made`;
     /// returns the Python transport object.
     made_hook: RefCell<Option<Py<PyAny>>>,
@@ -49,6 +69,8 @@ impl ConnState {
             protocol: RefCell::new(protocol),
             told_paused: Cell::new(false),
             fatal: RefCell::new(None),
+            eof_written: Cell::new(false),
+            closing: RefCell::new(None),
             made_hook: RefCell::new(Some(made_hook)),
         })
     }
@@ -96,6 +118,26 @@ impl ConnState {
         if let Some(p) = self.protocol(py) {
             if let Err(e) = p.call_method0("pause_writing") {
                 self.report(py, e, "protocol.pause_writing() failed");
+            }
+        }
+    }
+
+    /// The protocol's `(low, high)` water marks while a close is deferred.
+    pub(crate) fn deferred_limits(&self) -> Option<(usize, usize)> {
+        self.closing.borrow().as_ref().map(|c| c.limits)
+    }
+
+    /// Closes a deferred close's transport once its buffer is empty.
+    fn finish_deferred_close(&self) {
+        let drained = self
+            .closing
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.transport.get_write_buffer_size() == 0);
+        if drained {
+            let deferred = self.closing.borrow_mut().take();
+            if let Some(c) = deferred {
+                c.transport.close();
             }
         }
     }
@@ -174,6 +216,8 @@ impl BaseProtocol for Adapter {
             // through Rust that Python's collector could not see.
             state.protocol.borrow_mut().take();
             state.made_hook.borrow_mut().take();
+            let deferred = state.closing.borrow_mut().take();
+            drop(deferred);
         })
     }
 
@@ -193,11 +237,22 @@ impl BaseProtocol for Adapter {
     }
 
     fn pause_writing(&mut self) {
-        Python::attach(|py| self.state.pause_writing(py))
+        let state = &self.state;
+        let below_protocol_mark = state
+            .closing
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.transport.get_write_buffer_size() <= c.limits.1);
+        if below_protocol_mark {
+            // The deferred close's own (0, 0) mark: not the protocol's.
+            return;
+        }
+        Python::attach(|py| state.pause_writing(py))
     }
 
     fn resume_writing(&mut self) {
-        Python::attach(|py| self.state.resume_writing(py))
+        Python::attach(|py| self.state.resume_writing(py));
+        self.state.finish_deferred_close();
     }
 }
 

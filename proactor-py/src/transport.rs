@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::bound::ThreadBound;
-use crate::protocol::{Adapter, ConnState};
+use crate::protocol::{Adapter, ConnState, DeferredClose};
 
 struct Inner {
     transport: Transport,
@@ -34,7 +34,10 @@ impl NativeTransport {
     /// asyncio calls `pause_writing()` inside the `write()` that crossed the
     /// high-water mark; so do we (proactor then skips its own call).
     fn check_pause(&self, py: Python<'_>, inner: &Inner) {
-        let (_, high) = inner.transport.get_write_buffer_limits();
+        let (_, high) = inner
+            .state
+            .deferred_limits()
+            .unwrap_or_else(|| inner.transport.get_write_buffer_limits());
         if !inner.state.told_paused.get()
             && !inner.transport.is_closing()
             && inner.transport.get_write_buffer_size() > high
@@ -89,6 +92,7 @@ impl NativeTransport {
 
     fn write_eof(&self) -> PyResult<()> {
         let inner = self.inner.get()?;
+        inner.state.eof_written.set(true);
         inner
             .transport
             .write_eof()
@@ -99,18 +103,49 @@ impl NativeTransport {
         Ok(self.inner.get()?.transport.can_write_eof())
     }
 
+    /// asyncio's `close()`: with nothing buffered the connection ends at
+    /// once (`connection_lost` on the next step, as asyncio's loop does);
+    /// with bytes buffered, writes are still taken until they drained
+    /// (asyncio's `SSLProtocol` writes its `close_notify` then), and the
+    /// close follows (see `ConnState::closing`).
     fn close(&self) -> PyResult<()> {
-        self.inner.get()?.transport.close();
+        let inner = self.inner.get()?;
+        let t = &inner.transport;
+        if t.is_closing() || inner.state.closing.borrow().is_some() {
+            return Ok(());
+        }
+        if t.get_write_buffer_size() == 0 {
+            if inner.state.eof_written.get() {
+                // A shutdown may be in flight: let proactor finish it.
+                t.close();
+            } else {
+                // Nothing to send and nothing in flight: closing and
+                // aborting are the same, and abort completes at once.
+                t.abort();
+            }
+            return Ok(());
+        }
+        let limits = t.get_write_buffer_limits();
+        *inner.state.closing.borrow_mut() = Some(DeferredClose {
+            transport: t.clone(),
+            limits,
+        });
+        t.set_write_buffer_limits(Some(0), Some(0))
+            .map_err(|e| crate::errors::os_error(&e))?;
         Ok(())
     }
 
     fn abort(&self) -> PyResult<()> {
-        self.inner.get()?.transport.abort();
+        let inner = self.inner.get()?;
+        let deferred = inner.state.closing.borrow_mut().take();
+        drop(deferred);
+        inner.transport.abort();
         Ok(())
     }
 
     fn is_closing(&self) -> PyResult<bool> {
-        Ok(self.inner.get()?.transport.is_closing())
+        let inner = self.inner.get()?;
+        Ok(inner.transport.is_closing() || inner.state.closing.borrow().is_some())
     }
 
     fn pause_reading(&self) -> PyResult<()> {
@@ -152,12 +187,30 @@ impl NativeTransport {
             .transport
             .set_write_buffer_limits(to_usize(high)?, to_usize(low)?)
             .map_err(|_| bad())?;
+        let deferred = match inner.state.closing.borrow_mut().as_mut() {
+            // A deferred close keeps (0, 0): the new marks are the protocol's.
+            Some(c) => {
+                c.limits = inner.transport.get_write_buffer_limits();
+                true
+            }
+            None => false,
+        };
+        if deferred {
+            inner
+                .transport
+                .set_write_buffer_limits(Some(0), Some(0))
+                .map_err(|e| crate::errors::os_error(&e))?;
+        }
         self.check_pause(py, inner);
         Ok(())
     }
 
     fn get_write_buffer_limits(&self) -> PyResult<(usize, usize)> {
-        Ok(self.inner.get()?.transport.get_write_buffer_limits())
+        let inner = self.inner.get()?;
+        Ok(inner
+            .state
+            .deferred_limits()
+            .unwrap_or_else(|| inner.transport.get_write_buffer_limits()))
     }
 
     fn get_write_buffer_size(&self) -> PyResult<usize> {
