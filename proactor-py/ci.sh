@@ -6,16 +6,21 @@
 #   frameworks  aiohttp server+client, uvicorn app, web.run_app + SIGINT
 #   cpython     CPython's asyncio test groups: asyncio | uvloop | proactor
 #   uvloop      uvloop's own suite (fetched from its source package) on proactor
-# maturin, uvloop, aiohttp and uvicorn come from the package registry at run
-# time; nothing is vendored. Every test has a time limit (faulthandler in the
-# runners, `timeout` around each step).
+# PROACTOR_PY_STEPS run on PROACTOR_PY_FULL (default: the first version);
+# PROACTOR_PY_QUICK_STEPS on the other versions. maturin, uvloop, aiohttp
+# and uvicorn come from the package registry at run time; nothing is
+# vendored. Every test has a time limit (faulthandler in the runners,
+# PROACTOR_TEST_TIMEOUT seconds each, `timeout` around each step).
 #
 #   PROACTOR_PY_VERSIONS="3.12"  PROACTOR_PY_STEPS="smoke race"  bash ci.sh
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VERSIONS=${PROACTOR_PY_VERSIONS:-"3.11 3.12 3.13"}
 STEPS=${PROACTOR_PY_STEPS:-"smoke race frameworks cpython uvloop"}
-WORK=${PROACTOR_PY_WORK:-/tmp/proactor-py-ci}
+QUICK_STEPS=${PROACTOR_PY_QUICK_STEPS:-"smoke race frameworks"}
+FULL=${PROACTOR_PY_FULL:-${VERSIONS%% *}}
+export PROACTOR_PY_WORK=${PROACTOR_PY_WORK:-/tmp/proactor-py-ci}
+WORK=$PROACTOR_PY_WORK
 PYROOT=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")/versions
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -33,9 +38,12 @@ passed=0; failed=0; failures=""
 step() {  # step NAME VERSION TIMEOUT COMMAND...
     local name=$1 v=$2 limit=$3; shift 3
     echo "== [$v] $name"
-    if (cd "$WORK" && timeout --signal=KILL "$limit" "$@"); then
+    local t0=$SECONDS
+    if (cd "$WORK" && timeout --kill-after=10 "$limit" "$@"); then
         passed=$((passed + 1))
+        echo "-- [$v] $name passed in $((SECONDS - t0))s"
     else
+        echo "-- [$v] $name FAILED after $((SECONDS - t0))s"
         failed=$((failed + 1)); failures="$failures $v:$name"
     fi
 }
@@ -48,13 +56,15 @@ for v in $VERSIONS; do
         && "$venv/bin/pip" install -q --force-reinstall --no-deps "$WORK"/dist/*.whl \
         || { failed=$((failed + 1)); failures="$failures $v:install"; continue; }
     P="$venv/bin/python"
-    for s in $STEPS; do
+    steps=$QUICK_STEPS
+    [ "$v" = "$FULL" ] && steps=$STEPS
+    for s in $steps; do
         case $s in
-            smoke) step smoke "$v" 300 "$P" "$HERE/tests/smoke.py" ;;
-            race) step race "$v" 900 "$P" "$HERE/tests/race.py" ;;
-            frameworks) step frameworks "$v" 600 "$P" "$HERE/tests/frameworks.py" ;;
-            cpython) step cpython-groups "$v" 3000 "$P" "$HERE/tests/cpython_groups.py" ;;
-            uvloop) step uvloop-suite "$v" 1800 "$P" "$HERE/tests/uvloop_suite.py" ;;
+            smoke) step smoke "$v" 120 "$P" "$HERE/tests/smoke.py" ;;
+            race) step race "$v" 300 "$P" "$HERE/tests/race.py" ;;
+            frameworks) step frameworks "$v" 300 "$P" "$HERE/tests/frameworks.py" ;;
+            cpython) step cpython-groups "$v" 900 "$P" "$HERE/tests/cpython_groups.py" ;;
+            uvloop) step uvloop-suite "$v" 900 "$P" "$HERE/tests/uvloop_suite.py" ;;
         esac
     done
 done
