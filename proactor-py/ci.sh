@@ -52,7 +52,7 @@ for v in $VERSIONS; do
     py=$(py_for "$v")
     if [ -z "$py" ]; then echo "== CPython $v not found: skipped"; continue; fi
     venv="$WORK/venv-$v"
-    "$py" -m venv "$venv" && "$venv/bin/pip" install -q uvloop aiohttp uvicorn \
+    "$py" -m venv "$venv" && "$venv/bin/pip" install -q uvloop aiohttp uvicorn pyOpenSSL \
         && "$venv/bin/pip" install -q --force-reinstall --no-deps "$WORK"/dist/*.whl \
         || { failed=$((failed + 1)); failures="$failures $v:install"; continue; }
     P="$venv/bin/python"

@@ -116,8 +116,8 @@ def run_module(root, module, loop_name):
                 results[name] = status
                 current = None
         if current is None:
-            if proc.returncode not in (0, 1) and not results:
-                results['<import>'] = 'error'
+            if proc.returncode != 0 and not results:
+                results['<import>'] = 'error'  # the module did not load
             return results
         results[current] = 'timeout' if proc.returncode == 1 else 'crash'
 
