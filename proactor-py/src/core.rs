@@ -39,6 +39,9 @@ pub(crate) struct LoopCore {
     /// by the wake-up they send, whichever comes first.
     foreign: Mutex<Vec<Py<CallbackHandle>>>,
     has_foreign: AtomicBool,
+    /// asyncio's debug mode: `call_soon`/`call_later`/`call_at` from another
+    /// thread raise (without it they are forwarded, as asyncio lets them run).
+    debug: AtomicBool,
 }
 
 impl LoopCore {
@@ -71,6 +74,64 @@ impl LoopCore {
         for h in pending {
             self.enqueue(local, h);
         }
+    }
+
+    /// Called from a thread other than the loop's, outside debug mode:
+    /// asyncio does not check the thread there, so the call is forwarded.
+    fn forward_foreign(&self) -> bool {
+        self.local.get().is_err() && !self.debug.load(Ordering::Relaxed)
+    }
+
+    /// `call_at` from another thread outside debug mode: the handle is made
+    /// here, the timer is armed on the loop's thread. (Its `cancel()` then
+    /// only marks it: the timer stays armed, and does nothing when due.)
+    fn call_at_foreign(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<CallbackHandle>> {
+        if !callback.bind(py).is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a callable object was expected by call_at(), got {}",
+                callback.bind(py).repr()?
+            )));
+        }
+        self.check_open()?;
+        let h = Py::new(
+            py,
+            CallbackHandle::new(py, callback, args.unbind(), context, Some(when))?,
+        )?;
+        let run = h.clone_ref(py);
+        self.remote.call_soon_threadsafe(move || {
+            Python::attach(|py| {
+                let Some(lp) = crate::errors::current_loop(py) else {
+                    return;
+                };
+                let Ok(core) = lp.cast::<LoopCore>() else {
+                    return;
+                };
+                let core = core.get();
+                let Ok(local) = core.local() else {
+                    return;
+                };
+                let d = when - core.now();
+                let delay = if d.is_finite() && d > 0.0 {
+                    Duration::try_from_secs_f64(d).unwrap_or(Duration::MAX)
+                } else if d > 0.0 {
+                    Duration::MAX
+                } else {
+                    Duration::ZERO
+                };
+                let shared = local.shared.clone();
+                local.handle.call_later(delay, move || {
+                    Python::attach(|py| handles::run(py, &shared, run.bind(py)))
+                });
+            });
+        });
+        Ok(h)
     }
 
     fn now(&self) -> f64 {
@@ -158,7 +219,16 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             foreign: Mutex::new(Vec::new()),
             has_foreign: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
         })
+    }
+
+    /// Keeps the native side's copy of asyncio's debug flag.
+    fn _set_native_debug(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+        if let Ok(local) = self.local() {
+            local.shared.debug.set(enabled);
+        }
     }
 
     /// The driver this loop runs on: `"uring"` or `"poll"`.
@@ -179,6 +249,9 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<CallbackHandle>> {
+        if self.forward_foreign() {
+            return self.call_soon_threadsafe(py, callback, args, context);
+        }
         let (h, shared, _) = self.schedule(py, callback, args, context, None, "call_soon")?;
         let _ = shared;
         let local = self.local()?;
@@ -256,6 +329,9 @@ impl LoopCore {
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<CallbackHandle>> {
+        if self.forward_foreign() {
+            return self.call_at_foreign(py, when, callback, args, context);
+        }
         let (h, shared, delay) =
             self.schedule(py, callback, args, context, Some(when), "call_at")?;
         let run = h.clone_ref(py);

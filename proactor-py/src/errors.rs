@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// Fatal protocol errors waiting for proactor's exception handler.
     fatal: RefCell<HashMap<u64, Fatal>>,
     next_id: Cell<u64>,
+    /// asyncio's debug mode (`loop.set_debug`): callbacks are timed.
+    pub(crate) debug: Cell<bool>,
 }
 
 /// A protocol callback failed: what `call_exception_handler` is told.

@@ -4,6 +4,7 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -35,6 +36,8 @@ pub(crate) struct CallbackHandle {
 
 static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FORMAT_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `contextvars.copy_context()`.
 fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -96,7 +99,11 @@ pub(crate) fn run(py: Python<'_>, shared: &Rc<Shared>, handle: &Bound<'_, Callba
             context: c.context.clone_ref(py),
         }
     };
+    let started = shared.debug.get().then(Instant::now);
     let result = run_call(py, &call);
+    if let Some(t0) = started {
+        warn_if_slow(py, handle, t0.elapsed().as_secs_f64());
+    }
     if let Err(e) = result {
         let e = shared.raise_if_base(py, e);
         let context = PyDict::new(py);
@@ -109,6 +116,30 @@ pub(crate) fn run(py: Python<'_>, shared: &Rc<Shared>, handle: &Bound<'_, Callba
             Ok(()) => report(py, shared, context),
             Err(e) => e.write_unraisable(py, None),
         }
+    }
+}
+
+/// asyncio's debug-mode warning for a callback that ran longer than
+/// `loop.slow_callback_duration`.
+fn warn_if_slow(py: Python<'_>, handle: &Bound<'_, CallbackHandle>, took: f64) {
+    let Some(lp) = crate::errors::current_loop(py) else {
+        return;
+    };
+    let logged = (|| -> PyResult<()> {
+        let limit: f64 = lp.getattr("slow_callback_duration")?.extract()?;
+        if took < limit {
+            return Ok(());
+        }
+        let text = FORMAT_HANDLE
+            .import(py, "asyncio.base_events", "_format_handle")?
+            .call1((handle,))?;
+        LOGGER
+            .import(py, "asyncio.log", "logger")?
+            .call_method1("warning", ("Executing %s took %.3f seconds", text, took))?;
+        Ok(())
+    })();
+    if let Err(e) = logged {
+        e.write_unraisable(py, Some(&lp));
     }
 }
 

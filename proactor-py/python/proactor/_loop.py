@@ -86,6 +86,7 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
         self._exception_handler = None
         self._task_factory = None
         self._debug = coroutines._is_debug_mode()
+        self._set_native_debug(self._debug)
         self.slow_callback_duration = 0.1
         self._current_handle = None
         self._thread_id = None
@@ -131,6 +132,12 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
 
     def is_running(self):
         return self._thread_id is not None
+
+    def set_debug(self, enabled):
+        _BASE.set_debug(self, enabled)
+        # Debug mode times callbacks (slow_callback_duration) and makes
+        # call_soon/call_later/call_at from another thread raise.
+        self._set_native_debug(bool(enabled))
 
     def is_closed(self):
         return self._closed
