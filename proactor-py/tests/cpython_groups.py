@@ -43,29 +43,10 @@ GROUPS = {
 
 # Tests proactor is not expected to pass, and why. Keys are test method
 # names (as printed by -v), optionally "group.method".
-_NO_READINESS = ('add_reader/add_writer/sock_recv: a completion loop has no '
-                 'readiness API (proactor issues recv/send, never waits for '
-                 '"readable")')
-_NO_PIPES = ('connect_read_pipe/connect_write_pipe (and ptys): proactor\'s '
-             'stream transports are sockets (recv/send ops); pipes are not '
-             'adopted')
-_NO_UDP = 'create_datagram_endpoint: proactor has stream transports only'
 EXPECTED_FAILURES = {
-    'test_events.test_create_datagram_endpoint': _NO_UDP,
-    'test_events.test_create_datagram_endpoint_ipv6': _NO_UDP,
-    'test_events.test_create_datagram_endpoint_sock': _NO_UDP,
-    'test_events.test_reader_callback': _NO_READINESS,
-    'test_events.test_writer_callback': _NO_READINESS,
-    'test_events.test_remove_fds_after_closing': _NO_READINESS,
-    'test_events.test_prompt_cancellation': _NO_READINESS,
-    'test_events.test_read_pipe': _NO_PIPES,
-    'test_events.test_write_pipe': _NO_PIPES,
-    'test_events.test_write_pipe_disconnect_on_close': _NO_PIPES,
-    'test_events.test_unclosed_pipe_transport': _NO_PIPES,
-    'test_events.test_read_pty_output': _NO_PIPES,
-    'test_events.test_write_pty': _NO_PIPES,
-    'test_events.test_bidirectional_pty': _NO_PIPES,
-    'test_streams.test_read_all_from_pipe_reader': _NO_PIPES,
+    'test_streams.test_read_all_from_pipe_reader': (
+        'subprocesses (create_subprocess_exec) are not implemented: no child '
+        'watcher on proactor\'s loop'),
     'test_events.test_timeout_rounding': (
         'counts calls of BaseEventLoop._run_once and reads loop._selector '
         '(private attributes of the selector loop; proactor runs its own turn)'),

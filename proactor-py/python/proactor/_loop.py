@@ -26,14 +26,16 @@ import warnings
 import weakref
 
 from asyncio import (base_events, coroutines, events, protocols, sslproto,
-                     unix_events, constants)
+                     selector_events, unix_events, constants)
 
 from . import _proactor
+from ._readiness import ThreadedSelector
 from ._transport import SocketTransport, accepted_socket
 
 __all__ = ['Loop']
 
 _BASE = base_events.BaseEventLoop
+_SELECTOR = selector_events.BaseSelectorEventLoop
 _UNIX = unix_events._UnixSelectorEventLoop
 
 # Everything of asyncio's BaseEventLoop that Loop does not define itself is
@@ -44,11 +46,22 @@ _NOT_FROM_BASE = frozenset({
     '_timer_handle_cancelled', '_process_events', '_write_to_self',
     '_run_forever_setup', '_run_forever_cleanup',
 })
-# From the Unix loop: Unix sockets and signal handlers.
+# From the selector loop: the readiness API (add_reader, add_writer) and
+# what asyncio builds on it (sock_recv, sock_sendall, sock_accept...; UDP),
+# over ThreadedSelector. Not its sockets, servers or sock_connect: those
+# are proactor's.
+_NOT_FROM_SELECTOR = frozenset({
+    '__init__', 'close', '_make_socket_transport', '_make_ssl_transport',
+    '_close_self_pipe', '_make_self_pipe', '_process_self_data',
+    '_read_from_self', '_write_to_self', '_start_serving',
+    '_accept_connection', '_accept_connection2', 'sock_connect',
+    '_stop_serving', '_sendfile_native',
+})
+# From the Unix loop: Unix sockets, pipes and signal handlers.
 _FROM_UNIX = (
     'create_unix_connection', 'create_unix_server',
     'add_signal_handler', 'remove_signal_handler', '_check_signal',
-    '_handle_signal',
+    '_handle_signal', '_make_read_pipe_transport', '_make_write_pipe_transport',
 )
 
 
@@ -99,6 +112,8 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
         self._signal_handlers = {}
         self._unix_server_sockets = {}
         self._ready = collections.deque()  # only for code that peeks at it
+        self._selector = ThreadedSelector(self)
+        self._transports = weakref.WeakValueDictionary()
         self._make_self_pipe()
 
     # -- running ------------------------------------------------------------
@@ -152,6 +167,8 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
                 self.remove_signal_handler(sig)
         self._closed = True
         self._ready.clear()
+        self._selector.close()
+        self._selector = None  # as asyncio's loop: transports' repr checks
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
@@ -282,8 +299,11 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
                     path, err)
 
     async def sock_connect(self, sock, address):
-        """Connect ``sock`` with proactor's connect (io_uring or epoll)."""
+        """Connect ``sock`` with proactor's connect (io_uring or epoll); a
+        datagram socket the selector way (proactor adopts streams only)."""
         base_events._check_ssl_socket(sock)
+        if sock.type != socket.SOCK_STREAM:
+            return await _SELECTOR.sock_connect(self, sock, address)
         if sock.family == socket.AF_INET or (
                 base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
             resolved = await self._ensure_resolved(
@@ -309,14 +329,20 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
                 canceller.cancel()
             fut = None
 
-    def create_datagram_endpoint(self, *args, **kwargs):
-        raise NotImplementedError(
-            'proactor has stream transports only (no UDP)')
+    def _add_callback(self, handle):
+        # Readiness callbacks (_process_events) run at once: this is
+        # already a callback of the loop.
+        if not handle._cancelled:
+            handle._run()
 
 
 _OWN = set(Loop.__dict__) | set(_proactor.LoopCore.__dict__)
 for _name, _value in vars(_BASE).items():
     if (_name not in _OWN and _name not in _NOT_FROM_BASE
+            and callable(_value) and not isinstance(_value, type)):
+        setattr(Loop, _name, _value)
+for _name, _value in vars(_SELECTOR).items():
+    if (_name not in _OWN and _name not in _NOT_FROM_SELECTOR
             and callable(_value) and not isinstance(_value, type)):
         setattr(Loop, _name, _value)
 for _name in _FROM_UNIX:
