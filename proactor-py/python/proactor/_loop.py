@@ -320,6 +320,10 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
             else:
                 fut.set_exception(exc)
 
+        # The duplicate shares the open file description, whose O_NONBLOCK
+        # the driver sets its own way (io_uring: blocking): the caller's
+        # socket gets its mode back when the connect is over.
+        timeout = sock.gettimeout()
         canceller = _proactor.connect(self, os.dup(sock.fileno()), address,
                                       done)
         try:
@@ -328,6 +332,8 @@ class Loop(_proactor.LoopCore, events.AbstractEventLoop):
             if not fut.done() or fut.cancelled():
                 canceller.cancel()
             fut = None
+            if sock.fileno() != -1:
+                sock.settimeout(timeout)
 
     def _add_callback(self, handle):
         # Readiness callbacks (_process_events) run at once: this is

@@ -58,6 +58,8 @@ class SocketTransport(transports.Transport):
         self._force_exc = None
         self._closed = False
         self._extra['socket'] = trsock.TransportSocket(sock)
+        # TCP_NODELAY, as asyncio's socket transports do.
+        base_events._set_nodelay(sock)
         try:
             self._extra['sockname'] = sock.getsockname()
         except OSError:
@@ -104,7 +106,11 @@ class SocketTransport(transports.Transport):
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc or ConnectionError('connection lost'))
         try:
-            self._protocol.connection_lost(exc)
+            # proactor's close() ends the connections it still has; asyncio
+            # never calls back a protocol from a closed loop (its callbacks
+            # could schedule nothing there).
+            if not self._loop.is_closed():
+                self._protocol.connection_lost(exc)
         finally:
             sock = self._sock
             self._sock = None
