@@ -2,6 +2,8 @@
 KeyboardInterrupt, the exception handler, and every driver the machine has."""
 
 import asyncio
+import os
+import socket
 import sys
 import threading
 import time
@@ -31,6 +33,19 @@ async def main():
     assert await reader.readline() == b'HELLO\n'
     writer.close()
     await writer.wait_closed()
+
+    # sock_connect (proactor's connect) leaves the socket non-blocking, and
+    # the readiness-based sock_* methods work on it.
+    s = socket.socket()
+    s.setblocking(False)
+    await loop.sock_connect(s, ('127.0.0.1', port))
+    assert os.get_blocking(s.fileno()) is False, 'sock_connect made it blocking'
+    await loop.sock_sendall(s, b'sock\n')
+    got = b''
+    while not got.endswith(b'\n'):
+        got += await asyncio.wait_for(loop.sock_recv(s, 100), 5)
+    assert got == b'SOCK\n', got
+    s.close()
     server.close()
     await server.wait_closed()
 
