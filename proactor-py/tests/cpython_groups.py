@@ -44,9 +44,6 @@ GROUPS = {
 # Tests proactor is not expected to pass, and why. Keys are test method
 # names (as printed by -v), optionally "group.method".
 EXPECTED_FAILURES = {
-    'test_streams.test_read_all_from_pipe_reader': (
-        'subprocesses (create_subprocess_exec) are not implemented: no child '
-        'watcher on proactor\'s loop'),
     'test_events.test_timeout_rounding': (
         'counts calls of BaseEventLoop._run_once and reads loop._selector '
         '(private attributes of the selector loop; proactor runs its own turn)'),

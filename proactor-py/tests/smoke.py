@@ -49,6 +49,13 @@ async def main():
     server.close()
     await server.wait_closed()
 
+    # A subprocess: pipes (readiness) and the child watcher.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, '-c', 'import sys; print(sys.stdin.read().upper())',
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(b'piped'), 30)
+    assert out.strip() == b'PIPED' and proc.returncode == 0, (out, proc)
+
     other = loop.create_future()
     threading.Thread(target=lambda: (
         time.sleep(0.02), loop.call_soon_threadsafe(other.set_result, 'ts'))

@@ -57,11 +57,13 @@ _NOT_FROM_SELECTOR = frozenset({
     '_accept_connection', '_accept_connection2', 'sock_connect',
     '_stop_serving', '_sendfile_native',
 })
-# From the Unix loop: Unix sockets, pipes and signal handlers.
+# From the Unix loop: Unix sockets, pipes, subprocesses (over the policy's
+# child watcher) and signal handlers.
 _FROM_UNIX = (
     'create_unix_connection', 'create_unix_server',
     'add_signal_handler', 'remove_signal_handler', '_check_signal',
     '_handle_signal', '_make_read_pipe_transport', '_make_write_pipe_transport',
+    '_make_subprocess_transport', '_child_watcher_callback',
 )
 
 
