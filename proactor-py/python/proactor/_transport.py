@@ -60,6 +60,9 @@ class SocketTransport(transports.Transport):
         self._extra['socket'] = trsock.TransportSocket(sock)
         # TCP_NODELAY, as asyncio's socket transports do.
         base_events._set_nodelay(sock)
+        # The descriptor is the transport's: add_reader/add_writer on it
+        # raise while it is open ("is used by transport"), as in asyncio.
+        loop._transports[sock.fileno()] = self
         try:
             self._extra['sockname'] = sock.getsockname()
         except OSError:
