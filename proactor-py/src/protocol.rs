@@ -137,7 +137,13 @@ impl ConnState {
         if drained {
             let deferred = self.closing.borrow_mut().take();
             if let Some(c) = deferred {
-                c.transport.close();
+                if self.eof_written.get() {
+                    c.transport.close();
+                } else {
+                    // Everything went out: as in NativeTransport::close, the
+                    // connection ends at once (nothing to flush).
+                    c.transport.abort();
+                }
             }
         }
     }
