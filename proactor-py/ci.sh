@@ -5,6 +5,7 @@
 #   race        the seed's race run, plain and TLS, 100 ms and 1 ms: 0 bytes lost
 #   frameworks  aiohttp server+client, uvicorn app, web.run_app + SIGINT
 #   cpython     CPython's asyncio test groups: asyncio | uvloop | proactor
+#   cpython-quick  the same groups, asyncio | proactor only
 #   uvloop      uvloop's own suite (fetched from its source package) on proactor
 # PROACTOR_PY_STEPS run on PROACTOR_PY_FULL (default: the first version);
 # PROACTOR_PY_QUICK_STEPS on the other versions. maturin, uvloop, aiohttp
@@ -17,7 +18,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 VERSIONS=${PROACTOR_PY_VERSIONS:-"3.11 3.12 3.13"}
 STEPS=${PROACTOR_PY_STEPS:-"smoke race frameworks cpython uvloop"}
-QUICK_STEPS=${PROACTOR_PY_QUICK_STEPS:-"smoke race frameworks"}
+QUICK_STEPS=${PROACTOR_PY_QUICK_STEPS:-"smoke race frameworks cpython-quick"}
 FULL=${PROACTOR_PY_FULL:-${VERSIONS%% *}}
 export PROACTOR_PY_WORK=${PROACTOR_PY_WORK:-/tmp/proactor-py-ci}
 WORK=$PROACTOR_PY_WORK
@@ -64,6 +65,7 @@ for v in $VERSIONS; do
             race) step race "$v" 300 "$P" "$HERE/tests/race.py" ;;
             frameworks) step frameworks "$v" 300 "$P" "$HERE/tests/frameworks.py" ;;
             cpython) step cpython-groups "$v" 900 "$P" "$HERE/tests/cpython_groups.py" ;;
+            cpython-quick) step cpython-groups "$v" 300 "$P" "$HERE/tests/cpython_groups.py" --loops asyncio,proactor ;;
             uvloop) step uvloop-suite "$v" 900 "$P" "$HERE/tests/uvloop_suite.py" ;;
         esac
     done
