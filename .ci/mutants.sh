@@ -25,10 +25,12 @@ declare -A CATCHERS=(
   [broken-switch-tail-to-old]="contract_buffered tls_contract"
   [broken-scheduled-handshake]="tls_contract"
   [broken-tls-pause-leaks]="tls_contract"
+  [broken-multishot-drops-after-pause]="contract_read sim_sweep"
 )
 ORDER=(broken-pause-cancels broken-early-delivery broken-pause-drops-ready
   broken-double-recv broken-error-as-eof broken-switch-tail-to-old
-  broken-scheduled-handshake broken-tls-pause-leaks)
+  broken-scheduled-handshake broken-tls-pause-leaks
+  broken-multishot-drops-after-pause)
 
 limit=${MUTANT_TIMEOUT:-300}
 selected=(${MUTANTS:-${ORDER[@]}})

@@ -35,7 +35,8 @@
         feature = "broken-double-recv",
         feature = "broken-tls-pause-leaks",
         feature = "broken-error-as-eof",
-        feature = "broken-switch-tail-to-old"
+        feature = "broken-switch-tail-to-old",
+        feature = "broken-multishot-drops-after-pause"
     )
 ))]
 compile_error!(
@@ -54,6 +55,7 @@ mod transport;
 
 pub use address::Address;
 pub use driver::sim::{SimConfig, SimStats};
+pub use driver::uring::MULTISHOT_ENV as URING_MULTISHOT_ENV;
 pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{
     default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,

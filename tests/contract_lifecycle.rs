@@ -255,10 +255,16 @@ fn r1_set_protocol_carries_data_and_write_pause() {
             let rec2 = second.borrow().clone().unwrap();
             let t = rec2.borrow().transport.clone().unwrap();
             // Paused inside data_received: no receive is issued, nothing
-            // reaches either protocol until the resume.
+            // reaches either protocol until the resume. An armed multishot
+            // receive brings every arrival of the turn (the rest of the
+            // pausing chunk's batch) and those before it stops: held (R2).
             next_turn(&h).await;
             assert!(rec2.borrow().data.is_empty(), "R3: nothing while paused");
-            assert_eq!(t.ledger().held, 0, "no receive issued while paused");
+            let held = t.ledger().held;
+            assert!(
+                held == 0 || h.driver_stats().multishot_completions > 0,
+                "no receive issued while paused, yet {held} bytes held"
+            );
             t.resume_reading();
             client.close();
             wait_until(&h, Duration::from_secs(10), "lost", || {

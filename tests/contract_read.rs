@@ -126,6 +126,20 @@ async fn transfer(
     let client = h.create_connection(server.local_addr(), cp).await.unwrap();
     let (srec, st) = first_connection(h, &recs).await;
     drive(&client, &st, &srec).await;
+    finish_transfer(h, &client, &srec, &st, payload).await;
+    server.close();
+    (srec, st)
+}
+
+/// Closes the client, resumes the server once everything arrived, and
+/// checks that the server got exactly `payload`, then a clean end.
+async fn finish_transfer(
+    h: &Handle,
+    client: &Transport,
+    srec: &Rc<RefCell<Rec>>,
+    st: &Transport,
+    payload: &[u8],
+) {
     client.close();
     wait_until(h, Duration::from_secs(30), "all bytes through", || {
         let r = srec.borrow();
@@ -137,21 +151,17 @@ async fn transfer(
         srec.borrow().lost == 1
     })
     .await;
-    {
-        let r = srec.borrow();
-        r.assert_closed_cleanly();
-        assert_eq!(
-            r.data.len(),
-            payload.len(),
-            "R1: nothing lost: {}",
-            r.summary()
-        );
-        assert!(r.data == payload, "R1: bytes in order, none duplicated");
-    }
+    let r = srec.borrow();
+    r.assert_closed_cleanly();
+    assert_eq!(
+        r.data.len(),
+        payload.len(),
+        "R1: nothing lost: {}",
+        r.summary()
+    );
+    assert!(r.data == payload, "R1: bytes in order, none duplicated");
     let ledger = st.ledger();
     assert!(ledger.balanced(), "{ledger:?}");
-    server.close();
-    (srec, st)
 }
 
 /// R1/R3: pause inside `data_received`, resume from the next callback. Every
@@ -403,88 +413,40 @@ fn r3_eof_is_held_while_paused() {
     }
 }
 
-/// Sends `total` patterned bytes from a client to a server whose reading is
-/// paused and resumed by `storm`, and checks every byte.
-fn storm_with_early_bytes(
-    test: &str,
-    total: usize,
-    hooks: fn(&Handle) -> Hooks,
-    driver_storm: fn(&Handle, Transport, Recs),
-) {
-    on_every_driver(test, |lp| {
-        let h = lp.handle();
-        lp.run_until_complete(async move {
-            let hh = h.clone();
-            let (server, recs) = recording_server(&h, move || hooks(&hh));
-            let (cp, _crec) = Recorder::new();
-            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
-            // The client writes at once: bytes may be on the wire before the
-            // server's connection_made, and must wait for it (R4).
-            let payload = pattern(7, 0, total);
-            for chunk in payload.chunks(7919) {
-                client.write(chunk);
-            }
-            client.close();
-            let (srec, st) = first_connection(&h, &recs).await;
-            driver_storm(&h, st.clone(), recs.clone());
-            wait_until(
-                &h,
-                Duration::from_secs(30),
-                "all bytes through the storm",
-                || {
-                    let r = srec.borrow();
-                    r.data.len() >= payload.len() || r.lost > 0
-                },
-            )
-            .await;
-            st.resume_reading();
-            wait_until(
-                &h,
-                Duration::from_secs(30),
-                "server connection_lost",
-                || srec.borrow().lost == 1,
-            )
-            .await;
-            let r = srec.borrow();
-            r.assert_ok();
-            assert_eq!(
-                r.data.len(),
-                payload.len(),
-                "R1: nothing lost: {}",
-                r.summary()
-            );
-            assert!(r.data == payload, "R1: bytes in order, none duplicated");
-            let ledger = st.ledger();
-            assert!(ledger.balanced(), "{ledger:?}");
-            server.close();
-        })
-        .unwrap();
-    });
-}
-
 /// R1/R4: the client writes at once, so bytes may be on the wire before the
 /// server's `connection_made` (they must wait for it), while the server
 /// pauses in every `data_received` and resumes from the next callback.
 #[test]
 fn r1_r4_storm_with_bytes_before_connection_made() {
-    fn hooks(h: &Handle) -> Hooks {
-        let h = h.clone();
-        Hooks {
-            data_len: Some(Box::new(move |t: &Transport, _n: usize| {
-                t.pause_reading();
-                let t = t.clone();
-                h.call_soon(move || t.resume_reading());
-            })),
-            ..Hooks::default()
-        }
-    }
-    fn nothing(_: &Handle, _: Transport, _: Recs) {}
-    storm_with_early_bytes(
-        "r1_r4_storm_with_bytes_before_connection_made",
-        2_000_000,
-        hooks,
-        nothing,
-    );
+    on_every_driver("r1_r4_storm_with_bytes_before_connection_made", |lp| {
+        let h = lp.handle();
+        lp.run_until_complete(async move {
+            let hh = h.clone();
+            let hooks = move || {
+                let h = hh.clone();
+                Hooks {
+                    data_len: Some(Box::new(move |t: &Transport, _n: usize| {
+                        t.pause_reading();
+                        let t = t.clone();
+                        h.call_soon(move || t.resume_reading());
+                    })),
+                    ..Hooks::default()
+                }
+            };
+            let (server, recs) = recording_server(&h, hooks);
+            let (cp, _crec) = Recorder::new();
+            let client = h.create_connection(server.local_addr(), cp).await.unwrap();
+            let payload = pattern(7, 0, 2_000_000);
+            for chunk in payload.chunks(7919) {
+                client.write(chunk);
+            }
+            client.close();
+            let (srec, st) = first_connection(&h, &recs).await;
+            finish_transfer(&h, &client, &srec, &st, &payload).await;
+            server.close();
+        })
+        .unwrap();
+    });
 }
 
 /// R1/R2/R3: another connection's callbacks toggle this one at random

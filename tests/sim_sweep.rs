@@ -33,6 +33,25 @@ fn run_seed(seed: u64) -> sweep::Outcome {
     }
 }
 
+/// Seeds the 100,000-seed soak failed on, replayed in every run:
+/// - 4151: a fault resets the connection while the server has a receive and
+///   a send in flight; the send takes the reset's error (Linux reports it
+///   once), the receive then reads 0. The EOF was delivered as a clean end
+///   after 6 of 148,293 bytes, before `connection_lost(ECONNRESET)`.
+/// - 1453: a TLS application paused when its raw transport ended hears
+///   `connection_lost` only after its resume; the sweep checked before the
+///   pending resume timer ran.
+/// - 17677: a STARTTLS client completed its handshake and aborted at once,
+///   cutting the server's handshake before the client's Finished reached
+///   it; the sweep took the server's failed `start_tls` for a bug.
+#[test]
+fn seeds_the_soak_failed_on() {
+    for seed in [4151, 1453, 17677] {
+        let s = run_seed(seed).stats;
+        assert_eq!(s.submitted, s.completed, "O1 on seed {seed}");
+    }
+}
+
 /// The sweep: at least 1,000 seeds in CI, reporting the races exercised.
 #[test]
 fn sweep_random_workloads() {
@@ -53,6 +72,9 @@ fn sweep_random_workloads() {
         total.cancel_partial += s.cancel_partial;
         total.short_reads += s.short_reads;
         total.short_writes += s.short_writes;
+        total.multishot_completions += s.multishot_completions;
+        total.multishot_held += s.multishot_held;
+        total.multishot_enobufs += s.multishot_enobufs;
         sim.add(&o.sim);
         totals.add(&o.totals);
     }
@@ -85,9 +107,17 @@ fn sweep_random_workloads() {
         "  pauses by source [pauses, recv in flight, completion ready]: {:?}; {} of TLS transports, {} plain",
         totals.pauses.by_source, totals.pauses.tls, totals.pauses.plain
     );
+    println!(
+        "  multishot receives: {} arrivals, {} held while paused, {} re-armed after ENOBUFS",
+        total.multishot_completions, total.multishot_held, total.multishot_enobufs
+    );
     window.report();
     sim.report();
     if seeds.len() >= 100 {
+        assert!(
+            total.multishot_held > 0 && total.multishot_enobufs > 0,
+            "multishot arrivals came while paused and the ring ran dry: {total:?}"
+        );
         assert!(
             total.short_reads > 0 && total.short_writes > 0,
             "the sweep exercises short I/O"
@@ -112,6 +142,8 @@ fn sweep_random_workloads() {
             "sends_to_closed_peer",
             "unix_epipes",
             "unix_sndbuf_stalls",
+            "multishot_enobufs",
+            "multishot_ends",
         ]);
     }
     window.assert_every_ten_seeds();

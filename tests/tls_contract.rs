@@ -418,7 +418,7 @@ fn start_tls_client_buf_proto_1() {
 }
 
 /// flush_before_shutdown (+ gh-115514): the raw transport is paused for
-/// writing (the peer does not read), the application writes 4 MiB and
+/// writing (the peer does not read), the application writes 8 MiB and
 /// closes; the peer then reads and gets all of it, then close_notify.
 #[test]
 fn flush_before_shutdown() {
@@ -439,7 +439,9 @@ fn flush_before_shutdown() {
                 .unwrap();
             let raw_peer = pst.borrow().transport.clone().unwrap();
             raw_peer.pause_reading();
-            let data = pattern(3, 4 * 1024 * 1024);
+            // More than a real kernel's socket buffers take in one send
+            // (about 3.3 MB on loopback here), so some is still queued.
+            let data = pattern(3, 8 * 1024 * 1024);
             for c in data.chunks(128 * 1024) {
                 t.write(c);
             }
@@ -465,7 +467,7 @@ fn flush_before_shutdown() {
                 "no close_notify before the data"
             );
             raw_peer.resume_reading();
-            until(&h, LIMIT, "peer got 4 MiB and close_notify", || {
+            until(&h, LIMIT, "peer got 8 MiB and close_notify", || {
                 pst.borrow().close_notify
             })
             .await;
@@ -1252,8 +1254,13 @@ fn pause_reading_pauses_raw_past_read_high_water() {
                     .await
                     .unwrap();
                 until(&h, LIMIT, "made", || cli.borrow().made == 1).await;
+                // With pause_in_data, also until the application paused
+                // inside its first data_received: a multishot receive can
+                // bring enough in one turn for the raw transport to pause
+                // before any plaintext was delivered.
                 until(&h, LIMIT, "the raw transport pauses", || {
                     !t.raw_transport().is_reading()
+                        && (!pause_in_data || !cli.borrow().data.is_empty())
                 })
                 .await;
                 let before = cli.borrow().data.len();
@@ -1524,11 +1531,20 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             until(&h, LIMIT, "handshake", || !pst.borrow().handshaking()).await;
             raw.pause_reading(); // the peer stops reading for good
             until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
-            // Set-up, not synchronisation: the kernel's socket buffers fill
-            // (a state no API shows), so the alert queued behind our data
-            // cannot flush. If they did not, the assertion on the wait below
-            // fails; it cannot pass by accident.
-            sleep(&h, Duration::from_millis(20)).await;
+            // The kernel's socket buffers fill, so the alert queued behind
+            // our data cannot flush: wait until the server's raw transport
+            // has a backlog and the kernel took nothing more for 20 ms (its
+            // ledger counts what the kernel accepted).
+            let st = srv.borrow().transport.clone().unwrap().raw_transport();
+            let deadline = h.now() + LIMIT;
+            loop {
+                let before = st.ledger().sent;
+                sleep(&h, Duration::from_millis(20)).await;
+                if st.ledger().sent == before && st.get_write_buffer_size() > 0 {
+                    break;
+                }
+                assert!(h.now() < deadline, "the server's socket buffers never filled");
+            }
             // A record that cannot decrypt: our engine fails.
             raw.write(b"\x17\x03\x03\x00\x10garbage-garbage!");
             until(&h, LIMIT, "engine error", || srv.borrow().lost == 1).await;

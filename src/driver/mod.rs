@@ -3,8 +3,10 @@
 //! Every backend implements [`Driver`]. The layers above see only this
 //! interface, so `uring`, `poll` and `sim` give the same completion semantics:
 //!
-//! - **O1** every [`Driver::submit`] yields exactly one [`Completion`], which
-//!   hands back the [`Op`] with its buffers;
+//! - **O1** every [`Driver::submit`] yields exactly one final [`Completion`]
+//!   (`more == false`), which hands back the [`Op`] with its buffers; only a
+//!   multishot [`Op::RecvMulti`] yields completions before it (`more ==
+//!   true`), each carrying one arrival's bytes;
 //! - **O2** [`Driver::cancel`] is a request: if the operation completed anyway,
 //!   its completion carries the real result (bytes included). Only an operation
 //!   that truly did not happen completes with `ECANCELED`;
@@ -140,6 +142,22 @@ pub enum Op {
         /// Owned by the driver until the completion hands it back (O3).
         buf: Vec<u8>,
     },
+    /// Multishot receive (io_uring's `RecvMulti` over a provided buffer
+    /// ring), offered only where [`Driver::supports_multishot_recv`] says
+    /// so (elsewhere it completes with `EOPNOTSUPP`). It stays armed and completes once per arrival of bytes, with
+    /// `more == true`: the completion's own `RecvMulti` holds exactly those
+    /// bytes in `buf` (the driver's buffers go back to it at once, so an
+    /// idle connection holds none), and the result is their number. Its
+    /// final completion (`more == false`) ends it: `Ok(0)` is EOF, `Ok(n)`
+    /// bytes after which the kernel stopped (arm again to read on),
+    /// `ENOBUFS` a buffer ring that ran dry (nothing was lost: arm again),
+    /// `ECANCELED` a cancel, anything else the socket's error.
+    RecvMulti {
+        /// The connected socket.
+        socket: SocketId,
+        /// Empty when submitted; the bytes of one arrival in a completion.
+        buf: Vec<u8>,
+    },
     /// Send from `bufs`, in order, as one (vectored) syscall; `offset` bytes of
     /// `bufs[0]` were already sent and are skipped. The result is how many bytes
     /// went out (possibly fewer than offered). An `offset` beyond `bufs[0]`
@@ -203,6 +221,7 @@ impl Op {
             Op::Accept { .. } => "accept",
             Op::Connect { .. } => "connect",
             Op::Recv { .. } => "recv",
+            Op::RecvMulti { .. } => "recv_multi",
             Op::Send { .. } => "send",
             Op::Shutdown { .. } => "shutdown",
         }
@@ -219,6 +238,9 @@ pub struct Completion {
     pub key: OpKey,
     /// The operation, handed back with its buffers (and outputs, for accept/recv).
     pub op: Op,
+    /// The op stays armed: more completions follow (only
+    /// [`Op::RecvMulti`]; its final completion has `false`).
+    pub more: bool,
     /// Bytes transferred, or 0 for ops that move none; `ECANCELED` only when a
     /// cancel truly prevented the operation.
     ///
@@ -268,6 +290,13 @@ pub trait Driver: fmt::Debug {
     /// op finished first (O2). A stale key is ignored.
     fn cancel(&mut self, key: OpKey);
 
+    /// Whether [`Op::RecvMulti`] is available. Asked once per receive
+    /// path; where it is not (a kernel without provided buffer rings, the
+    /// `poll` driver), transports use single-shot [`Op::Recv`].
+    fn supports_multishot_recv(&self) -> bool {
+        false
+    }
+
     /// Test-only (`broken-pause-drops-ready`): whether the completion of
     /// `key` is produced and waits to be returned by `wait` — the window in
     /// which IOCP's `CancelIoEx` fails with `ERROR_NOT_FOUND` (bpo-33694).
@@ -297,6 +326,11 @@ pub trait Driver: fmt::Debug {
     /// [`DriverStats::pauses_recv_ready`]). Changes nothing else: a pause
     /// never touches the receive (R2).
     fn count_read_pause(&mut self, recv: Option<OpKey>);
+
+    /// A transport's reading is paused and an arrival of its armed
+    /// multishot receive came anyway: it is held for the resume (R2).
+    /// Counted in [`DriverStats::multishot_held`]; changes nothing else.
+    fn count_multishot_held(&mut self);
 
     /// A readable trace of recent scheduling decisions (`sim` only).
     fn trace(&self) -> Option<String> {

@@ -17,9 +17,18 @@ use super::{is_cancelled, Completion, Op};
 pub struct DriverStats {
     /// Operations submitted.
     pub submitted: u64,
-    /// Completions returned by `wait` (equals `submitted` once nothing is in
-    /// flight: O1).
+    /// Final completions returned by `wait` (equals `submitted` once nothing
+    /// is in flight: O1).
     pub completed: u64,
+    /// Completions of an armed multishot receive that keeps going (`more`),
+    /// not counted in `completed`.
+    pub multishot_completions: u64,
+    /// Of those, completions that arrived while their transport's reading
+    /// was paused and were held for the resume (R2 with multishot).
+    pub multishot_held: u64,
+    /// Multishot receives that ended because the buffer ring ran dry
+    /// (`ENOBUFS`) and were armed again.
+    pub multishot_enobufs: u64,
     /// Operations whose cancellation was requested while they were in flight.
     /// A second request for the same op, or one with a stale key, is ignored
     /// and not counted. Once those ops completed,
@@ -83,6 +92,11 @@ impl DriverStats {
         self.cancel_requests += 1;
     }
 
+    /// A paused transport held an arrival of its armed multishot receive.
+    pub(crate) fn count_multishot_held(&mut self) {
+        self.multishot_held += 1;
+    }
+
     /// `wait` was called.
     pub(crate) fn count_wait(&mut self) {
         self.waits += 1;
@@ -104,7 +118,16 @@ impl DriverStats {
     /// `completion` is being returned by `wait`; `cancel_requested` says
     /// whether its op was counted by [`DriverStats::count_cancel_request`].
     pub(crate) fn count_completion(&mut self, completion: &Completion, cancel_requested: bool) {
+        if completion.more {
+            self.multishot_completions += 1;
+            return;
+        }
         self.completed += 1;
+        if matches!(&completion.result, Err(e) if e.raw_os_error() == Some(libc::ENOBUFS))
+            && matches!(completion.op, Op::RecvMulti { .. })
+        {
+            self.multishot_enobufs += 1;
+        }
         if cancel_requested {
             match &completion.result {
                 Err(err) if is_cancelled(err) => self.cancelled += 1,

@@ -57,6 +57,13 @@ struct Ready {
 /// What runs when an operation completes.
 pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
 
+/// Who gets an op's completions: a single-shot op's one completion, or
+/// every completion of a multishot op (kept until its final one).
+pub(crate) enum Handler {
+    Once(CompletionHandler),
+    Multi(Rc<dyn Fn(Completion)>),
+}
+
 /// Size of the receive buffers the loop hands to transports.
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
 /// How many idle receive buffers the loop keeps for reuse.
@@ -110,7 +117,7 @@ struct Inner {
     kind: DriverKind,
     ready: RefCell<VecDeque<Ready>>,
     timers: RefCell<Timers>,
-    handlers: RefCell<Slab<CompletionHandler>>,
+    handlers: RefCell<Slab<Handler>>,
     tasks: RefCell<Slab<Task>>,
     next_task_generation: Cell<u64>,
     remote: Arc<Remote>,
@@ -497,8 +504,28 @@ impl Handle {
 
     /// Queues `op`; `handler` gets its completion. Submitted in the next batch.
     pub(crate) fn submit(&self, op: Op, handler: CompletionHandler) -> OpKey {
-        let user = self.inner.handlers.borrow_mut().insert(handler);
+        let user = self
+            .inner
+            .handlers
+            .borrow_mut()
+            .insert(Handler::Once(handler));
         self.inner.driver.borrow_mut().submit(op, user)
+    }
+
+    /// Queues a multishot `op` ([`Op::RecvMulti`]); `handler` gets each of
+    /// its completions, up to and including the final one.
+    pub(crate) fn submit_multishot(&self, op: Op, handler: Rc<dyn Fn(Completion)>) -> OpKey {
+        let user = self
+            .inner
+            .handlers
+            .borrow_mut()
+            .insert(Handler::Multi(handler));
+        self.inner.driver.borrow_mut().submit(op, user)
+    }
+
+    /// Whether the driver offers [`Op::RecvMulti`].
+    pub(crate) fn supports_multishot_recv(&self) -> bool {
+        self.inner.driver.borrow().supports_multishot_recv()
     }
 
     /// Requests cancellation; the handler still gets exactly one completion.

@@ -14,7 +14,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::exceptions::{default_exception_handler, guarded, ExceptionContext, ExceptionSource};
-use super::Handle;
+use super::{Handle, Handler};
 
 impl Handle {
     /// Runs one loop step by hand (see the module docs).
@@ -84,10 +84,22 @@ impl Handle {
         let i = &self.inner;
         let mut batch = std::mem::take(&mut *i.completions.borrow_mut());
         for c in batch.drain(..) {
-            let handler = i.handlers.borrow_mut().try_remove(c.user);
+            let handler = if c.more {
+                // A multishot op stays armed: its handler stays too.
+                match i.handlers.borrow().get(c.user) {
+                    Some(Handler::Multi(h)) => Some(Handler::Multi(h.clone())),
+                    _ => None,
+                }
+            } else {
+                i.handlers.borrow_mut().try_remove(c.user)
+            };
             match handler {
                 Some(h) => {
-                    if let Err(payload) = guarded(|| h(c)) {
+                    let call = || match h {
+                        Handler::Once(h) => h(c),
+                        Handler::Multi(h) => h(c),
+                    };
+                    if let Err(payload) = guarded(call) {
                         self.report_exception(ExceptionContext::from_panic(
                             ExceptionSource::Internal("completion handler"),
                             payload,

@@ -7,8 +7,19 @@
 //! new receive is issued only once the held queue is empty and reading is
 //! not paused (R3). Receive buffers come from the loop's pool and go back to
 //! it after delivery, so an idle connection holds at most the one buffer of
-//! its receive in flight; a kernel buffer ring can replace the pool later
-//! without touching the layers above.
+//! its receive in flight.
+//!
+//! Where the driver offers it, the one receive is a multishot
+//! ([`Op::RecvMulti`]) over the driver's buffer ring: it stays armed, each
+//! arrival completes with exactly its bytes, and an idle connection holds
+//! no buffer at all. The same rules hold: a completion that arrives while
+//! reading is paused is held, never dropped (R2); because an armed
+//! multishot would go on reading (and the peer would never feel the
+//! pause), that first held arrival also asks the driver to stop it, and
+//! whatever still comes before its final completion is held too. A new one
+//! is armed only once the final completion came (`ENOBUFS`: the ring ran
+//! dry, nothing was lost; or the kernel ended it after some bytes), the
+//! held queue is empty and reading is not paused (R3).
 //!
 //! # Write path (W1–W3)
 //! Writes append to a queue of `Bytes`; one vectored send is in flight at a
@@ -50,13 +61,23 @@ pub(crate) struct StreamTransport {
 
 /// The ops in flight on the socket, and how far its closing got.
 struct SocketState {
+    /// The receive in flight: single-shot, or an armed multishot.
     recv: Option<OpKey>,
+    /// Receives are multishot (the driver offers them).
+    multishot: bool,
+    /// The armed multishot was asked to stop (bytes came while paused).
+    multishot_stopping: bool,
     /// EOF or an error came from the socket: no more receives.
     read_done: bool,
     /// Test-only: the receive in flight was cancelled by `pause_reading`.
     #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
     recv_cancelled_by_pause: bool,
     send: Option<OpKey>,
+    /// The socket read EOF while a send was in flight: the EOF waits for
+    /// that send's result. The kernel reports a reset once, to whichever
+    /// op runs first; a send that took it leaves the receive reading 0, and
+    /// the cut connection must not pass for a clean end.
+    eof_waits_for_send: bool,
     eof_requested: bool,
     /// The `SHUT_WR` was submitted (once).
     eof_sent: bool,
@@ -88,6 +109,8 @@ impl StreamTransport {
             local,
             socket_state: RefCell::new(SocketState {
                 recv: None,
+                multishot: handle.supports_multishot_recv(),
+                multishot_stopping: false,
                 read_done: false,
                 #[cfg(any(
                     feature = "broken-pause-cancels",
@@ -95,6 +118,7 @@ impl StreamTransport {
                 ))]
                 recv_cancelled_by_pause: false,
                 send: None,
+                eof_waits_for_send: false,
                 eof_requested: false,
                 eof_sent: false,
                 shutdown: None,
@@ -149,6 +173,17 @@ impl StreamTransport {
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
+        if state.multishot {
+            let this = self.strong();
+            state.recv = Some(event_loop.submit_multishot(
+                Op::RecvMulti {
+                    socket: self.socket,
+                    buf: Vec::new(),
+                },
+                Rc::new(move |completion| this.on_recv(completion)),
+            ));
+            return;
+        }
         let buf = event_loop.take_recv_buf();
         let this = self.strong();
         state.recv = Some(event_loop.submit(
@@ -161,11 +196,14 @@ impl StreamTransport {
     }
 
     fn on_recv(&self, completion: Completion) {
-        let Op::Recv { buf, .. } = completion.op else {
+        let (Op::Recv { buf, .. } | Op::RecvMulti { buf, .. }) = completion.op else {
             unreachable!("recv handler got {}", completion.op.name())
         };
         let mut state = self.socket_state.borrow_mut();
-        state.recv = None;
+        if !completion.more {
+            state.recv = None;
+            state.multishot_stopping = false;
+        }
         #[cfg(any(feature = "broken-pause-cancels", feature = "broken-pause-drops-ready"))]
         if std::mem::take(&mut state.recv_cancelled_by_pause) {
             // The asyncio bug, kept to prove the tests catch it: the cancel was
@@ -177,9 +215,13 @@ impl StreamTransport {
         match completion.result {
             Ok(0) => {
                 state.read_done = true;
+                state.eof_waits_for_send = state.send.is_some();
+                let eof_now = !state.eof_waits_for_send;
                 drop(state);
                 self.recycle(buf);
-                self.core.delivery_mut().push_eof();
+                if eof_now {
+                    self.core.delivery_mut().push_eof();
+                }
             }
             Ok(n) if state.closing => {
                 // Bytes that raced with close(): accounted for, not delivered.
@@ -188,9 +230,27 @@ impl StreamTransport {
                 self.recycle(buf);
             }
             Ok(_) => {
+                if state.multishot && self.core.delivery().read_paused {
+                    self.hold_multishot_arrival(&mut state, completion.more);
+                    // BROKEN ON PURPOSE (`broken-multishot-drops-after-pause`),
+                    // a test-only feature: an arrival of an armed multishot
+                    // after the pause is dropped, as if pausing had stopped it.
+                    #[cfg(feature = "broken-multishot-drops-after-pause")]
+                    {
+                        drop(state);
+                        self.core.schedule();
+                        return;
+                    }
+                }
                 drop(state);
                 // Always keep the bytes (O2), whatever happened meanwhile.
                 self.core.delivery_mut().push_data(buf);
+            }
+            // The buffer ring ran dry: the multishot ended having taken
+            // nothing; `pump_read` arms a new one if reading goes on.
+            Err(e) if state.multishot && e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::debug!(socket = ?self.socket, "multishot receive ran out of ring buffers");
+                drop(state);
             }
             Err(e) if is_cancelled(&e) => {
                 drop(state);
@@ -214,6 +274,21 @@ impl StreamTransport {
             }
         }
         self.core.schedule();
+    }
+
+    /// Bytes of the armed multishot came while reading is paused: they are
+    /// held (the caller keeps them), and the multishot is asked to stop so
+    /// the socket stops being read; arrivals that beat the cancel are held
+    /// too (R2), and resuming arms a new one after its final completion.
+    fn hold_multishot_arrival(&self, state: &mut SocketState, more: bool) {
+        let Some(event_loop) = self.core.event_loop() else {
+            return;
+        };
+        event_loop.with_driver(|driver| driver.count_multishot_held());
+        if let (true, false, Some(key)) = (more, state.multishot_stopping, state.recv) {
+            state.multishot_stopping = true;
+            event_loop.cancel(key);
+        }
     }
 
     fn pump_write(&self) {
@@ -263,6 +338,12 @@ impl StreamTransport {
     fn on_send(&self, completion: Completion) {
         let mut state = self.socket_state.borrow_mut();
         state.send = None;
+        // An EOF read while this send was in flight: a clean end unless the
+        // send took a reset's error (then `fail` below reports it instead).
+        let eof_waited = std::mem::take(&mut state.eof_waits_for_send);
+        if eof_waited && !matches!(&completion.result, Err(e) if !is_cancelled(e)) {
+            self.core.delivery_mut().push_eof();
+        }
         match completion.result {
             // After abort the queue is gone: a send that completed anyway
             // (cancel raced, or landed mid-transfer) only counts as sent.

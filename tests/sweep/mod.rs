@@ -247,6 +247,10 @@ async fn workload(ctx: Ctx, seed: u64, faults: bool) -> (Vec<String>, Totals) {
         },
     )
     .await;
+    wait_until(&h, Duration::from_secs(60), "every pause resumed", || {
+        ctx.board.resumes_due() == 0
+    })
+    .await;
     let mut totals = Totals {
         pauses: ctx.board.counts.borrow().clone(),
         unix: u64::from(unix),

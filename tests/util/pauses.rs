@@ -66,6 +66,9 @@ pub struct Board {
     /// Storm rounds left (timers and task together): a seed idling through
     /// a 127 s connect timeout must not pause idle transports for ever.
     rounds: Cell<u32>,
+    /// Pauses whose resume (a timer, or the storm task after its nap) has
+    /// not run yet.
+    resumes_due: Rc<Cell<u32>>,
 }
 
 /// Storm rounds per seed.
@@ -81,6 +84,7 @@ impl Board {
             counts: RefCell::default(),
             stop: Cell::new(false),
             rounds: Cell::new(ROUNDS),
+            resumes_due: Rc::default(),
         })
     }
 
@@ -96,6 +100,14 @@ impl Board {
     /// Ends the timer and task storms.
     pub fn stop(&self) {
         self.stop.set(true);
+    }
+
+    /// How many pauses still wait for their resume. A workload checks its
+    /// connections only at zero: a TLS application paused when its raw
+    /// transport went away hears `connection_lost` after the held
+    /// plaintext, so only once it is resumed.
+    pub fn resumes_due(&self) -> u32 {
+        self.resumes_due.get()
     }
 
     /// Whether the storms go on (and takes one round).
@@ -131,7 +143,12 @@ impl Board {
         if self.pause(t, tls, source) {
             let delay = Duration::from_micros(self.rng.borrow_mut().random_range(0..max_us));
             let t = t.clone();
-            self.h.call_later(delay, move || t.resume_reading());
+            let due = self.resumes_due.clone();
+            due.set(due.get() + 1);
+            self.h.call_later(delay, move || {
+                due.set(due.get() - 1);
+                t.resume_reading();
+            });
         }
     }
 
@@ -222,7 +239,10 @@ impl Board {
                     continue;
                 };
                 if board.pause(&t, tls, Source::Task) {
+                    let due = &board.resumes_due;
+                    due.set(due.get() + 1);
                     sleep(&board.h, Duration::from_micros(hold)).await;
+                    due.set(due.get() - 1);
                     t.resume_reading();
                 }
             }

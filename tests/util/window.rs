@@ -95,9 +95,11 @@ impl SimTotals {
         t.unix_epipes += s.unix_epipes;
         t.unix_sndbuf_stalls += s.unix_sndbuf_stalls;
         t.unix_connect_eagain += s.unix_connect_eagain;
+        t.multishot_enobufs += s.multishot_enobufs;
+        t.multishot_ends += s.multishot_ends;
     }
 
-    fn fields(&self) -> [(&'static str, u64); 15] {
+    fn fields(&self) -> [(&'static str, u64); 17] {
         let t = &self.0;
         [
             ("reaps_reordered", t.reaps_reordered),
@@ -115,6 +117,8 @@ impl SimTotals {
             ("unix_epipes", t.unix_epipes),
             ("unix_sndbuf_stalls", t.unix_sndbuf_stalls),
             ("unix_connect_eagain", t.unix_connect_eagain),
+            ("multishot_enobufs", t.multishot_enobufs),
+            ("multishot_ends", t.multishot_ends),
         ]
     }
 

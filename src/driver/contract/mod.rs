@@ -15,6 +15,7 @@
 pub(crate) mod cancel;
 mod harness;
 pub(crate) mod lifecycle;
+mod multishot;
 pub(crate) mod ops;
 
 pub(crate) use cancel::echo_with_cancels;
@@ -134,6 +135,7 @@ macro_rules! contract {
 
 use cancel::*;
 use lifecycle::*;
+use multishot::*;
 use ops::*;
 
 contract!(
@@ -160,4 +162,7 @@ contract!(
     drop_with_ops_in_flight_releases_their_buffers,
     no_descriptor_left_after_a_thousand_sockets,
     read_pauses_count_where_the_receive_stood,
+    // multishot.rs: multishot receives (O1, O2, R1 across re-arms)
+    multishot_receives_every_arrival_in_order_then_eof,
+    multishot_cancel_keeps_the_arrivals_that_beat_it,
 );

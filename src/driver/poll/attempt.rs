@@ -101,6 +101,10 @@ impl PollDriver {
                     (Err(err), _) => Attempt::Done(Err(err)),
                 }
             }
+            // Readiness has no buffer ring to receive into.
+            Op::RecvMulti { .. } => {
+                Attempt::Done(Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
+            }
             Op::Recv { socket, buf } => {
                 let len = buf.len();
                 let spare = buf.spare_capacity_mut();

@@ -238,6 +238,7 @@ impl Driver for PollDriver {
                 State::Queued | State::Parked => Err(invalid("op returned before completing")),
             };
             let completion = Completion {
+                more: false,
                 user: entry.user,
                 key,
                 op: entry.op,
@@ -260,6 +261,10 @@ impl Driver for PollDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_multishot_held(&mut self) {
+        self.stats.count_multishot_held();
     }
 
     fn count_read_pause(&mut self, recv: Option<OpKey>) {

@@ -61,20 +61,20 @@ pub struct SimConfig {
     /// Probability that a wait that would block is interrupted by a signal
     /// (`EINTR` from `io_uring_enter` or `epoll_wait`, which both kernel
     /// drivers turn into an early return): it returns early with nothing,
-    /// its clock short of the timeout. At most [`MAX_EMPTY_POLLS`] in a
+    /// its clock short of the timeout. At most `MAX_EMPTY_POLLS` (3) in a
     /// row, so a timeout is always reached. Default 0.02.
     pub eintr_prob: f64,
     /// Probability that a zero-timeout `wait` returns nothing although ops
     /// could complete: their completions are not posted yet (task work that
     /// io_uring runs only on a later enter, a packet still in softirq
-    /// processing). At most [`MAX_EMPTY_POLLS`] in a row. Default 0.1.
+    /// processing). At most `MAX_EMPTY_POLLS` (3) in a row. Default 0.1.
     pub empty_poll_prob: f64,
     /// When a cancel wins over a send that could move bytes: probability
     /// that it lands mid-transfer and the send completes "aborted after N
     /// bytes", as IOCP reports a cancelled `WSASend` (`ERROR_OPERATION_ABORTED`
     /// with N bytes transferred) and io_uring a send stopped after a partial
     /// transfer. Reported as the partial success `Ok(N)`, N short of the
-    /// offer (see [`Completion`](crate::driver::Completion)). Default 0.5.
+    /// offer (see the driver's `Completion`). Default 0.5.
     pub partial_cancel_prob: f64,
     /// Initial retransmission timeout of a TCP connect whose SYN goes
     /// unanswered (the listener's accept queue is full, or the SYN is
@@ -128,6 +128,23 @@ pub struct SimConfig {
     /// [`SimConfig::faults`]: it only models how the kernel reports a reset
     /// the application caused. Default 0 (Linux).
     pub reset_accept_abort_prob: f64,
+    /// Probability, decided once per driver from the seed, that it offers
+    /// multishot receives (`Op::RecvMulti`)
+    /// over a provided buffer ring, so a sweep covers both receive paths.
+    /// Default 0.5.
+    pub multishot_recv_prob: f64,
+    /// Buffers in the simulated provided buffer ring, shared by every
+    /// multishot receive. Each arrival takes one until its completion is
+    /// reaped; an arrival that finds none ends its multishot with
+    /// `ENOBUFS`, as the kernel does. Default 4 (small, so completions held
+    /// back by a reap run it dry).
+    pub provided_buffers: usize,
+    /// Size of each provided buffer: the most one arrival carries. Default 16 KiB.
+    pub provided_buffer_size: usize,
+    /// Per arrival of a multishot receive: probability that the kernel
+    /// ends the multishot after it (no `IORING_CQE_F_MORE`), as it may at
+    /// any time (a full CQ, for one). Default 0.05 (when races are on).
+    pub multishot_end_prob: f64,
     /// Number of recent trace lines kept for
     /// [`Handle::driver_trace`](crate::Handle::driver_trace). Default 200.
     pub trace_lines: usize,
@@ -166,6 +183,10 @@ impl Default for SimConfig {
             connect_refuse_prob: 0.05,
             connect_timeout_prob: 0.02,
             reset_accept_abort_prob: 0.0,
+            multishot_recv_prob: 0.5,
+            provided_buffers: 4,
+            provided_buffer_size: 16 << 10,
+            multishot_end_prob: 0.05,
             trace_lines: 200,
         }
     }

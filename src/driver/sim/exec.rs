@@ -4,7 +4,14 @@
 use std::io;
 
 use super::network::{errno_name, os_err, Network};
-use super::{key_str, op_socket, result_str, Cancel, SimDriver, State, Syn};
+use super::{key_str, op_socket, result_str, Cancel, Done, SimDriver, State, Syn};
+
+/// What one step of an op did: the op ended with its result, or (a
+/// multishot receive) an arrival came and it stays armed.
+enum Arrival {
+    End(io::Result<usize>),
+    More(Vec<u8>),
+}
 use crate::driver::{cancelled_error, Op, OpKey};
 
 impl SimDriver {
@@ -18,7 +25,7 @@ impl SimDriver {
             // retransmission (or for giving up).
             Op::Connect { .. } => pending.syn.is_none_or(|syn| self.elapsed >= syn.next),
             Op::Shutdown { .. } => true,
-            Op::Recv { socket, .. } => self.net.recv_ready(socket.0),
+            Op::Recv { socket, .. } | Op::RecvMulti { socket, .. } => self.net.recv_ready(socket.0),
             Op::Send { socket, .. } => self.net.send_ready(socket.0, pending.op.send_len()),
         }
     }
@@ -228,7 +235,75 @@ impl SimDriver {
                 })
             }
             Op::Shutdown { socket, how } => Some(net.shutdown(socket.0, *how).map(|()| 0)),
+            // Performed by `arrive`, one arrival at a time.
+            Op::RecvMulti { .. } => None,
         }
+    }
+
+    /// One step of the armed multishot receive under `key`: an arrival
+    /// (taking a ring buffer until it is reaped), or the end of the
+    /// multishot. `None`: nothing to receive yet.
+    fn arrive(&mut self, key: OpKey) -> Option<Arrival> {
+        let reset_p = self.config.fault(self.config.reset_prob);
+        let half_p = self.config.fault(self.config.half_close_prob);
+        let short_p = self.config.race(self.config.short_io_prob);
+        let end_p = self.config.race(self.config.multishot_end_prob);
+        let step = self.step;
+        let Some(Op::RecvMulti { socket, .. }) = self.ops.get(key).map(|p| &p.op) else {
+            return None;
+        };
+        let fd = socket.0;
+        if self.net.is_live(fd) {
+            if self.rngs.fault.chance(reset_p) && self.net.reset(fd) {
+                self.sim_stats.resets += 1;
+                self.log(format_args!("fault reset sock={fd} (recv)"));
+            } else if self.rngs.fault.chance(half_p) && self.net.half_close(fd) {
+                self.log(format_args!("fault half-close peer of sock={fd}"));
+            }
+        }
+        if !self.net.recv_ready(fd) {
+            return None;
+        }
+        if self.buffers_free == 0 {
+            // The kernel selects a buffer before it receives: none, ENOBUFS.
+            self.sim_stats.multishot_enobufs += 1;
+            self.trace.push(format!(
+                "step {step}: recv_multi sock={fd}: buffer ring empty"
+            ));
+            return Some(Arrival::End(Err(os_err(libc::ENOBUFS))));
+        }
+        let mut buf = Vec::with_capacity(self.config.provided_buffer_size.max(1));
+        let io = &mut self.rngs.io;
+        let result = self.net.recv(fd, &mut buf, |avail| {
+            if io.chance(short_p) {
+                io.split(avail)
+            } else {
+                avail
+            }
+        })?;
+        match result {
+            Ok(n) if n > 0 => {
+                self.buffers_free -= 1;
+                if self.rngs.multishot.chance(end_p) {
+                    self.sim_stats.multishot_ends += 1;
+                    if let Some(Op::RecvMulti { buf: last, .. }) =
+                        self.ops.get_mut(key).map(|p| &mut p.op)
+                    {
+                        *last = buf;
+                    }
+                    return Some(Arrival::End(Ok(n)));
+                }
+                Some(Arrival::More(buf))
+            }
+            other => Some(Arrival::End(other)),
+        }
+    }
+
+    /// Whether `key` is a multishot receive.
+    pub(super) fn is_multishot(&self, key: OpKey) -> bool {
+        self.ops
+            .get(key)
+            .is_some_and(|p| matches!(p.op, Op::RecvMulti { .. }))
     }
 
     /// Marks `key` done with `result` and moves it to the done queue.
@@ -253,14 +328,35 @@ impl SimDriver {
         pending.state = State::Done(result);
         self.trace.push(line);
         self.active.retain(|k| *k != key);
-        self.done.push(key);
+        self.done.push(Done { key, arrival: None });
     }
 
     /// Executes `key` and, if it did not block, finishes it. Returns whether
     /// it completed.
     pub(super) fn complete_now(&mut self, key: OpKey) -> bool {
-        let Some(result) = self.execute(key) else {
-            return false;
+        let outcome = if self.is_multishot(key) {
+            self.arrive(key)
+        } else {
+            self.execute(key).map(Arrival::End)
+        };
+        let result = match outcome {
+            None => return false,
+            Some(Arrival::End(result)) => result,
+            Some(Arrival::More(buf)) => {
+                // The multishot stays armed (a late cancel still pending).
+                let (step, n) = (self.step, buf.len());
+                let user = self.ops.get(key).map_or(0, |p| p.user);
+                let line = format!(
+                    "step {step}: arrival recv_multi {} user={user} n={n} (more)",
+                    key_str(key)
+                );
+                self.trace.push(line);
+                self.done.push(Done {
+                    key,
+                    arrival: Some(buf),
+                });
+                return true;
+            }
         };
         let mut note = "";
         if let Some(pending) = self.ops.get_mut(key) {

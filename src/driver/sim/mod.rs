@@ -37,13 +37,15 @@
 //! can complete, no timer but "never" ones), `wait` fails with the trace
 //! instead of blocking for ever (`wait`).
 //!
-//! Multishot receive with provided buffers (io_uring's `RecvMulti` over a
-//! buffer ring) fits this shape when it comes: the network gains a pool of
-//! provided buffers per group, a multishot op stays live while its
-//! completions (each naming a buffer, flagged "more") go to the done queue
-//! one per arrival, and an empty pool ends it with `ENOBUFS`, as the kernel
-//! does; `reap` already orders completions per socket and kind, which is
-//! the order a multishot op's completions keep.
+//! - multishot receives over a provided buffer ring (io_uring's
+//!   `RecvMulti`), offered or not as the seed decides
+//!   ([`SimConfig::multishot_recv_prob`]): an armed one stays live and
+//!   produces one completion per arrival (flagged `more`), each taking a
+//!   buffer of the ring until it is reaped; an arrival that finds the ring
+//!   empty ends it with `ENOBUFS`, the kernel may end it after any arrival
+//!   ([`SimConfig::multishot_end_prob`]), and a cancel lets arrivals
+//!   through until it lands. `reap` keeps a multishot's completions in
+//!   order, as it keeps each socket's receives.
 //!
 //! The same seed and the same sequence of calls give the same trace, byte
 //! for byte: nothing iterates a hash map and no decision reads real time
@@ -126,6 +128,16 @@ struct Pending {
     syn: Option<Syn>,
 }
 
+/// A completion produced and not yet returned by `wait`.
+#[derive(Debug)]
+struct Done {
+    key: OpKey,
+    /// An arrival of the armed multishot `key` (a completion flagged
+    /// `more`; it holds one ring buffer until reaped). `None`: the op's
+    /// final completion, its result in its `State::Done`.
+    arrival: Option<Vec<u8>>,
+}
+
 /// The SYN retransmission state of a TCP connect (Linux: the first retry
 /// after `syn_rto`, doubling, `ETIMEDOUT` after `syn_retries` of them).
 #[derive(Debug, Clone, Copy)]
@@ -146,8 +158,12 @@ pub struct SimDriver {
     ops: Slots<Pending>,
     /// Live (queued or active) ops in submission order.
     active: Vec<OpKey>,
-    /// Done ops in completion order, not yet returned.
-    done: Vec<OpKey>,
+    /// Completions produced, in order, not yet returned.
+    done: Vec<Done>,
+    /// The driver offers multishot receives (decided from the seed).
+    multishot: bool,
+    /// Buffers of the provided buffer ring not taken by an arrival.
+    buffers_free: usize,
     step: u64,
     base: Instant,
     elapsed: Duration,
@@ -184,6 +200,7 @@ fn op_socket(op: &Op) -> i32 {
         Op::Accept { listener, .. } => listener.0,
         Op::Connect { socket, .. }
         | Op::Recv { socket, .. }
+        | Op::RecvMulti { socket, .. }
         | Op::Send { socket, .. }
         | Op::Shutdown { socket, .. } => socket.0,
     }
@@ -204,8 +221,18 @@ impl SimDriver {
             "sim start seed={} races={} faults={}",
             config.seed, config.races, config.faults
         ));
+        let mut rngs = Rngs::new(config.seed);
+        let multishot = rngs.multishot.chance(config.multishot_recv_prob);
+        if multishot {
+            trace.push(format!(
+                "multishot receives: {} provided buffers of {} bytes",
+                config.provided_buffers, config.provided_buffer_size
+            ));
+        }
         SimDriver {
-            rngs: Rngs::new(config.seed),
+            rngs,
+            multishot,
+            buffers_free: config.provided_buffers,
             net: Network::new(config.send_buffer, config.recv_buffer),
             ops: Slots::default(),
             active: Vec::new(),
@@ -276,10 +303,15 @@ impl Driver for SimDriver {
             Op::Send { .. } => format!(" len={}", op.send_len()),
             Op::Connect { addr, .. } => format!(" to={addr}"),
             Op::Shutdown { how, .. } => format!(" how={how:?}"),
-            Op::Accept { .. } => String::new(),
+            Op::Accept { .. } | Op::RecvMulti { .. } => String::new(),
         };
         let line = format!("submit {} sock={}{detail}", op.name(), op_socket(&op));
-        let immediate = op.immediate_result();
+        let immediate = match op {
+            Op::RecvMulti { .. } if !self.multishot => {
+                Some(Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
+            }
+            _ => op.immediate_result(),
+        };
         let key = self.ops.insert(Pending {
             op,
             user,
@@ -315,6 +347,24 @@ impl Driver for SimDriver {
             return;
         }
         let races = self.config.races;
+        if self.is_multishot(key) {
+            // An armed multishot: arrivals go on until the cancel lands.
+            if races && self.rngs.cancel.chance(self.config.cancel_race_prob) {
+                let delay = self
+                    .rngs
+                    .cancel
+                    .between(1, u64::from(self.config.late_cancel_steps.max(1)));
+                let at = self.step + delay;
+                self.ops.get_mut(key).expect("live").cancel = Cancel::Late(at);
+                self.log(format_args!(
+                    "cancel {ks}: multishot armed, lands at step {at}"
+                ));
+            } else {
+                self.log(format_args!("cancel {ks}: multishot cancelled"));
+                self.cancel_now(key, " [cancelled]");
+            }
+            return;
+        }
         if self.op_ready(key) {
             if races && self.rngs.cancel.chance(self.config.cancel_race_prob) {
                 self.log(format_args!("cancel {ks}: op completes first (race)"));
@@ -345,6 +395,10 @@ impl Driver for SimDriver {
         }
     }
 
+    fn supports_multishot_recv(&self) -> bool {
+        self.multishot
+    }
+
     #[cfg(feature = "broken-pause-drops-ready")]
     fn completion_ready(&self, key: OpKey) -> bool {
         self.ops
@@ -366,6 +420,10 @@ impl Driver for SimDriver {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    fn count_multishot_held(&mut self) {
+        self.stats.count_multishot_held();
     }
 
     fn count_read_pause(&mut self, recv: Option<OpKey>) {

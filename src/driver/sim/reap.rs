@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{op_socket, SimDriver, State};
-use crate::driver::{Completion, OpKey};
+use super::{op_socket, Done, SimDriver, State};
+use crate::driver::{Completion, Op, OpKey};
 
 /// The ordering class of a completion: its socket and kind of op.
 type Class = (i32, &'static str);
@@ -39,14 +39,39 @@ impl SimDriver {
                 self.shuffle_within_classes(&mut ready);
             }
         }
-        for key in ready {
+        for Done { key, arrival } in ready {
+            if let Some(buf) = arrival {
+                self.return_buffer();
+                let Some(pending) = self.ops.get(key) else {
+                    continue;
+                };
+                let Op::RecvMulti { socket, .. } = pending.op else {
+                    unreachable!("only a multishot receive has arrivals");
+                };
+                let completion = Completion {
+                    more: true,
+                    user: pending.user,
+                    key,
+                    result: Ok(buf.len()),
+                    op: Op::RecvMulti { socket, buf },
+                };
+                self.stats.count_completion(&completion, false);
+                out.push(completion);
+                continue;
+            }
             let Some(pending) = self.ops.remove(key) else {
                 continue;
             };
             let State::Done(result) = pending.state else {
                 unreachable!("done queue holds done ops");
             };
+            if let Op::RecvMulti { buf, .. } = &pending.op {
+                if !buf.is_empty() {
+                    self.return_buffer();
+                }
+            }
             let completion = Completion {
+                more: false,
                 user: pending.user,
                 key,
                 op: pending.op,
@@ -62,7 +87,13 @@ impl SimDriver {
     /// returns the rest: a random subset is held, closed under each class's
     /// order (a held completion holds the later ones of its class), and at
     /// least one completion is returned.
-    fn hold_back(&mut self, ready: Vec<OpKey>) -> Vec<OpKey> {
+    /// A reaped arrival's ring buffer goes back to the ring (the driver
+    /// copied its bytes out).
+    fn return_buffer(&mut self) {
+        self.buffers_free = (self.buffers_free + 1).min(self.config.provided_buffers);
+    }
+
+    fn hold_back(&mut self, ready: Vec<Done>) -> Vec<Done> {
         let n = ready.len();
         let hold = self.rngs.sched.between(1, n as u64 - 1) as usize;
         let mut held = vec![false; n];
@@ -70,8 +101,8 @@ impl SimDriver {
             held[self.rngs.sched.index(n)] = true;
         }
         let mut closed: BTreeMap<Class, bool> = BTreeMap::new();
-        for (i, &key) in ready.iter().enumerate() {
-            let class = self.class(key);
+        for (i, done) in ready.iter().enumerate() {
+            let class = self.class(done.key);
             let c = closed.entry(class).or_insert(false);
             *c |= held[i];
             held[i] = *c;
@@ -82,11 +113,11 @@ impl SimDriver {
             held[0] = false;
         }
         let (mut kept, mut reaped) = (Vec::new(), Vec::new());
-        for (key, h) in ready.into_iter().zip(held) {
+        for (done, h) in ready.into_iter().zip(held) {
             if h {
-                kept.push(key);
+                kept.push(done);
             } else {
-                reaped.push(key);
+                reaped.push(done);
             }
         }
         let line = format!(
@@ -103,21 +134,19 @@ impl SimDriver {
     /// Shuffles `keys`, then puts each class's keys back in their original
     /// order over the positions that class got: a uniformly random
     /// interleaving of the classes.
-    fn shuffle_within_classes(&mut self, keys: &mut [OpKey]) {
-        let before = keys.to_vec();
-        let mut by_class: BTreeMap<Class, Vec<OpKey>> = BTreeMap::new();
-        for &key in keys.iter() {
-            by_class.entry(self.class(key)).or_default().push(key);
+    fn shuffle_within_classes(&mut self, dones: &mut Vec<Done>) {
+        let classes: Vec<Class> = dones.iter().map(|d| self.class(d.key)).collect();
+        let mut by_class: BTreeMap<Class, std::collections::VecDeque<Done>> = BTreeMap::new();
+        for (done, &class) in std::mem::take(dones).into_iter().zip(&classes) {
+            by_class.entry(class).or_default().push_back(done);
         }
-        self.rngs.kernel.shuffle(keys);
-        let mut next: BTreeMap<Class, usize> = BTreeMap::new();
-        for slot in keys.iter_mut() {
-            let class = self.class(*slot);
-            let i = next.entry(class).or_insert(0);
-            *slot = by_class[&class][*i];
-            *i += 1;
+        let mut order = classes.clone();
+        self.rngs.kernel.shuffle(&mut order);
+        for class in &order {
+            let next = by_class.get_mut(class).and_then(|q| q.pop_front());
+            dones.extend(next);
         }
-        if before != keys {
+        if order != classes {
             self.sim_stats.reaps_reordered += 1;
             self.log(format_args!("reap in another order than produced"));
         }

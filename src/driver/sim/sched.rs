@@ -83,6 +83,8 @@ pub(super) struct Rngs {
     /// The kernel behaviours modelled since: reap order, interrupted and
     /// empty waits, cancels that land mid-transfer.
     pub(super) kernel: Stream,
+    /// Multishot receives: whether they are offered, buffer ring choices.
+    pub(super) multishot: Stream,
 }
 
 impl Rngs {
@@ -94,6 +96,7 @@ impl Rngs {
             fault: Stream::new(seed, 0xfa01_7000_0000_0004),
             clock: Stream::new(seed, 0xc10c_c000_0000_0005),
             kernel: Stream::new(seed, 0x4e41_e100_0000_0006),
+            multishot: Stream::new(seed, 0x3017_1500_0000_0007),
         }
     }
 }

@@ -42,4 +42,8 @@ pub struct SimStats {
     pub unix_sndbuf_stalls: u64,
     /// Unix connects refused with `EAGAIN` (full backlog).
     pub unix_connect_eagain: u64,
+    /// Multishot receives ended by an empty buffer ring (`ENOBUFS`).
+    pub multishot_enobufs: u64,
+    /// Multishot receives the kernel ended after an arrival (no `MORE`).
+    pub multishot_ends: u64,
 }

@@ -74,7 +74,7 @@ impl SimDriver {
             let Some(pending) = self.ops.get(key) else {
                 continue;
             };
-            let Op::Recv { socket, .. } = pending.op else {
+            let (Op::Recv { socket, .. } | Op::RecvMulti { socket, .. }) = pending.op else {
                 continue;
             };
             let fd = socket.0;

@@ -4,6 +4,8 @@
 
 use std::io;
 
+use io_uring::cqueue;
+
 use super::prep::Side;
 use super::ring::{is_busy, Enter};
 use super::{
@@ -21,13 +23,19 @@ impl UringDriver {
     /// overflow entry it could not allocate) as an error: the ops they
     /// belonged to will never complete.
     pub(super) fn reap_all(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.arrivals = 0;
         let mut n = self.reap(out);
         let mut rounds = 0;
         let mut result = Ok(());
         loop {
             let overflow = self.ring.submission().cq_overflow();
             let batch = self.defer_taskrun && n >= KERNEL_TASK_WORK_BATCH;
-            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS {
+            // Armed multishot receives post arrivals for as long as peers
+            // send: entering again would read on (and hold) without end
+            // before the loop ever delivers or pauses. A ring's worth of
+            // arrivals is one turn's share; the rest waits for the next.
+            let enough = self.arrivals > 0 && self.arrivals >= self.ring_buffers;
+            if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS || enough {
                 break;
             }
             rounds += 1;
@@ -57,9 +65,13 @@ impl UringDriver {
     /// Moves every CQE in the ring into completions; returns how many CQEs.
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
         let n = cqes.len();
-        for &(ud, res) in &cqes {
+        for &(ud, res, flags) in &cqes {
             if ud & INTERNAL_BIT != 0 {
                 match ud {
                     WAKER_UD => {
@@ -92,8 +104,18 @@ impl UringDriver {
                 }
             } else {
                 let key = Slots::<Slot>::decode(ud);
+                let arrival = self.take_arrival(flags, res);
+                if cqueue::more(flags) {
+                    self.arrived(key, arrival, res, out);
+                    continue;
+                }
                 match self.slots.remove(key) {
-                    Some(slot) => out.push(self.finish(key, slot, res)),
+                    Some(mut slot) => {
+                        if let (Op::RecvMulti { buf, .. }, Some(bytes)) = (&mut slot.op, arrival) {
+                            *buf = bytes;
+                        }
+                        out.push(self.finish(key, slot, res));
+                    }
                     None => tracing::warn!("uring: CQE for unknown op {ud:#x} ({res})"),
                 }
             }
@@ -101,6 +123,52 @@ impl UringDriver {
         cqes.clear();
         self.cqes = cqes;
         n
+    }
+
+    /// The bytes a CQE's provided buffer holds (copied out, the buffer given
+    /// back to the ring), if it names one.
+    fn take_arrival(&mut self, flags: u32, res: i32) -> Option<Vec<u8>> {
+        let bid = cqueue::buffer_select(flags)?;
+        let ring = self.buf_ring.as_mut()?;
+        let n = usize::try_from(res).unwrap_or(0);
+        Some(ring.take(bid, n))
+    }
+
+    /// A CQE of an armed multishot receive: one arrival, returned as a
+    /// completion of its own (`more`); the op stays in its slot.
+    fn arrived(
+        &mut self,
+        key: OpKey,
+        arrival: Option<Vec<u8>>,
+        res: i32,
+        out: &mut Vec<Completion>,
+    ) {
+        let Some(slot) = self.slots.get(key) else {
+            tracing::warn!(?key, res, "uring: multishot CQE for unknown op");
+            return;
+        };
+        let Op::RecvMulti { socket, .. } = slot.op else {
+            tracing::warn!(?key, res, "uring: MORE on a single-shot op");
+            return;
+        };
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as usize)
+        };
+        self.arrivals += 1;
+        let completion = Completion {
+            more: true,
+            user: slot.user,
+            key,
+            op: Op::RecvMulti {
+                socket,
+                buf: arrival.unwrap_or_default(),
+            },
+            result,
+        };
+        self.stats.count_completion(&completion, false);
+        out.push(completion);
     }
 
     /// Turns an op's one result (raw: negative errno) into its completion.
@@ -150,12 +218,14 @@ impl UringDriver {
                         unsafe { buf.set_len(buf.len() + n.min(offered)) };
                         Ok(n)
                     }
-                    Op::Send { .. } => Ok(n),
+                    // Its last bytes (if any) were put in `buf` by `reap`.
+                    Op::RecvMulti { .. } | Op::Send { .. } => Ok(n),
                     Op::Connect { .. } | Op::Shutdown { .. } => Ok(0),
                 }
             }
         };
         let completion = Completion {
+            more: false,
             user,
             key,
             op,

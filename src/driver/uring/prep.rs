@@ -7,6 +7,7 @@ use std::net::Shutdown as How;
 
 use io_uring::{opcode, types};
 
+use super::bufring;
 use super::ring::errno;
 use super::{Slot, UringDriver};
 use crate::address::Address;
@@ -111,6 +112,13 @@ impl UringDriver {
                 slot.offered = spare;
                 let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
                 opcode::Recv::new(types::Fd(socket.0), ptr, spare as u32).build()
+            }
+            Op::RecvMulti { socket, .. } => {
+                if self.buf_ring.is_none() {
+                    return self.complete_later(key, -libc::EOPNOTSUPP);
+                }
+                // Buffers come from the ring: the SQE points to no memory.
+                opcode::RecvMulti::new(types::Fd(socket.0), bufring::GROUP).build()
             }
             Op::Send {
                 socket,

@@ -64,8 +64,10 @@ impl UringDriver {
         Self::discard(&mut garbage);
         let mut leaked = self.slots.len();
         if leaked > 0 {
-            // The kernel may still write these buffers: never free them.
+            // The kernel may still write these buffers (and, for a
+            // multishot receive, the ring's): never free them.
             std::mem::forget(std::mem::take(&mut self.slots));
+            std::mem::forget(self.buf_ring.take());
             self.live.clear();
         }
         if self.waker_armed {

@@ -39,6 +39,9 @@ impl ServerProcess {
             "--cpu",
             &cpu.to_string(),
         ]);
+        if kind == ServerKind::ProactorUringSingle {
+            cmd.env(proactor::URING_MULTISHOT_ENV, "0");
+        }
         if kind.is_tls() {
             let m = tls.ok_or("no TLS certificate for a TLS server")?;
             cmd.arg("--tls-cert").arg(m.cert_path());

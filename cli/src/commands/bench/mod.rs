@@ -3,7 +3,7 @@
 //! monoio, compio and tokio-rustls, measured by one load client.
 //!
 //! Each server runs in its own process (`proactor bench-server`, see
-//! [`serve`]) pinned to one CPU; the load client (`load`: its own
+//! [`serve()`]) pinned to one CPU; the load client (`load`: its own
 //! io_uring, or tokio-rustls for TLS) runs on this thread, pinned to
 //! another. Rounds are interleaved (for each round, for each cell, for each
 //! server), and every figure is the median over the rounds with its range.

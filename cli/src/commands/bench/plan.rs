@@ -10,6 +10,9 @@ use crate::failure::Failure;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServerKind {
     ProactorUring,
+    /// proactor on uring with multishot receives turned off (single-shot
+    /// receives into per-connection buffers), to measure them side by side.
+    ProactorUringSingle,
     ProactorPoll,
     TokioCt,
     TokioMt,
@@ -27,8 +30,9 @@ pub enum ServerKind {
 use ServerKind::*;
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 12] = [
+    pub const ALL: [ServerKind; 13] = [
         ProactorUring,
+        ProactorUringSingle,
         ProactorPoll,
         TokioCt,
         TokioMt,
@@ -45,6 +49,7 @@ impl ServerKind {
     pub fn name(self) -> &'static str {
         match self {
             ProactorUring => "proactor-uring",
+            ProactorUringSingle => "proactor-uring-single",
             ProactorPoll => "proactor-poll",
             TokioCt => "tokio-ct",
             TokioMt => "tokio-mt",

@@ -4,6 +4,7 @@
 //! ops for `user_data`; `faults` covers a kernel that refuses or fails.
 
 pub(super) mod faults;
+mod multishot;
 
 use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;

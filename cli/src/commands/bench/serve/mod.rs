@@ -84,7 +84,9 @@ pub fn run(args: &BenchServerArgs) -> Result<(), Failure> {
 fn serve(kind: ServerKind, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String> {
     use proactor::DriverKind;
     match (kind, tls) {
-        (ServerKind::ProactorUring, _) => ours::serve(DriverKind::Uring, None),
+        (ServerKind::ProactorUring | ServerKind::ProactorUringSingle, _) => {
+            ours::serve(DriverKind::Uring, None)
+        }
         (ServerKind::ProactorPoll, _) => ours::serve(DriverKind::Poll, None),
         (ServerKind::ProactorUringTls, Some(c)) => ours::serve(DriverKind::Uring, Some(c)),
         (ServerKind::ProactorPollTls, Some(c)) => ours::serve(DriverKind::Poll, Some(c)),
