@@ -80,8 +80,19 @@ class ThreadedSelector(selectors.EpollSelector):
             self._handled.wait()
 
     def _dispatch(self, ready):
-        """On the loop's thread: run the callbacks of what is ready, as
-        registered now (a registration may have changed meanwhile)."""
+        """On the loop's thread: queue the readiness callbacks behind what is
+        queued already, as asyncio's selector loop runs I/O callbacks after
+        the callbacks queued before its poll (a task created just before a
+        datagram arrives takes its first step before it is delivered)."""
+        try:
+            self._loop.call_soon(self._run_ready, ready)
+        except BaseException:
+            self._handled.set()
+            raise
+
+    def _run_ready(self, ready):
+        """Runs the callbacks of what is ready, as registered now (a
+        registration may have changed meanwhile)."""
         try:
             keys = self.get_map()
             if keys is None:
