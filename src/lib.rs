@@ -60,9 +60,9 @@ pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{
     default_exception_handler, Builder, CallbackPanicked, EventLoop, ExceptionContext,
     ExceptionSource, Handle, JoinError, JoinHandle, RemoteHandle, RunError, TableSizes,
-    TimerHandle,
+    TimerHandle, WaitHook,
 };
-pub use net::{Server, ServerOptions, SocketOptions, WaitClosed};
+pub use net::{ConnectFd, Server, ServerOptions, SocketOptions, WaitClosed};
 pub use protocol::{AnyProtocol, BaseProtocol, BufferedProtocol, Protocol};
 pub use tls::{TlsError, TlsOptions};
 pub use transport::{Ledger, TlsInfo, Transport, DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER};

@@ -39,6 +39,7 @@ mod tests_accept;
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -373,6 +374,25 @@ pub trait Driver: fmt::Debug {
 
     /// Sets a socket option.
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()>;
+
+    /// Takes ownership of a stream socket made elsewhere (unconnected,
+    /// connected or listening) and puts it in the mode this driver needs
+    /// (blocking or not). `Unsupported` on a driver without kernel sockets.
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<SocketId> {
+        drop(fd);
+        Err(unsupported("this driver has no kernel sockets to adopt"))
+    }
+
+    /// Gives a socket back without closing it (nor unlinking a Unix
+    /// listener's path). The caller guarantees no op on it is in flight.
+    fn release(&mut self, socket: SocketId) -> io::Result<OwnedFd> {
+        let _ = socket;
+        Err(unsupported("this driver has no kernel sockets to release"))
+    }
+}
+
+fn unsupported(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, msg)
 }
 
 /// The error a truly cancelled operation completes with.

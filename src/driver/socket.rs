@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -69,6 +69,34 @@ impl Sockets {
     /// Creates an unconnected stream socket of `addr`'s family.
     pub(crate) fn open_stream(&mut self, addr: &Address) -> io::Result<SocketId> {
         Ok(SocketId(new_socket(addr, self.nonblocking)?.into_raw_fd()))
+    }
+
+    /// Takes ownership of a stream socket made elsewhere, in this driver's
+    /// blocking mode; one with a linger above zero is remembered as such.
+    pub(crate) fn adopt(&mut self, fd: OwnedFd) -> io::Result<SocketId> {
+        let s = Socket::from(fd);
+        if s.r#type()? != Type::STREAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only stream sockets can be adopted",
+            ));
+        }
+        s.set_nonblocking(self.nonblocking)?;
+        let lingers = s.linger()?.is_some_and(|d| d.as_secs() > 0);
+        let socket = SocketId(s.into_raw_fd());
+        if lingers {
+            self.lingering.insert(socket.0);
+        }
+        Ok(socket)
+    }
+
+    /// Gives `socket` back without closing it or unlinking its path.
+    pub(crate) fn release(&mut self, socket: SocketId) -> OwnedFd {
+        self.lingering.remove(&socket.0);
+        self.unix_paths.remove(&socket.0);
+        // SAFETY: the driver owned this descriptor since it created or
+        // adopted it, and forgets it here: ownership moves to the caller.
+        unsafe { OwnedFd::from_raw_fd(socket.0) }
     }
 
     /// Records a socket accepted on `listener`: it inherits its `SO_LINGER`.

@@ -18,6 +18,7 @@ mod remote;
 mod tasks;
 mod timers;
 mod turn;
+mod wait_hook;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -42,6 +43,7 @@ use remote::Remote;
 pub use tasks::{JoinError, JoinHandle};
 use tasks::{OnPanic, Task};
 use timers::{TimerId, Timers};
+pub use wait_hook::WaitHook;
 
 /// A callback queued on the loop.
 pub(crate) type Callback = Box<dyn FnOnce()>;
@@ -179,6 +181,8 @@ struct Inner {
     exception_handler: RefCell<Option<ExceptionHandler>>,
     /// Caught panics waiting for the handler (called at a safe point).
     exceptions: RefCell<VecDeque<ExceptionContext>>,
+    /// Runs around each driver wait that may block (see `wait_hook.rs`).
+    wait_hook: RefCell<Option<Rc<WaitHook>>>,
 }
 
 /// A transport or server that [`EventLoop::close`] must shut down, so that
@@ -310,6 +314,7 @@ impl EventLoop {
                     resources: RefCell::default(),
                     exception_handler: RefCell::new(None),
                     exceptions: RefCell::default(),
+                    wait_hook: RefCell::new(None),
                 }),
             },
         }

@@ -62,7 +62,17 @@ impl Handle {
     fn wait_driver(&self, timeout: Option<Duration>) -> io::Result<()> {
         let i = &self.inner;
         let mut out = std::mem::take(&mut *i.completions.borrow_mut());
-        let result = i.driver.borrow_mut().wait(timeout, &mut out);
+        let hook = match timeout {
+            Some(Duration::ZERO) => None,
+            _ => i.wait_hook.borrow().clone(),
+        };
+        let result = match hook {
+            None => i.driver.borrow_mut().wait(timeout, &mut out),
+            Some(hook) => {
+                let mut driver = i.driver.borrow_mut();
+                super::wait_hook::run(&*hook, || driver.wait(timeout, &mut out))
+            }
+        };
         *i.completions.borrow_mut() = out;
         result
     }

@@ -155,6 +155,19 @@ impl Handle {
         starter: Starter,
     ) -> io::Result<Server> {
         let listener = self.with_driver(|d| d.listen(&addr, options.backlog))?;
+        Ok(self.serve(listener, addr, factory, options, starter))
+    }
+
+    /// Serves on a listening socket the driver owns: from the next step on,
+    /// accepted connections get a protocol from `factory`.
+    pub(crate) fn serve(
+        &self,
+        listener: SocketId,
+        addr: Address,
+        factory: Box<dyn Fn() -> AnyProtocol>,
+        options: ServerOptions,
+        starter: Starter,
+    ) -> Server {
         let bound = self.with_driver(|d| d.local_addr(listener)).unwrap_or(addr);
         let server = Server {
             inner: Rc::new(Inner {
@@ -175,7 +188,7 @@ impl Handle {
         let key = self.register(weak, false);
         server.inner.resource_key.set(Some(key));
         server.arm();
-        Ok(server)
+        server
     }
 }
 

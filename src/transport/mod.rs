@@ -12,6 +12,7 @@ mod stream;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -258,6 +259,14 @@ impl Transport {
 
     pub(crate) fn on_release(&self, f: Box<dyn FnOnce()>) {
         self.0.on_release(f)
+    }
+
+    /// The file descriptor of the socket underneath (for a TLS transport,
+    /// of its plain stream), for `getsockopt`-style calls; `None` once the
+    /// socket is closed, and on the `sim` driver. The loop owns it: never
+    /// close it, nor read or write it behind the transport's back.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.0.raw_fd()
     }
 
     /// The plain stream under a TLS transport; itself for a plain transport.

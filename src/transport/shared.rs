@@ -57,6 +57,12 @@ pub(crate) trait TransportImpl {
         None
     }
 
+    /// The socket's descriptor (see [`Transport::raw_fd`]); by default, the
+    /// plain stream's.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.raw().and_then(|t| t.raw_fd())
+    }
+
     fn write(&self, data: &[u8]) {
         if !data.is_empty() {
             let accepted = self.accepts_writes();

@@ -586,6 +586,14 @@ impl TransportImpl for StreamTransport {
         self.socket_state.borrow().socket_closed
     }
 
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        let kernel = self
+            .core
+            .event_loop()
+            .is_some_and(|h| h.driver_kind() != crate::DriverKind::Sim);
+        (kernel && !self.socket_state.borrow().socket_closed).then_some(self.socket.0)
+    }
+
     fn on_release(&self, f: Box<dyn FnOnce()>) {
         if self.is_released() {
             f();

@@ -72,6 +72,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -345,6 +346,16 @@ impl Driver for PollDriver {
 
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
         self.sockets.set_option(socket, opt)
+    }
+
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<SocketId> {
+        self.sockets.adopt(fd)
+    }
+
+    fn release(&mut self, socket: SocketId) -> io::Result<OwnedFd> {
+        // Deregistered from epoll: its next owner may register it again.
+        self.forget_queues(socket.0);
+        Ok(self.sockets.release(socket))
     }
 }
 

@@ -496,6 +496,14 @@ impl Driver for UringDriver {
     fn set_option(&mut self, socket: SocketId, opt: SockOpt) -> io::Result<()> {
         self.sockets.set_option(socket, opt)
     }
+
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<SocketId> {
+        self.sockets.adopt(fd)
+    }
+
+    fn release(&mut self, socket: SocketId) -> io::Result<OwnedFd> {
+        Ok(self.sockets.release(socket))
+    }
 }
 
 /// Whether [`MULTISHOT_ENV`] leaves multishot receives on.
