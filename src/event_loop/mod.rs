@@ -13,7 +13,9 @@
 //! caused them.
 
 mod builder;
+mod error;
 mod exceptions;
+mod jobs;
 mod remote;
 mod tasks;
 mod timers;
@@ -34,77 +36,19 @@ use slab::Slab;
 
 use crate::driver::{Completion, Driver, DriverKind, DriverStats, Op, OpKey, SimStats, FAR_FUTURE};
 pub use builder::Builder;
+pub use error::RunError;
 pub(crate) use exceptions::guarded;
 use exceptions::ExceptionHandler;
 pub use exceptions::{
     default_exception_handler, CallbackPanicked, ExceptionContext, ExceptionSource,
 };
+pub(crate) use jobs::{Callback, CompletionHandler, Handler, OpOwner, Runnable};
+use jobs::{Job, Ready};
 use remote::Remote;
 pub use tasks::{JoinError, JoinHandle};
 use tasks::{OnPanic, Task};
 use timers::{TimerId, Timers};
 pub use wait_hook::WaitHook;
-
-/// A callback queued on the loop.
-pub(crate) type Callback = Box<dyn FnOnce()>;
-
-/// A ready callback, and whether the application queued it (`call_soon`,
-/// timers) or proactor did (transport dispatch, task polls): a closed loop
-/// drops the application's and still runs its own while it shuts down.
-struct Ready {
-    job: Job,
-    user: bool,
-}
-
-/// What a ready entry runs. Only `call_soon` and friends box a closure;
-/// the loop's own frequent work (a transport's run, a task's poll) is
-/// queued without an allocation.
-enum Job {
-    Callback(Callback),
-    Run(Rc<dyn Runnable>),
-    Task { index: usize, generation: u64 },
-}
-
-/// Something the loop runs when it is ready (a transport's run), queued by
-/// [`Handle::call_soon_run`] without an allocation.
-pub(crate) trait Runnable {
-    /// Runs it; called once per `call_soon_run`.
-    fn run_ready(self: Rc<Self>);
-}
-
-/// What runs when an operation completes.
-pub(crate) type CompletionHandler = Box<dyn FnOnce(Completion)>;
-
-/// The owner of operations (a transport), told of their completions by
-/// [`OpOwner::complete`]: the loop keeps the owner itself, not a boxed
-/// closure per operation. The completion's op says which operation it was.
-pub(crate) trait OpOwner {
-    /// `completion` is a completion of an op submitted with
-    /// [`Handle::submit_owned`]: its one completion, or, for a multishot op
-    /// ([`Op::RecvMulti`]), each of them up to and including the final one
-    /// (`more == false`).
-    fn complete(self: Rc<Self>, completion: Completion);
-}
-
-/// Who gets an operation's completions.
-pub(crate) enum Handler {
-    /// A boxed closure: the one completion of a single-shot op.
-    Once(CompletionHandler),
-    /// The op's owner: every completion. It stays registered while they
-    /// come with `more == true` (a multishot op stays armed) and is removed
-    /// with the final one; sharing it costs a reference count, not an
-    /// allocation.
-    Owner(Rc<dyn OpOwner>),
-}
-
-impl Handler {
-    pub(crate) fn call(self, completion: Completion) {
-        match self {
-            Handler::Once(f) => f(completion),
-            Handler::Owner(owner) => owner.complete(completion),
-        }
-    }
-}
 
 /// Size of the receive buffers the loop hands to transports.
 pub(crate) const RECV_BUF_SIZE: usize = 64 * 1024;
@@ -190,43 +134,6 @@ struct Inner {
 pub(crate) trait Resource {
     /// Aborts the connection or closes the listener.
     fn shut_down(self: Rc<Self>);
-}
-
-/// Why running or closing the loop failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RunError {
-    /// `stop()` was called before the future completed (L1).
-    Stopped,
-    /// The loop is closed.
-    Closed,
-    /// The loop is already running: `run_*` and `close` may not be called
-    /// from a callback or task of the loop itself (L4).
-    Running,
-    /// The driver failed to wait.
-    Io(io::Error),
-}
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RunError::Stopped => f.write_str("event loop stopped before the future completed"),
-            RunError::Closed => f.write_str("event loop is closed"),
-            RunError::Running => f.write_str("event loop is already running"),
-            RunError::Io(e) => write!(f, "event loop driver failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
-
-impl From<RunError> for io::Error {
-    fn from(e: RunError) -> io::Error {
-        match e {
-            RunError::Io(e) => e,
-            other => io::Error::other(other),
-        }
-    }
 }
 
 /// A scheduled `call_later`/`call_at`, cancellable until it runs.
