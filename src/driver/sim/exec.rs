@@ -371,6 +371,18 @@ impl SimDriver {
         true
     }
 
+    /// Lets the cancel of `key` land a few steps from now (the kernel is
+    /// already working on the op); returns the step it lands at.
+    pub(super) fn land_cancel_later(&mut self, key: OpKey) -> u64 {
+        let delay = self
+            .rngs
+            .cancel
+            .between(1, u64::from(self.config.late_cancel_steps.max(1)));
+        let at = self.step + delay;
+        self.ops.get_mut(key).expect("live").cancel = Cancel::Late(at);
+        at
+    }
+
     /// A cancel lands on `key` (at once, or late) and wins: a send that can
     /// move more than one byte may be stopped mid-transfer, completing
     /// "aborted after N bytes" (IOCP's `ERROR_OPERATION_ABORTED` with N

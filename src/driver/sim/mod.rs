@@ -350,12 +350,7 @@ impl Driver for SimDriver {
         if self.is_multishot(key) {
             // An armed multishot: arrivals go on until the cancel lands.
             if races && self.rngs.cancel.chance(self.config.cancel_race_prob) {
-                let delay = self
-                    .rngs
-                    .cancel
-                    .between(1, u64::from(self.config.late_cancel_steps.max(1)));
-                let at = self.step + delay;
-                self.ops.get_mut(key).expect("live").cancel = Cancel::Late(at);
+                let at = self.land_cancel_later(key);
                 self.log(format_args!(
                     "cancel {ks}: multishot armed, lands at step {at}"
                 ));
@@ -382,12 +377,7 @@ impl Driver for SimDriver {
             return;
         }
         if races && self.rngs.cancel.chance(self.config.late_cancel_prob) {
-            let delay = self
-                .rngs
-                .cancel
-                .between(1, u64::from(self.config.late_cancel_steps.max(1)));
-            let at = self.step + delay;
-            self.ops.get_mut(key).expect("live").cancel = Cancel::Late(at);
+            let at = self.land_cancel_later(key);
             self.log(format_args!("cancel {ks}: in progress, lands at step {at}"));
         } else {
             self.log(format_args!("cancel {ks}: not started, cancelled"));
