@@ -44,9 +44,12 @@ fn run_seed(seed: u64) -> sweep::Outcome {
 /// - 17677: a STARTTLS client completed its handshake and aborted at once,
 ///   cutting the server's handshake before the client's Finished reached
 ///   it; the sweep took the server's failed `start_tls` for a bug.
+/// - 184143124769927 (a CI run's random base): the same as 1453 one step
+///   later: the last resume queued the delivery of the held plaintext and
+///   `connection_lost` behind the sweep's own wake-up, which then checked.
 #[test]
 fn seeds_the_soak_failed_on() {
-    for seed in [4151, 1453, 17677] {
+    for seed in [4151, 1453, 17677, 184_143_124_769_927] {
         let s = run_seed(seed).stats;
         assert_eq!(s.submitted, s.completed, "O1 on seed {seed}");
     }

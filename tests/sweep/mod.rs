@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::util::pauses::{Board, PauseCounts, SharedRng, Source};
 use crate::util::{crash_fast, localhost, pattern, sleep, wait_until};
-use peers::{server_options, Client, Ctx, Security, ServerConn};
+use peers::{server_options, Client, Ctx, Security, ServerConn, SharedRec};
 
 /// How a client ends its connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +250,26 @@ async fn workload(ctx: Ctx, seed: u64, faults: bool) -> (Vec<String>, Totals) {
     wait_until(&h, Duration::from_secs(60), "every pause resumed", || {
         ctx.board.resumes_due() == 0
     })
+    .await;
+    // A resume queues the transport's delivery behind this task's wake-up:
+    // wait for what the checks require, every started protocol told
+    // `connection_lost` (a protocol never told fails here, by time limit).
+    let told = |r: &SharedRec| {
+        let r = r.borrow();
+        r.made == 0 || r.lost > 0
+    };
+    wait_until(
+        &h,
+        Duration::from_secs(60),
+        "every protocol told connection_lost",
+        || {
+            clients.iter().all(|c| told(&c.app))
+                && conns
+                    .borrow()
+                    .iter()
+                    .all(|s| s.app.borrow().as_ref().is_none_or(told))
+        },
+    )
     .await;
     let mut totals = Totals {
         pauses: ctx.board.counts.borrow().clone(),
