@@ -12,21 +12,6 @@ use std::time::Duration;
 use proactor::{BaseProtocol, EventLoop, Protocol, Transport};
 use util::*;
 
-/// Server side: echo, close on EOF.
-struct Echo(Option<Transport>);
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            t.write(data);
-        }
-    }
-}
-
 /// Client side: send a line, close when the echo is back.
 struct Once {
     t: Option<Transport>,

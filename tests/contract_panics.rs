@@ -143,21 +143,6 @@ impl Protocol for Bomb {
     }
 }
 
-/// A plain echo protocol for the bystanders.
-struct Echo(Option<Transport>);
-
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        self.0.as_ref().unwrap().write(data);
-    }
-}
-
 /// Sends `msg` on `client` and waits until its echo is back in `rec`.
 async fn ping(h: &Handle, client: &Transport, rec: &Rc<RefCell<Rec>>, msg: &[u8]) {
     let want = rec.borrow().data.len() + msg.len();

@@ -82,20 +82,6 @@ const SIZE: usize = 64;
 const WARMUP: u64 = 50;
 const ROUNDS: u64 = 500;
 
-struct Echo(Option<Transport>);
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            t.write(data);
-        }
-    }
-}
-
 /// Sends a message, waits for all of it to come back, sends the next;
 /// counts allocations from round `WARMUP` to round `WARMUP + ROUNDS`.
 struct Pinger {

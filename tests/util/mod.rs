@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use proactor::{EventLoop, Handle, SimConfig};
+use proactor::{BaseProtocol, EventLoop, Handle, Protocol, SimConfig, Transport};
 
 #[allow(unused_imports)]
 pub use buffered::{BufHook, BufRecorder};
@@ -155,4 +155,22 @@ pub fn localhost() -> proactor::Address {
 pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     Pin::new(f).poll(&mut cx)
+}
+
+/// The plainest echo server protocol: writes back what it receives, closes
+/// on EOF (the default `eof_received`).
+pub struct Echo(pub Option<Transport>);
+
+impl BaseProtocol for Echo {
+    fn connection_made(&mut self, t: Transport) {
+        self.0 = Some(t);
+    }
+}
+
+impl Protocol for Echo {
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.0 {
+            t.write(data);
+        }
+    }
 }
