@@ -102,7 +102,14 @@ impl LoopCore {
         self.check_open()?;
         let h = Py::new(
             py,
-            CallbackHandle::new(py, callback, args.unbind(), context, Some(when))?,
+            CallbackHandle::new(
+                py,
+                callback,
+                args.unbind(),
+                context,
+                Some(when),
+                self.debug.load(Ordering::Relaxed),
+            )?,
         )?;
         let run = h.clone_ref(py);
         self.remote.call_soon_threadsafe(move || {
@@ -169,7 +176,14 @@ impl LoopCore {
         });
         let h = Py::new(
             py,
-            CallbackHandle::new(py, callback, args.unbind(), context, when)?,
+            CallbackHandle::new(
+                py,
+                callback,
+                args.unbind(),
+                context,
+                when,
+                self.debug.load(Ordering::Relaxed),
+            )?,
         )?;
         Ok((h, local.shared.clone(), delay))
     }
@@ -277,7 +291,14 @@ impl LoopCore {
         self.check_open()?;
         let h = Py::new(
             py,
-            CallbackHandle::new(py, callback, args.unbind(), context, None)?,
+            CallbackHandle::new(
+                py,
+                callback,
+                args.unbind(),
+                context,
+                None,
+                self.debug.load(Ordering::Relaxed),
+            )?,
         )?;
         if let Ok(local) = self.local() {
             // On the loop's own thread: an ordinary call_soon.
@@ -355,9 +376,25 @@ impl LoopCore {
         finish(&local.shared, outcome)
     }
 
-    fn stop(&self) -> PyResult<()> {
-        self.local()?.handle.stop();
-        Ok(())
+    /// Stops the loop after the current step. From another thread (which
+    /// asyncio lets set its flag without an error) the stop is sent to the
+    /// loop's thread, waking it.
+    fn stop(&self) {
+        match self.local() {
+            Ok(local) => local.handle.stop(),
+            Err(_) => self.remote.call_soon_threadsafe(|| {
+                Python::attach(|py| {
+                    let Some(lp) = crate::errors::current_loop(py) else {
+                        return;
+                    };
+                    if let Ok(core) = lp.cast::<LoopCore>() {
+                        if let Ok(local) = core.get().local() {
+                            local.handle.stop();
+                        }
+                    }
+                })
+            }),
+        }
     }
 
     /// Closes proactor's loop: transports aborted, servers closed, every

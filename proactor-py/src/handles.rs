@@ -32,12 +32,17 @@ pub(crate) struct CallbackHandle {
     timer: Option<ThreadBound<std::cell::RefCell<Option<proactor::TimerHandle>>>>,
     /// `repr` of the callback, frozen at cancel time as asyncio does.
     repr: Mutex<Option<String>>,
+    /// Debug mode: where the handle was made (asyncio's
+    /// `Handle._source_traceback`), reported with an exception it raises.
+    source_traceback: Option<Py<PyAny>>,
 }
 
 static COPY_CONTEXT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FORMAT_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GETFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `contextvars.copy_context()`.
 fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -46,17 +51,35 @@ fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         .call0()
 }
 
+/// asyncio's `format_helpers.extract_stack(sys._getframe(0))`: called from
+/// a native `call_soon`/`call_later`, frame 0 is its Python caller's.
+fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let frame = GETFRAME.import(py, "sys", "_getframe")?.call1((0,))?;
+    Ok(EXTRACT_STACK
+        .import(py, "asyncio.format_helpers", "extract_stack")?
+        .call1((frame,))?
+        .unbind())
+}
+
 impl CallbackHandle {
+    /// `debug`: the loop is in debug mode (the handle then keeps where it
+    /// was made, as asyncio's does).
     pub(crate) fn new(
         py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
         when: Option<f64>,
+        debug: bool,
     ) -> PyResult<CallbackHandle> {
         let context = match context {
             Some(c) if !c.is_none(py) => c,
             _ => copy_context(py)?.unbind(),
+        };
+        let source_traceback = if debug {
+            Some(source_traceback(py)?)
+        } else {
+            None
         };
         Ok(CallbackHandle {
             call: Mutex::new(Some(Call {
@@ -68,6 +91,7 @@ impl CallbackHandle {
             when,
             timer: when.map(|_| ThreadBound::new(std::cell::RefCell::new(None))),
             repr: Mutex::new(None),
+            source_traceback,
         })
     }
 
@@ -111,7 +135,11 @@ pub(crate) fn run(py: Python<'_>, shared: &Rc<Shared>, handle: &Bound<'_, Callba
         let built = context
             .set_item("message", message)
             .and_then(|_| context.set_item("exception", e.into_value(py)))
-            .and_then(|_| context.set_item("handle", handle));
+            .and_then(|_| context.set_item("handle", handle))
+            .and_then(|_| match &h.source_traceback {
+                Some(tb) => context.set_item("source_traceback", tb),
+                None => Ok(()),
+            });
         match built {
             Ok(()) => report(py, shared, context),
             Err(e) => e.write_unraisable(py, None),
@@ -208,6 +236,11 @@ impl CallbackHandle {
     fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
         let call = self.call.lock().unwrap_or_else(|e| e.into_inner());
         call.as_ref().map(|c| c.args.clone_ref(py))
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
     }
 
     #[getter]

@@ -166,6 +166,17 @@ class SocketTransport(transports.Transport):
     def is_reading(self):
         return self._native is not None and self._native.is_reading()
 
+    # asyncio's selector transports have these two flags, and code outside
+    # asyncio reads them (uvloop's test_transport_get_extra_info does).
+    @property
+    def _paused(self):
+        return (self._native is not None and not self._native.is_closing()
+                and not self._native.is_reading())
+
+    @property
+    def _closing(self):
+        return self.is_closing()
+
     def set_write_buffer_limits(self, high=None, low=None):
         self._call('set_write_buffer_limits', high, low)
 
