@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -152,6 +153,14 @@ class _Result(unittest.TextTestResult):
         super().addUnexpectedSuccess(test)
         self._line(test, 'pass')
 
+    def addSubTest(self, test, subtest, err):
+        # A failing subtest fails its test (which then gets no
+        # addSuccess): without this line it would not be counted at all.
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._line(test, 'fail' if issubclass(
+                err[0], test.failureException) else 'error')
+
 
 def child(group, loop_name, skip, verbose):
     faulthandler.enable()
@@ -193,6 +202,20 @@ def run_group(group, loop_name, verbose):
         results[current] = 'timeout' if proc.returncode == 1 else 'crash'
 
 
+def run_columns(column, loops, parallel):
+    """Calls ``column(loop_name)`` for each loop, one after the other or
+    each in its own thread (the tests run in child processes)."""
+    if not parallel:
+        for loop_name in loops:
+            column(loop_name)
+        return
+    threads = [threading.Thread(target=column, args=(lp,)) for lp in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--child', nargs=2)
@@ -200,10 +223,20 @@ def main():
     ap.add_argument('--loops', default=','.join(LOOPS))
     ap.add_argument('--groups', default=','.join(GROUPS))
     ap.add_argument('-v', action='store_true')
+    ap.add_argument('--parallel', action='store_true',
+                    help='run the loops\' columns at the same time (each '
+                    'in its own child processes): the same tests, less wall '
+                    'time where a column waits out time limits')
     args = ap.parse_args()
     if args.child:
         child(args.child[0], args.child[1], set(json.loads(args.skip)), args.v)
         return 0
+    try:
+        import test.test_asyncio  # noqa: F401
+    except ImportError as e:
+        print(f'CPython\'s test package is missing here ({e}): on Debian, '
+              f'apt install libpython3.{sys.version_info[1]}-testsuite')
+        return 1
     loops = [l for l in args.loops.split(',') if l]
     if 'uvloop' in loops:
         try:
@@ -213,8 +246,9 @@ def main():
             loops.remove('uvloop')
     table = {}
     status = 0
-    for group in args.groups.split(','):
-        for loop_name in loops:
+
+    def column(loop_name):
+        for group in args.groups.split(','):
             t0 = time.monotonic()
             res = run_group(group, loop_name, args.v)
             table[group, loop_name] = res
@@ -225,6 +259,7 @@ def main():
                   f'({time.monotonic() - t0:.0f}s)'
                   + (f'  failing: {" ".join(bad)}' if bad and loop_name == 'proactor' else ''),
                   flush=True)
+    run_columns(column, loops, args.parallel)
     print()
     print(f'Python {sys.version.split()[0]}: passed/run per group')
     print(f'| group | ' + ' | '.join(loops) + ' |')
@@ -236,6 +271,10 @@ def main():
             cells.append(f'{sum(s == "pass" for s in res.values())}/'
                          f'{sum(s != "skip" for s in res.values())}')
         print(f'| {group} | ' + ' | '.join(cells) + ' |')
+        for loop_name in loops:
+            if '<import>' in table[group, loop_name]:
+                status = 1
+                print(f'  {group} did not load on {loop_name}')
         if 'proactor' in loops and 'asyncio' in loops:
             ours = table[group, 'proactor']
             theirs = table[group, 'asyncio']
