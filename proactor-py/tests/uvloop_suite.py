@@ -79,6 +79,10 @@ EXPECTED_FAILURES = {
             '(no data_received)'),
     },
     'test_base': {
+        'TestBaseUV.test_loop_create_task_eager_start': (
+            'runs from Python 3.13 on, but loop.create_task(eager_start=) is '
+            'Python 3.14\'s: a TypeError from asyncio\'s create_task, which '
+            'proactor borrows (asyncio fails it too)'),
         'TestBaseUV.test_thread_name_prefix_in_default_executor': (
             'wants the default executor\'s threads named "uvloop..." '
             '(asyncio\'s are "asyncio_N", as proactor\'s; asyncio fails it '
