@@ -128,7 +128,12 @@ impl UringDriver {
                     return self.complete_later(key, -libc::EOPNOTSUPP);
                 }
                 // Buffers come from the ring: the SQE points to no memory.
-                opcode::RecvMulti::new(types::Fd(socket.0), bufring::GROUP).build()
+                let fd = types::Fd(socket.0);
+                if self.bundles {
+                    opcode::RecvMultiBundle::new(fd, bufring::GROUP).build()
+                } else {
+                    opcode::RecvMulti::new(fd, bufring::GROUP).build()
+                }
             }
             Op::Send {
                 socket,

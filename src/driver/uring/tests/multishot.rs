@@ -182,3 +182,62 @@ fn a_multishot_accept_the_kernel_ends_hands_over_its_last_socket() {
     let s = d.stats();
     assert_eq!(s.submitted, s.completed, "O1");
 }
+
+/// With bundles (`IORING_RECVSEND_BUNDLE`, 6.10), one arrival may fill
+/// several ring buffers, taken in ring order from the one its CQE names:
+/// every byte comes once, in order, and the buffers all go back (the ring
+/// cycles many times over).
+#[test]
+fn a_bundle_arrival_spans_ring_buffers_in_order() {
+    let mut d = match UringDriver::with_buffer_ring(64, 512, 8, 64) {
+        Ok(d) if d.supports_multishot_recv() => d,
+        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
+        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    };
+    // Off by default (PROACTOR_URING_BUNDLE=1 turns them on).
+    d.bundles = d.bundles_supported;
+    let (ours, mut peer) = pair();
+    let data = contract::pattern(64 * 1024 + 7, 9);
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in sent.chunks(1000) {
+            peer.write_all(chunk).unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    let mut largest = 0;
+    while got.len() < data.len() {
+        let key = d.submit(
+            Op::RecvMulti {
+                socket: ours,
+                buf: Vec::new(),
+            },
+            0,
+        );
+        let mut later = Vec::new();
+        loop {
+            let c = wait_for(&mut d, key, &mut later);
+            let Op::RecvMulti { buf, .. } = c.op else {
+                panic!("multishot completed as {}", c.op.name());
+            };
+            largest = largest.max(buf.len());
+            got.extend_from_slice(&buf);
+            if !c.more {
+                match c.result {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => panic!("multishot failed: {e}"),
+                }
+                break;
+            }
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(got, data, "every byte once, in order");
+    if d.bundles {
+        assert!(largest > 64, "no arrival spanned two 64-byte buffers");
+    }
+    eprintln!("bundles: {}, largest arrival {largest} bytes", d.bundles);
+    d.close(ours);
+    assert_quiescent(&d);
+}
