@@ -218,6 +218,8 @@ impl fmt::Debug for UringDriver {
         f.debug_struct("UringDriver")
             .field("setup", &self.setup)
             .field("multishot", &self.buf_ring.is_some())
+            .field("bundles", &(self.bundles, self.bundles_supported))
+            .field("multishot_accept", &self.multishot_accept)
             .field("ext_arg", &self.ext_arg)
             .field("shutdown_supported", &self.shutdown_supported)
             .field("in_flight", &self.slots.len())
