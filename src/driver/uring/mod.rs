@@ -42,7 +42,13 @@
 //! [`Driver::supports_multishot_recv`] says no and transports receive
 //! single-shot. Each arrival's CQE (flagged `MORE`) becomes a completion of
 //! its own; its bytes are copied out and the buffer goes back to the ring
-//! in the same reap. The slot stays until the CQE without `MORE`.
+//! in the same reap. The slot stays until the CQE without `MORE`. With
+//! [`BUNDLE_ENV`] (off by default) one arrival may fill several buffers.
+//!
+//! Multishot accepts ([`Op::AcceptMulti`], offered only when asked for:
+//! see `UringDriver::set_multishot_accept`) post one CQE per accepted
+//! socket; the CQE has no address, so the peer is asked of the socket.
+//! Arrivals of both kinds count toward one turn's share (`reap_all`).
 //!
 //! Where things are: `ring` builds the ring and enters the kernel, `bufring`
 //! the provided buffer ring, `prep`
