@@ -68,11 +68,6 @@ pub(super) struct BufRing {
     size: usize,
     /// Our copy of the tail: entries published so far (wrapping).
     tail: u16,
-    /// The buffer in each ring entry (`entry index -> bid`), and the entry
-    /// of each buffer (`bid -> entry index`): a bundle (`RECVSEND_BUNDLE`)
-    /// names only its first buffer, the rest are the entries after it.
-    bid_at: Box<[u16]>,
-    entry_of: Box<[u16]>,
 }
 
 impl BufRing {
@@ -93,8 +88,6 @@ impl BufRing {
             entries,
             size,
             tail: 0,
-            bid_at: vec![0; usize::from(entries)].into_boxed_slice(),
-            entry_of: vec![0; usize::from(entries)].into_boxed_slice(),
         };
         for bid in 0..entries {
             this.push(bid);
@@ -130,9 +123,6 @@ impl BufRing {
             (*entry).set_len(self.size as u32);
             (*entry).set_bid(bid);
         }
-        let index = self.tail & (self.entries - 1);
-        self.bid_at[usize::from(index)] = bid;
-        self.entry_of[usize::from(bid)] = index;
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -147,35 +137,10 @@ impl BufRing {
     }
 
     /// Copies the `n` bytes the kernel received into buffer `bid` out, and
-    /// gives the buffer back to the ring. `n` beyond one buffer is a bundle:
-    /// the kernel filled `bid` and then the buffers of the ring entries after
-    /// it, each whole but the last.
+    /// gives the buffer back to the ring.
     pub(super) fn take(&mut self, bid: u16, n: usize) -> Vec<u8> {
-        if n <= self.size || bid >= self.entries {
-            let out = self.read(bid, n);
-            self.give_back(bid);
-            return out;
-        }
-        let mut out = Vec::with_capacity(n);
-        let first = self.entry_of[usize::from(bid)];
-        if first != self.tail & (self.entries - 1) {
-            // Bundles reaped in another order than the kernel took their
-            // buffers: the entries after `first` may name buffers given
-            // back since. The kernel takes and posts in order on the loop
-            // thread, so this is not expected.
-            tracing::error!(bid, "uring: a bundle reaped out of order");
-        }
-        let count = n.div_ceil(self.size).min(usize::from(self.entries));
-        for i in 0..count {
-            let index = first.wrapping_add(i as u16) & (self.entries - 1);
-            let b = self.bid_at[usize::from(index)];
-            let len = (n - out.len()).min(self.size);
-            out.extend_from_slice(&self.read(b, len));
-            // Pushing overwrites entries the kernel already consumed: the
-            // tail stays `entries` behind the kernel's head at most.
-            self.push(b);
-        }
-        self.publish();
+        let out = self.read(bid, n);
+        self.give_back(bid);
         out
     }
 

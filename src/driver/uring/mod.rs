@@ -131,11 +131,6 @@ pub const MULTISHOT_ENV: &str = "PROACTOR_URING_MULTISHOT";
 /// the kernel offers it (off by default: see
 /// `Builder::uring_multishot_accept`, which overrides this).
 pub const MULTISHOT_ACCEPT_ENV: &str = "PROACTOR_URING_MULTISHOT_ACCEPT";
-/// Set to `1` to make multishot receives take bundles where the kernel
-/// has them (`IORING_RECVSEND_BUNDLE`, 6.10): one arrival may then fill
-/// several ring buffers. Off by default: it measured slower on bulk
-/// transfers (README, Performance).
-pub const BUNDLE_ENV: &str = "PROACTOR_URING_BUNDLE";
 /// How long `drop` waits for the kernel to answer in-flight ops before leaking them.
 const DROP_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -162,12 +157,6 @@ pub struct UringDriver {
     buf_ring: Option<BufRing>,
     /// The kernel has multishot accept (detected with 6.0's `SEND_ZC`).
     multishot_accept_supported: bool,
-    /// Multishot receives take bundles (`IORING_RECVSEND_BUNDLE`, 6.10,
-    /// asked for with [`BUNDLE_ENV`]): one arrival may fill several ring
-    /// buffers.
-    bundles: bool,
-    /// The kernel has bundles.
-    bundles_supported: bool,
     /// Multishot accept is offered to servers: supported and asked for
     /// ([`MULTISHOT_ACCEPT_ENV`], `UringDriver::set_multishot_accept`).
     multishot_accept: bool,
@@ -294,7 +283,6 @@ impl UringDriver {
         let send_supported = probe.is_supported(opcode::Send::CODE);
         let close_supported = probe.is_supported(opcode::Close::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
-        let ring_params_bundle = ring.params().is_feature_recvsend_bundle();
         // Multishot accept came in 5.19, multishot receive in 6.0: both are
         // there when the kernel has SEND_ZC (6.0), which the probe can see.
         let kernel_6_0 = probe.is_supported(opcode::SendZc::CODE);
@@ -332,8 +320,6 @@ impl UringDriver {
             arrivals: 0,
             buf_ring,
             multishot_accept_supported: kernel_6_0,
-            bundles: ring_params_bundle && std::env::var(BUNDLE_ENV).is_ok_and(|v| v.trim() == "1"),
-            bundles_supported: ring_params_bundle,
             multishot_accept,
             slots: Slots::default(),
             live: Vec::new(),

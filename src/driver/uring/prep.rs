@@ -128,12 +128,7 @@ impl UringDriver {
                     return self.complete_later(key, -libc::EOPNOTSUPP);
                 }
                 // Buffers come from the ring: the SQE points to no memory.
-                let fd = types::Fd(socket.0);
-                if self.bundles {
-                    opcode::RecvMultiBundle::new(fd, bufring::GROUP).build()
-                } else {
-                    opcode::RecvMulti::new(fd, bufring::GROUP).build()
-                }
+                opcode::RecvMulti::new(types::Fd(socket.0), bufring::GROUP).build()
             }
             Op::Send {
                 socket,
