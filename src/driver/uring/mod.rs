@@ -42,8 +42,7 @@
 //! [`Driver::supports_multishot_recv`] says no and transports receive
 //! single-shot. Each arrival's CQE (flagged `MORE`) becomes a completion of
 //! its own; its bytes are copied out and the buffer goes back to the ring
-//! in the same reap. The slot stays until the CQE without `MORE`. With
-//! [`BUNDLE_ENV`] (off by default) one arrival may fill several buffers.
+//! in the same reap. The slot stays until the CQE without `MORE`.
 //!
 //! Multishot accepts ([`Op::AcceptMulti`], offered only when asked for:
 //! see `UringDriver::set_multishot_accept`) post one CQE per accepted
@@ -213,7 +212,6 @@ impl fmt::Debug for UringDriver {
         f.debug_struct("UringDriver")
             .field("setup", &self.setup)
             .field("multishot", &self.buf_ring.is_some())
-            .field("bundles", &(self.bundles, self.bundles_supported))
             .field("multishot_accept", &self.multishot_accept)
             .field("ext_arg", &self.ext_arg)
             .field("shutdown_supported", &self.shutdown_supported)
