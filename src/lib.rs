@@ -55,6 +55,7 @@ mod transport;
 
 pub use address::Address;
 pub use driver::sim::{SimConfig, SimStats};
+pub use driver::uring::MULTISHOT_ACCEPT_ENV as URING_MULTISHOT_ACCEPT_ENV;
 pub use driver::uring::MULTISHOT_ENV as URING_MULTISHOT_ENV;
 pub use driver::{DriverKind, DriverStats};
 pub use event_loop::{

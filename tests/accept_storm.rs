@@ -11,7 +11,10 @@
 //!
 //! The driver-level half (a peer that reset before its accept is accepted
 //! with its address) is a unit test of the private drivers:
-//! `src/driver/tests_accept.rs`.
+//! `src/driver/tests_accept.rs`. A burst of connections larger than the
+//! loop's completion queue is accepted whole (on `uring` with multishot
+//! accept, the kernel ends the server's multishot accept there, and the
+//! server arms it again).
 
 mod util;
 
@@ -259,4 +262,65 @@ fn l3_reset_storm_never_stalls_accept() {
         },
         |lp| reset_storm(&lp),
     );
+}
+
+/// Connections in one burst.
+const BURST: usize = 300;
+
+/// A burst of connections larger than the loop's completion queue (a ring
+/// of 8 entries, 64 CQEs): on `uring` with multishot accept the kernel ends
+/// the server's multishot accept when the queue overflows, and the server
+/// must arm it again; every connection is accepted. The clients stay
+/// connected until the count is checked.
+fn burst_on(lp: &EventLoop) {
+    let h = lp.handle();
+    let accepted = lp
+        .run_until_complete(async move {
+            let server = h.create_server(localhost(), Echo::default).unwrap();
+            let addr = server.local_addr().as_inet().unwrap();
+            let clients = std::thread::spawn(move || {
+                (0..BURST)
+                    .map(|_| TcpStream::connect(addr).unwrap())
+                    .collect::<Vec<_>>()
+            });
+            wait_until(
+                &h,
+                Duration::from_secs(20),
+                "every burst connection accepted",
+                || server.accepted() == BURST as u64,
+            )
+            .await;
+            let clients = clients.join().unwrap();
+            let accepted = server.accepted();
+            server.close();
+            server.abort_clients();
+            drop(clients);
+            accepted
+        })
+        .unwrap();
+    assert_eq!(accepted, BURST as u64);
+}
+
+#[test]
+fn l3_a_burst_beyond_the_completion_queue_is_accepted_whole() {
+    for (kind, multishot) in [
+        (DriverKind::Uring, true),
+        (DriverKind::Uring, false),
+        (DriverKind::Poll, false),
+    ] {
+        let wanted = std::env::var("PROACTOR_TEST_DRIVERS")
+            .map_or(true, |v| v.split(',').any(|s| s.trim() == kind.name()));
+        if !wanted {
+            continue;
+        }
+        let built = EventLoop::builder()
+            .driver(kind)
+            .uring_entries(8)
+            .uring_multishot_accept(multishot)
+            .build();
+        match built {
+            Ok(lp) => burst_on(&lp),
+            Err(e) => eprintln!("skipping {kind}: {e}"),
+        }
+    }
 }

@@ -127,7 +127,7 @@ pub struct BenchArgs {
     /// TLS, idle memory at 1,000 connections; one round, short windows.
     #[arg(long)]
     pub quick: bool,
-    /// Servers to run (default: all): proactor-uring, proactor-uring-single (multishot receives off), proactor-poll,
+    /// Servers to run (default: all): proactor-uring, proactor-uring-single (multishot receives off, or the NAME=VALUE,... list in PROACTOR_BENCH_VARIANT_ENV), proactor-poll,
     /// tokio-ct, tokio-mt, bare-ring, std-threads, monoio, compio,
     /// proactor-uring-tls, proactor-poll-tls, tokio-rustls, loopback.
     #[arg(long, value_delimiter = ',')]

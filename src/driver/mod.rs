@@ -5,8 +5,9 @@
 //!
 //! - **O1** every [`Driver::submit`] yields exactly one final [`Completion`]
 //!   (`more == false`), which hands back the [`Op`] with its buffers; only a
-//!   multishot [`Op::RecvMulti`] yields completions before it (`more ==
-//!   true`), each carrying one arrival's bytes;
+//!   multishot op ([`Op::RecvMulti`], [`Op::AcceptMulti`]) yields
+//!   completions before it (`more == true`), each carrying one arrival's
+//!   bytes or one accepted socket;
 //! - **O2** [`Driver::cancel`] is a request: if the operation completed anyway,
 //!   its completion carries the real result (bytes included). Only an operation
 //!   that truly did not happen completes with `ECANCELED`;
@@ -125,6 +126,22 @@ pub enum Op {
         /// Filled in by the driver on success.
         accepted: Option<(SocketId, Address)>,
     },
+    /// Multishot accept (io_uring's `IORING_ACCEPT_MULTISHOT`), offered
+    /// only where [`Driver::supports_multishot_accept`] says so (elsewhere
+    /// it completes with `EOPNOTSUPP`). It stays armed and completes once
+    /// per accepted connection with `more == true`, `accepted` holding the
+    /// new socket and its peer. Its final completion (`more == false`) ends
+    /// it: `Ok(0)` with a socket (the kernel accepted one more, then
+    /// stopped: arm again), `ECANCELED` a cancel, or the error that stopped
+    /// it (classified as a single-shot accept's: arm again at once, or
+    /// after a back-off).
+    AcceptMulti {
+        /// The listening socket.
+        listener: SocketId,
+        /// Empty when submitted; one accepted socket and its peer in a
+        /// completion.
+        accepted: Option<(SocketId, Address)>,
+    },
     /// Connect `socket` (from [`Driver::open_stream`]) to `addr`.
     Connect {
         /// The unconnected socket.
@@ -226,6 +243,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Accept { .. } => "accept",
+            Op::AcceptMulti { .. } => "accept_multi",
             Op::Connect { .. } => "connect",
             Op::Recv { .. } => "recv",
             Op::RecvMulti { .. } => "recv_multi",
@@ -246,7 +264,8 @@ pub struct Completion {
     /// The operation, handed back with its buffers (and outputs, for accept/recv).
     pub op: Op,
     /// The op stays armed: more completions follow (only
-    /// [`Op::RecvMulti`]; its final completion has `false`).
+    /// [`Op::RecvMulti`] and [`Op::AcceptMulti`]; the final completion has
+    /// `false`).
     pub more: bool,
     /// Bytes transferred, or 0 for ops that move none; `ECANCELED` only when a
     /// cancel truly prevented the operation.
@@ -334,6 +353,12 @@ pub trait Driver: fmt::Debug {
 
     /// Counters since the driver was created.
     fn stats(&self) -> DriverStats;
+
+    /// Whether [`Op::AcceptMulti`] is available. Asked each time a server
+    /// arms its accept; where it is not, servers accept single-shot.
+    fn supports_multishot_accept(&self) -> bool {
+        false
+    }
 
     /// A transport paused its reading while `recv` (its receive, if one is
     /// in flight) was submitted: counted in [`DriverStats`] with where that

@@ -189,6 +189,58 @@ pub(crate) fn peer_addr(socket: SocketId) -> io::Result<Address> {
     Ok(Address::from_sockaddr(&borrow(socket).peer_addr()?))
 }
 
+/// `SO_PEERNAME` (asm-generic/socket.h; the same on x86-64 and arm64).
+const SO_PEERNAME: libc::c_int = 28;
+
+/// The peer of a socket just accepted, for an accept that could not write
+/// it (io_uring's multishot accept). `getpeername` refuses (`ENOTCONN`) once
+/// the peer has reset, which accept(2) would still have reported with its
+/// address (L3); `SO_PEERNAME` asks the kernel the way accept(2) does and
+/// answers for such a socket too.
+pub(crate) fn accepted_peer(socket: SocketId) -> io::Result<Address> {
+    match peer_addr(socket) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => peer_name_option(socket),
+        other => other,
+    }
+}
+
+/// `getsockopt(SO_PEERNAME)`. The kernel refuses (`EINVAL`) a buffer longer
+/// than the address, so each Internet address size is tried, longest first.
+fn peer_name_option(socket: SocketId) -> io::Result<Address> {
+    let sizes = [
+        std::mem::size_of::<libc::sockaddr_in6>(),
+        std::mem::size_of::<libc::sockaddr_in>(),
+    ];
+    let mut last = io::Error::from_raw_os_error(libc::ENOTCONN);
+    for size in sizes {
+        let mut storage = socket2::SockAddrStorage::zeroed();
+        let mut len = size as libc::socklen_t;
+        // SAFETY: `storage` is a writable sockaddr_storage, larger than
+        // `len` bytes; the kernel writes at most `len` bytes there and the
+        // address's true length into `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                socket.0,
+                libc::SOL_SOCKET,
+                SO_PEERNAME,
+                std::ptr::addr_of_mut!(storage).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            // SAFETY: the kernel filled the first `len` bytes (at most
+            // `size`) with the peer's address; the rest is zeroed.
+            let sa = unsafe { socket2::SockAddr::new(storage, len.min(size as libc::socklen_t)) };
+            return Ok(Address::from_sockaddr(&sa));
+        }
+        last = io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EINVAL) {
+            break;
+        }
+    }
+    Err(last)
+}
+
 fn set_option(socket: SocketId, opt: SockOpt) -> io::Result<()> {
     let s = borrow(socket);
     match opt {

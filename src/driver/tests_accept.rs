@@ -145,3 +145,75 @@ fn l3_peer_reset_before_accept_is_accepted_with_its_address() {
         }
     }
 }
+
+/// Multishot accept (uring): one armed op hands over every connection,
+/// each with its peer's address, a peer that reset before its accept
+/// included (the CQE has no address; `getpeername` would fail there with
+/// `ENOTCONN`); a cancel ends it with one final completion (O1).
+#[test]
+fn l3_multishot_accept_reports_every_peer_with_its_address() {
+    if !wanted(DriverKind::Uring) {
+        return;
+    }
+    let mut d = match UringDriver::new(64) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipping uring: io_uring refused on this machine ({e})"),
+    };
+    d.set_multishot_accept(true);
+    if !d.supports_multishot_accept() {
+        return eprintln!("skipping: this kernel has no multishot accept");
+    }
+    let listener = d.listen(&localhost(), 16).unwrap();
+    let addr = d.local_addr(listener).unwrap();
+    let reset = connect_and_reset(&mut d, listener);
+    let live: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr.as_inet().unwrap()).unwrap())
+        .collect();
+    let mut expected: Vec<Address> = live
+        .iter()
+        .map(|c| Address::Inet(c.local_addr().unwrap()))
+        .collect();
+    expected.insert(0, reset);
+    let key = d.submit(
+        Op::AcceptMulti {
+            listener,
+            accepted: None,
+        },
+        7,
+    );
+    let mut peers = Vec::new();
+    let mut sockets = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while peers.len() < expected.len() {
+        assert!(Instant::now() < deadline, "accepted only {peers:?}");
+        d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+        for c in out.drain(..) {
+            assert_eq!((c.key, c.user), (key, 7));
+            assert!(c.more, "the multishot accept ended: {c:?}");
+            assert_eq!(c.result.unwrap(), 0);
+            let Op::AcceptMulti {
+                accepted: Some((socket, peer)),
+                ..
+            } = c.op
+            else {
+                panic!("accept completed without a socket: {:?}", c.op);
+            };
+            sockets.push(socket);
+            peers.push(peer);
+        }
+    }
+    assert_eq!(peers, expected, "the peer address of each accept, in order");
+    d.cancel(key);
+    let last = complete(&mut d, key);
+    assert!(!last.more);
+    let err = last.result.unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECANCELED), "{err}");
+    for s in sockets {
+        d.close(s);
+    }
+    d.close(listener);
+    let s = d.stats();
+    assert_eq!(s.submitted, s.completed, "O1");
+    assert_eq!(d.in_flight(), 0);
+}

@@ -484,6 +484,11 @@ impl Handle {
         self.inner.driver.borrow_mut().submit(op, user)
     }
 
+    /// Whether the driver offers [`Op::AcceptMulti`].
+    pub(crate) fn supports_multishot_accept(&self) -> bool {
+        self.inner.driver.borrow().supports_multishot_accept()
+    }
+
     /// Whether the driver offers [`Op::RecvMulti`].
     pub(crate) fn supports_multishot_recv(&self) -> bool {
         self.inner.driver.borrow().supports_multishot_recv()

@@ -1,4 +1,10 @@
 //! Listening servers: accept loop with back-off (L3) and connection tracking.
+//!
+//! Where the driver offers it ([`Op::AcceptMulti`], io_uring), one multishot
+//! accept stays armed and hands over every connection the kernel accepts;
+//! when the kernel ends it (an error, or it stopped after one more), the
+//! server arms it again, at once or after a back-off, exactly as it would
+//! a single-shot [`Op::Accept`] after the same result.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -13,7 +19,7 @@ use crate::address::Address;
 use crate::driver::socket::{classify_accept_error, AcceptError};
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
 use crate::event_loop::{
-    guarded, ExceptionContext, ExceptionSource, Handle, Resource, TimerHandle, WeakHandle,
+    guarded, ExceptionContext, ExceptionSource, Handle, OpOwner, Resource, TimerHandle, WeakHandle,
 };
 use crate::net::ServerOptions;
 use crate::protocol::AnyProtocol;
@@ -49,6 +55,13 @@ struct Inner {
 impl Resource for Inner {
     fn shut_down(self: Rc<Self>) {
         Server { inner: self }.close();
+    }
+}
+
+/// The owner of a multishot accept: every completion, up to its final one.
+impl OpOwner for Inner {
+    fn complete(self: Rc<Self>, completion: Completion) {
+        Server { inner: self }.on_accept(completion);
     }
 }
 
@@ -295,23 +308,40 @@ impl Server {
         if state.closed || state.accept.is_some() {
             return;
         }
-        let server = self.clone();
-        state.accept = Some(h.submit(
-            Op::Accept {
-                listener: self.inner.listener,
-                accepted: None,
-            },
-            Box::new(move |c| server.on_accept(c)),
-        ));
+        let listener = self.inner.listener;
+        state.accept = Some(if h.supports_multishot_accept() {
+            let owner: Rc<dyn OpOwner> = self.inner.clone();
+            h.submit_owned(
+                Op::AcceptMulti {
+                    listener,
+                    accepted: None,
+                },
+                owner,
+            )
+        } else {
+            let server = self.clone();
+            h.submit(
+                Op::Accept {
+                    listener,
+                    accepted: None,
+                },
+                Box::new(move |c| server.on_accept(c)),
+            )
+        });
     }
 
     fn on_accept(&self, c: Completion) {
         let Some(h) = self.inner.handle.upgrade() else {
             return;
         };
-        self.inner.state.borrow_mut().accept = None;
+        let more = c.more;
+        if !more {
+            // The accept (single-shot, or the multishot's final completion)
+            // is over: whatever follows arms the next one.
+            self.inner.state.borrow_mut().accept = None;
+        }
         let accepted = match c.op {
-            Op::Accept { accepted, .. } => accepted,
+            Op::Accept { accepted, .. } | Op::AcceptMulti { accepted, .. } => accepted,
             _ => None,
         };
         match (c.result, accepted) {
@@ -324,6 +354,9 @@ impl Server {
                     self.start_connection(&h, socket);
                 }
                 self.inner.state.borrow_mut().next_backoff = MIN_BACKOFF;
+                if more {
+                    return; // still armed
+                }
                 self.arm();
             }
             (Err(e), _) if is_cancelled(&e) => {}
@@ -348,7 +381,9 @@ impl Server {
                 return;
             }
         }
-        if self.inner.state.borrow().closed {
+        // A multishot accept still armed keeps the listener open until its
+        // final completion (the cancel `close` asked for).
+        if !more && self.inner.state.borrow().closed {
             self.close_listener();
         }
     }

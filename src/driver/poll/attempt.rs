@@ -101,8 +101,9 @@ impl PollDriver {
                     (Err(err), _) => Attempt::Done(Err(err)),
                 }
             }
-            // Readiness has no buffer ring to receive into.
-            Op::RecvMulti { .. } => {
+            // Readiness has no buffer ring to receive into, and accepts
+            // one connection per readiness anyway.
+            Op::RecvMulti { .. } | Op::AcceptMulti { .. } => {
                 Attempt::Done(Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)))
             }
             Op::Recv { socket, buf } if buf.capacity() == 0 => {

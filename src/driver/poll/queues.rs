@@ -49,7 +49,7 @@ fn park_target(op: &Op) -> Option<(RawFd, Dir)> {
         Op::Recv { socket, .. } => Some((socket.0, Dir::Read)),
         Op::Connect { socket, .. } => Some((socket.0, Dir::Write)),
         Op::Send { socket, .. } => Some((socket.0, Dir::Write)),
-        Op::Shutdown { .. } | Op::RecvMulti { .. } => None,
+        Op::Shutdown { .. } | Op::RecvMulti { .. } | Op::AcceptMulti { .. } => None,
     }
 }
 

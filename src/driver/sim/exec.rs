@@ -24,7 +24,8 @@ impl SimDriver {
             // A connect whose SYN went unanswered waits for its next
             // retransmission (or for giving up).
             Op::Connect { .. } => pending.syn.is_none_or(|syn| self.elapsed >= syn.next),
-            Op::Shutdown { .. } => true,
+            // Completed at submit (`EOPNOTSUPP`): never waits.
+            Op::Shutdown { .. } | Op::AcceptMulti { .. } => true,
             Op::Recv { socket, .. } | Op::RecvMulti { socket, .. } => self.net.recv_ready(socket.0),
             Op::Send { socket, .. } => self.net.send_ready(socket.0, pending.op.send_len()),
         }
@@ -238,6 +239,8 @@ impl SimDriver {
             Op::Shutdown { socket, how } => Some(net.shutdown(socket.0, *how).map(|()| 0)),
             // Performed by `arrive`, one arrival at a time.
             Op::RecvMulti { .. } => None,
+            // Not modelled: completed at submit with `EOPNOTSUPP`.
+            Op::AcceptMulti { .. } => Some(Err(os_err(libc::EOPNOTSUPP))),
         }
     }
 

@@ -13,7 +13,7 @@ use super::{
     MAX_DRAIN_ROUNDS, TIMEOUT_UD, WAKER_CANCEL_UD, WAKER_UD,
 };
 use crate::address::Address;
-use crate::driver::{cancelled_error, Completion, Op, OpKey, Slots, SocketId};
+use crate::driver::{cancelled_error, socket, Completion, Op, OpKey, Slots, SocketId};
 
 impl UringDriver {
     /// Reaps every CQE; then, in the same turn, what an overflowed CQ still
@@ -30,10 +30,12 @@ impl UringDriver {
         loop {
             let overflow = self.ring.submission().cq_overflow();
             let batch = self.defer_taskrun && n >= KERNEL_TASK_WORK_BATCH;
-            // Armed multishot receives post arrivals for as long as peers
-            // send: entering again would read on (and hold) without end
-            // before the loop ever delivers or pauses. A ring's worth of
-            // arrivals is one turn's share; the rest waits for the next.
+            // Armed multishot ops post arrivals for as long as peers send
+            // or connect: entering again would read on (and hold), or
+            // accept on, without end before the loop ever delivers, pauses
+            // or runs anything else (a storm of connecting clients kept one
+            // turn accepting for over a second). A ring's worth of arrivals
+            // is one turn's share; the rest waits for the next.
             let enough = self.arrivals > 0 && self.arrivals >= self.ring_buffers;
             if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS || enough {
                 break;
@@ -147,28 +149,49 @@ impl UringDriver {
             tracing::warn!(?key, res, "uring: multishot CQE for unknown op");
             return;
         };
-        let Op::RecvMulti { socket, .. } = slot.op else {
-            tracing::warn!(?key, res, "uring: MORE on a single-shot op");
-            return;
+        let user = slot.user;
+        let (op, result) = match slot.op {
+            Op::RecvMulti { socket, .. } => {
+                self.arrivals += 1;
+                let op = Op::RecvMulti {
+                    socket,
+                    buf: arrival.unwrap_or_default(),
+                };
+                (op, u32::try_from(res).map(|n| n as usize))
+            }
+            Op::AcceptMulti { listener, .. } => {
+                self.arrivals += 1;
+                let accepted = (res >= 0).then(|| self.accepted(listener, res));
+                let op = Op::AcceptMulti { listener, accepted };
+                (op, u32::try_from(res).map(|_| 0))
+            }
+            _ => {
+                tracing::warn!(?key, res, "uring: MORE on a single-shot op");
+                return;
+            }
         };
-        let result = if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res as usize)
-        };
-        self.arrivals += 1;
+        let result = result.map_err(|_| io::Error::from_raw_os_error(-res));
         let completion = Completion {
             more: true,
-            user: slot.user,
+            user,
             key,
-            op: Op::RecvMulti {
-                socket,
-                buf: arrival.unwrap_or_default(),
-            },
+            op,
             result,
         };
         self.stats.count_completion(&completion, false);
         out.push(completion);
+    }
+
+    /// A socket a multishot accept on `listener` made (`fd`): recorded as
+    /// accepted, with its peer asked of the socket (the CQE has no address).
+    fn accepted(&mut self, listener: SocketId, fd: i32) -> (SocketId, Address) {
+        let id = SocketId(fd);
+        self.sockets.accepted(listener, id);
+        let peer = socket::accepted_peer(id).unwrap_or_else(|e| {
+            tracing::debug!("uring: no peer address for an accepted socket: {e}");
+            Address::Unix(Default::default())
+        });
+        (id, peer)
     }
 
     /// Turns an op's one result (raw: negative errno) into its completion.
@@ -208,6 +231,12 @@ impl UringDriver {
                         self.sockets.accepted(*listener, id);
                         let peer = peer.unwrap_or_else(|| Address::Unix(Default::default()));
                         *accepted = Some((id, peer));
+                        Ok(0)
+                    }
+                    // The kernel accepted one more, then ended the multishot.
+                    Op::AcceptMulti { listener, accepted } => {
+                        let listener = *listener;
+                        *accepted = Some(self.accepted(listener, res));
                         Ok(0)
                     }
                     Op::Recv { buf, .. } => {

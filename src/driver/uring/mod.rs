@@ -44,6 +44,11 @@
 //! its own; its bytes are copied out and the buffer goes back to the ring
 //! in the same reap. The slot stays until the CQE without `MORE`.
 //!
+//! Multishot accepts ([`Op::AcceptMulti`], offered only when asked for:
+//! see `UringDriver::set_multishot_accept`) post one CQE per accepted
+//! socket; the CQE has no address, so the peer is asked of the socket.
+//! Arrivals of both kinds count toward one turn's share (`reap_all`).
+//!
 //! Where things are: `ring` builds the ring and enters the kernel, `bufring`
 //! the provided buffer ring, `prep`
 //! turns ops into SQEs, `complete` turns CQEs into completions, `waker` is
@@ -121,6 +126,10 @@ const RING_BUFFER_SIZE: usize = 16 * 1024;
 /// Set to `0` to make the driver receive single-shot although the kernel
 /// offers multishot (for measuring one against the other).
 pub const MULTISHOT_ENV: &str = "PROACTOR_URING_MULTISHOT";
+/// Set to `1` to make servers accept with one multishot accept each where
+/// the kernel offers it (off by default: see
+/// `Builder::uring_multishot_accept`, which overrides this).
+pub const MULTISHOT_ACCEPT_ENV: &str = "PROACTOR_URING_MULTISHOT_ACCEPT";
 /// How long `drop` waits for the kernel to answer in-flight ops before leaking them.
 const DROP_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -145,9 +154,15 @@ pub struct UringDriver {
     /// has none, they are off). Declared after `ring`, so it is unmapped
     /// only after the ring is closed.
     buf_ring: Option<BufRing>,
+    /// The kernel has multishot accept (detected with 6.0's `SEND_ZC`).
+    multishot_accept_supported: bool,
+    /// Multishot accept is offered to servers: supported and asked for
+    /// ([`MULTISHOT_ACCEPT_ENV`], `UringDriver::set_multishot_accept`).
+    multishot_accept: bool,
     /// Buffers in `buf_ring` (0 without one).
     ring_buffers: usize,
-    /// Multishot arrivals reaped by the current `wait`.
+    /// Multishot arrivals (bytes received, connections accepted) reaped by
+    /// the current `wait`.
     arrivals: usize,
     slots: Slots<Slot>,
     /// The live key for each slot index (to cancel everything on drop).
@@ -197,6 +212,7 @@ impl fmt::Debug for UringDriver {
         f.debug_struct("UringDriver")
             .field("setup", &self.setup)
             .field("multishot", &self.buf_ring.is_some())
+            .field("multishot_accept", &self.multishot_accept)
             .field("ext_arg", &self.ext_arg)
             .field("shutdown_supported", &self.shutdown_supported)
             .field("in_flight", &self.slots.len())
@@ -265,7 +281,12 @@ impl UringDriver {
         let send_supported = probe.is_supported(opcode::Send::CODE);
         let close_supported = probe.is_supported(opcode::Close::CODE);
         let ext_arg = ring.params().is_feature_ext_arg();
-        let buf_ring = if probe.is_supported(opcode::SendZc::CODE) && multishot_wanted() {
+        // Multishot accept came in 5.19, multishot receive in 6.0: both are
+        // there when the kernel has SEND_ZC (6.0), which the probe can see.
+        let kernel_6_0 = probe.is_supported(opcode::SendZc::CODE);
+        let multishot_accept =
+            kernel_6_0 && std::env::var(MULTISHOT_ACCEPT_ENV).is_ok_and(|v| v.trim() == "1");
+        let buf_ring = if kernel_6_0 && env_not_zero(MULTISHOT_ENV) {
             match BufRing::register(&ring.submitter(), buffers, size) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -296,6 +317,8 @@ impl UringDriver {
             },
             arrivals: 0,
             buf_ring,
+            multishot_accept_supported: kernel_6_0,
+            multishot_accept,
             slots: Slots::default(),
             live: Vec::new(),
             ready: VecDeque::new(),
@@ -331,6 +354,12 @@ impl UringDriver {
             "uring driver ready"
         );
         Ok(driver)
+    }
+
+    /// Offers multishot accepts to servers ([`Driver::supports_multishot_accept`])
+    /// or not; the kernel must have them (5.19+) for `on` to take effect.
+    pub fn set_multishot_accept(&mut self, on: bool) {
+        self.multishot_accept = on && self.multishot_accept_supported;
     }
 
     /// Driver-internal ops in the kernel, besides the waker read (tests).
@@ -382,6 +411,10 @@ impl Driver for UringDriver {
 
     fn supports_multishot_recv(&self) -> bool {
         self.buf_ring.is_some()
+    }
+
+    fn supports_multishot_accept(&self) -> bool {
+        self.multishot_accept
     }
 
     fn cancel(&mut self, key: OpKey) {
@@ -506,7 +539,7 @@ impl Driver for UringDriver {
     }
 }
 
-/// Whether [`MULTISHOT_ENV`] leaves multishot receives on.
-fn multishot_wanted() -> bool {
-    std::env::var(MULTISHOT_ENV).map_or(true, |v| v.trim() != "0")
+/// Whether the environment leaves the feature `var` turns off (with `0`) on.
+fn env_not_zero(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v.trim() != "0")
 }

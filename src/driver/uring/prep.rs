@@ -93,6 +93,16 @@ impl UringDriver {
                 slot.side = Side::Accept(addr);
                 e
             }
+            Op::AcceptMulti { listener, .. } => {
+                if !self.multishot_accept {
+                    return self.complete_later(key, -libc::EOPNOTSUPP);
+                }
+                // No address: the kernel would write every connection's
+                // into the same place; `complete` asks the socket instead.
+                opcode::AcceptMulti::new(types::Fd(listener.0))
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+            }
             Op::Connect { socket, addr } => match addr.to_sockaddr() {
                 Ok(sa) => {
                     let sa = Box::new(sa);

@@ -88,6 +88,10 @@ impl UringDriver {
             if let Op::Accept {
                 accepted: Some((id, _)),
                 ..
+            }
+            | Op::AcceptMulti {
+                accepted: Some((id, _)),
+                ..
             } = c.op
             {
                 socket::close(id);

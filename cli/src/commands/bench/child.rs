@@ -13,6 +13,10 @@ use super::plan::ServerKind;
 use super::sys;
 use super::tlsconf::Material;
 
+/// The environment of the `proactor-uring-single` server instead of
+/// `PROACTOR_URING_MULTISHOT=0`: `NAME=VALUE[,NAME=VALUE...]`.
+pub const VARIANT_ENV: &str = "PROACTOR_BENCH_VARIANT_ENV";
+
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -40,7 +44,21 @@ impl ServerProcess {
             &cpu.to_string(),
         ]);
         if kind == ServerKind::ProactorUringSingle {
-            cmd.env(proactor::URING_MULTISHOT_ENV, "0");
+            match std::env::var(VARIANT_ENV) {
+                // Any of the driver's switches, measured against
+                // `proactor-uring` in the same run.
+                Ok(vars) if !vars.trim().is_empty() => {
+                    for var in vars.split(',') {
+                        let (name, value) = var
+                            .split_once('=')
+                            .ok_or_else(|| format!("{VARIANT_ENV}: {var:?} is not NAME=VALUE"))?;
+                        cmd.env(name.trim(), value.trim());
+                    }
+                }
+                _ => {
+                    cmd.env(proactor::URING_MULTISHOT_ENV, "0");
+                }
+            }
         }
         if kind.is_tls() {
             let m = tls.ok_or("no TLS certificate for a TLS server")?;

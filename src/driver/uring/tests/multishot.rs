@@ -1,6 +1,8 @@
-//! Multishot receives over a provided buffer ring that runs dry: the
-//! kernel ends the multishot with `ENOBUFS`, having taken nothing it did not
-//! report, and arming it again reads on from where it stopped.
+//! Multishot ops the kernel ends: receives over a provided buffer ring
+//! that runs dry (the kernel ends the multishot with `ENOBUFS`, having taken
+//! nothing it did not report, and arming it again reads on from where it
+//! stopped), and accepts whose CQ overflows (the last socket comes with the
+//! final completion; armed again, they accept the rest).
 
 use std::io::Write;
 
@@ -103,4 +105,80 @@ fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
     d.close(ours);
     writer.join().unwrap();
     assert_quiescent(&d);
+}
+
+/// A multishot accept the kernel ends (here: its CQ overflows under a
+/// burst of connections) hands over its last socket in its final
+/// completion; armed again, it accepts the rest. Every connection is
+/// accepted exactly once, with its peer's address.
+#[test]
+fn a_multishot_accept_the_kernel_ends_hands_over_its_last_socket() {
+    let mut d = match UringDriver::with_queues(8, 16) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("skipping uring: io_uring refused on this machine ({e})"),
+    };
+    d.set_multishot_accept(true);
+    if !d.supports_multishot_accept() {
+        return eprintln!("skipping: this kernel has no multishot accept");
+    }
+    let listener = d.listen(&"127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let addr = d.local_addr(listener).unwrap();
+    let clients: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr.as_inet().unwrap()).unwrap())
+        .collect();
+    let mut expected: Vec<Address> = clients
+        .iter()
+        .map(|c| Address::Inet(c.local_addr().unwrap()))
+        .collect();
+    let arm = |d: &mut UringDriver| {
+        d.submit(
+            Op::AcceptMulti {
+                listener,
+                accepted: None,
+            },
+            1,
+        )
+    };
+    let mut key = arm(&mut d);
+    let (mut peers, mut sockets, mut ends) = (Vec::new(), Vec::new(), 0);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peers.len() < expected.len() {
+        assert!(Instant::now() < deadline, "accepted {} of 40", peers.len());
+        d.wait(Some(Duration::from_millis(100)), &mut out).unwrap();
+        for c in out.drain(..) {
+            assert_eq!(c.key, key);
+            assert_eq!(c.result.unwrap(), 0, "every accept succeeds");
+            let Op::AcceptMulti {
+                accepted: Some((socket, peer)),
+                ..
+            } = c.op
+            else {
+                panic!("accept completed without a socket: {:?}", c.op);
+            };
+            sockets.push(socket);
+            peers.push(peer);
+            if !c.more {
+                ends += 1;
+                key = arm(&mut d);
+            }
+        }
+    }
+    eprintln!("the kernel ended the multishot accept {ends} times");
+    peers.sort_by_key(|a| a.to_string());
+    expected.sort_by_key(|a| a.to_string());
+    assert_eq!(
+        peers, expected,
+        "each connection accepted once, with its peer"
+    );
+    d.cancel(key);
+    let mut rest = Vec::new();
+    let last = super::wait_for(&mut d, key, &mut rest);
+    assert!(rest.is_empty() && !last.more, "{rest:?}");
+    for s in sockets {
+        d.close(s);
+    }
+    d.close(listener);
+    let s = d.stats();
+    assert_eq!(s.submitted, s.completed, "O1");
 }
