@@ -10,12 +10,12 @@
 
 use std::any::Any;
 use std::cell::RefMut;
-use std::collections::VecDeque;
 use std::io;
 
 use super::flow::{is_pause_edge, WriteEdges};
 use super::Transport;
 use crate::event_loop::{guarded, CallbackPanicked, ExceptionContext, ExceptionSource};
+use crate::inline_deque::InlineDeque;
 use crate::protocol::AnyProtocol;
 
 /// Byte accounting of one transport (R1): at `connection_lost`,
@@ -64,7 +64,9 @@ pub(crate) struct Delivery {
     /// protocol was told; `None`: a protocol installed by `set_protocol` that
     /// was told nothing yet, and starts from the current level (W2).
     told_write: Option<WriteEdges>,
-    held: VecDeque<Held>,
+    /// Received data and EOF not delivered yet, oldest first (inline: an
+    /// idle connection's queue owns no memory).
+    held: InlineDeque<Held>,
     /// `pause_reading()` is in effect (R2, R3).
     pub(crate) read_paused: bool,
     /// The application closed: nothing more is delivered, bytes that still
@@ -96,7 +98,7 @@ impl Delivery {
             replacement: None,
             made_pending: true,
             told_write: Some(0),
-            held: VecDeque::new(),
+            held: InlineDeque::new(),
             read_paused: false,
             reading_closed: false,
             lost: None,
@@ -185,7 +187,7 @@ impl Delivery {
 
     /// Drops held data (the application closed, or the connection failed).
     pub(crate) fn discard_held(&mut self) {
-        for h in self.held.drain(..) {
+        for h in self.held.drain() {
             if let Held::Data(d) = h {
                 self.ledger.held -= d.len() as u64;
                 self.ledger.discarded += d.len() as u64;
