@@ -18,6 +18,9 @@
 //! receives (the buffer ring is the loop's); single-shot `uring` and `sim`
 //! (on seeds without multishot) hold their 64 KiB receive buffer, and are
 //! reported, not bounded.
+//!
+//! Nothing per ended connection: once connections are released, the heap
+//! is back where it was before they were opened.
 
 mod util;
 
@@ -242,6 +245,62 @@ fn idle_connections_hold_little_heap() {
             );
         }
         clients.iter().for_each(Transport::close);
+        server.close();
+    });
+}
+
+/// Connections that ended hold nothing: once every transport released its
+/// socket, the loop's thread holds no more heap than before they were
+/// opened (the server forgets a connection as it is released, not at its
+/// next accept).
+#[test]
+fn ended_connections_hold_no_heap() {
+    const CONNECTIONS: usize = 200;
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+    on_every_driver_shared("ended_connections_hold_no_heap", |lp| {
+        let h = lp.handle();
+        let server = h.create_server(localhost(), || Echo(None)).expect("listen");
+        let round = || {
+            let mut clients = Vec::with_capacity(CONNECTIONS);
+            for _ in 0..CONNECTIONS {
+                let (tx, rx) = oneshot::channel();
+                let protocol = OneRoundTrip {
+                    got: 0,
+                    done: Some(tx),
+                };
+                let client = lp
+                    .run_until_complete(h.create_connection(server.local_addr(), protocol))
+                    .expect("loop runs")
+                    .expect("connect");
+                lp.run_until_complete(rx)
+                    .expect("loop runs")
+                    .expect("echoed");
+                clients.push(client);
+            }
+            clients.iter().for_each(Transport::close);
+            drop(clients);
+            let h = h.clone();
+            lp.run_until_complete(async move {
+                let released = || h.table_sizes().transports == 0;
+                wait_until(&h, LIMIT, "every transport released", released).await
+            })
+            .expect("loop runs");
+        };
+        // The first round brings the loop's tables and pools to their size.
+        round();
+        assert_eq!(server.active_connections(), 0);
+        let before = live_bytes();
+        round();
+        let per_connection = (live_bytes() - before) as f64 / CONNECTIONS as f64;
+        let kind = h.driver_kind();
+        eprintln!("{kind}: {per_connection:.0} heap bytes per ended connection");
+        // `sim` keeps a text trace of its decisions, which grows.
+        if kind != DriverKind::Sim {
+            assert!(
+                per_connection <= 16.0,
+                "{kind}: {per_connection:.0} heap bytes still held per ended connection"
+            );
+        }
         server.close();
     });
 }
