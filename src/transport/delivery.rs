@@ -56,8 +56,9 @@ pub(crate) enum Held {
 #[derive(Debug)]
 pub(crate) struct Delivery {
     protocol: Option<AnyProtocol>,
-    /// A `set_protocol` made while the protocol was out being called.
-    replacement: Option<AnyProtocol>,
+    /// A `set_protocol` made while the protocol was out being called (boxed:
+    /// rare, and every connection carries the field).
+    replacement: Option<Box<AnyProtocol>>,
     /// `connection_made` not yet delivered.
     made_pending: bool,
     /// How many of the write side's edges ([`WriteEdges`]) the current
@@ -251,7 +252,7 @@ impl Delivery {
         }
         self.told_write = None;
         if self.busy {
-            self.replacement.replace(protocol)
+            self.replacement.replace(Box::new(protocol)).map(|p| *p)
         } else {
             self.protocol.replace(protocol)
         }
@@ -389,7 +390,7 @@ pub(crate) fn dispatch(host: &dyn DeliveryHost) {
             let mut d = host.delivery();
             d.busy = false;
             let replaced = match d.replacement.take() {
-                Some(new) => Some(std::mem::replace(&mut protocol, new)),
+                Some(new) => Some(std::mem::replace(&mut protocol, *new)),
                 None => None,
             };
             d.protocol = Some(protocol);
