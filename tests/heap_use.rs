@@ -303,10 +303,12 @@ fn ended_connections_hold_no_heap() {
         let per_connection = (live_bytes() - before) as f64 / CONNECTIONS as f64;
         let kind = h.driver_kind();
         eprintln!("{kind}: {per_connection:.0} heap bytes per ended connection");
-        // `sim` keeps a text trace of its decisions, which grows.
+        // `sim` keeps a text trace of its decisions, which grows. Elsewhere
+        // a table may still grow a little (fd numbers depend on the tests
+        // running alongside); a transport kept alive would be over 500 B.
         if kind != DriverKind::Sim {
             assert!(
-                per_connection <= 16.0,
+                per_connection <= 64.0,
                 "{kind}: {per_connection:.0} heap bytes still held per ended connection"
             );
         }

@@ -28,9 +28,11 @@ const COALESCE_BELOW: usize = 16 * 1024;
 /// Most tails the pool of one thread keeps.
 const TAIL_POOL_MAX: usize = 64;
 
-/// A pooled tail is reused only if reclaiming its buffer gives at most this
-/// many bytes (a tail that grew under a burst of small writes is freed).
-const TAIL_REUSE_MAX_BYTES: usize = 64 * 1024;
+/// A tail whose buffer grew beyond this (a burst of small writes while a
+/// send was in flight) is not kept once sealed: its buffer goes with the
+/// sealed chunk and is freed after the send, so neither a connection nor
+/// the pool holds more than this per tail.
+const TAIL_KEEP_MAX_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// Tails of drained queues, for the next small write on this thread.
@@ -47,7 +49,7 @@ fn take_tail(n: usize) -> BytesMut {
         .ok()
         .flatten()
     {
-        if tail.try_reclaim(n) && tail.capacity() <= TAIL_REUSE_MAX_BYTES {
+        if tail.try_reclaim(n) && tail.capacity() <= TAIL_KEEP_MAX_BYTES {
             return tail;
         }
     }
@@ -116,7 +118,13 @@ impl SendQueue {
     /// Moves the tail into the chunks, so that the front slices cover it.
     pub(crate) fn seal(&mut self) {
         if let Some(tail) = self.tail.as_mut().filter(|t| !t.is_empty()) {
+            // Before the split, the capacity covers every byte the buffer
+            // grew to since the last seal.
+            let grown = tail.capacity() > TAIL_KEEP_MAX_BYTES;
             self.chunks.push_back(tail.split().freeze());
+            if grown {
+                self.tail = None;
+            }
         }
     }
 
@@ -258,6 +266,22 @@ mod tests {
         q.push_copy(b"again");
         assert_eq!(drain(&mut q, 100), b"again");
         assert!(q.tail.is_none());
+    }
+
+    #[test]
+    fn a_tail_grown_by_a_burst_is_not_kept() {
+        let mut q = SendQueue::default();
+        for _ in 0..(2 * TAIL_KEEP_MAX_BYTES / 1000) {
+            q.push_copy(&[1; 1000]);
+        }
+        q.seal();
+        assert!(q.tail.is_none(), "its buffer went with the sealed chunk");
+        q.push_copy(b"x");
+        assert!(q.tail.as_ref().unwrap().capacity() <= TAIL_KEEP_MAX_BYTES);
+        assert_eq!(
+            drain(&mut q, 1 << 20).len(),
+            2 * TAIL_KEEP_MAX_BYTES / 1000 * 1000 + 1
+        );
     }
 
     #[test]
