@@ -104,6 +104,21 @@ impl<T> InlineDeque<T> {
         true
     }
 
+    /// Appends clones of the `max` oldest elements (fewer if there are
+    /// fewer) to `out`, oldest first: the hot path of `iter().take().cloned()`.
+    pub(crate) fn clone_front_into(&self, max: usize, out: &mut Vec<T>)
+    where
+        T: Clone,
+    {
+        let Some(head) = self.head.as_ref().filter(|_| max > 0) else {
+            return;
+        };
+        out.push(head.clone());
+        if let Some(rest) = &self.rest {
+            out.extend(rest.iter().take(max - 1).cloned());
+        }
+    }
+
     /// The elements, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.head
@@ -176,6 +191,12 @@ mod tests {
                     model.len() > 1,
                     "memory beyond the head only while more than one element waits"
                 );
+            }
+            for max in [0, 1, 2, 5] {
+                let mut front = vec![7];
+                q.clone_front_into(max, &mut front);
+                let want: Vec<u8> = std::iter::once(7).chain(model.iter().take(max).copied()).collect();
+                prop_assert_eq!(front, want);
             }
             let drained: Vec<_> = q.drain().collect();
             prop_assert!(drained.iter().eq(model.iter()));

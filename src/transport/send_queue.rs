@@ -132,7 +132,7 @@ impl SendQueue {
     /// returns how many bytes of the first one went out already (for a send
     /// op that owns its buffers; `out` is a reused `Vec`).
     pub(crate) fn front_chunks(&self, max_chunks: usize, out: &mut Vec<Bytes>) -> usize {
-        out.extend(self.chunks.iter().take(max_chunks).cloned());
+        self.chunks.clone_front_into(max_chunks, out);
         self.front_sent
     }
 
