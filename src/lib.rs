@@ -48,6 +48,7 @@ mod address;
 // `SimConfig` are re-exported below).
 mod driver;
 mod event_loop;
+mod inline_deque;
 mod net;
 mod protocol;
 pub mod tls;

@@ -79,6 +79,16 @@ impl<T> Slots<T> {
         Some(value)
     }
 
+    /// The keys of every live value, in index order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = OpKey> + '_ {
+        self.entries.iter().enumerate().filter_map(|(index, e)| {
+            e.value.as_ref().map(|_| OpKey {
+                index: index as u32,
+                generation: e.generation,
+            })
+        })
+    }
+
     /// Number of live values.
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -117,6 +127,10 @@ mod tests {
         assert_eq!(s.get(a), None);
         assert_eq!(s.remove(a), None);
         assert_eq!(s.get(b), Some(&2));
+        let c = s.insert(3);
+        assert_eq!(s.keys().collect::<Vec<_>>(), [b, c]);
+        s.remove(b);
+        assert_eq!(s.keys().collect::<Vec<_>>(), [c]);
         assert_eq!(Slots::<u8>::decode(Slots::<u8>::encode(b)), b);
     }
 }

@@ -15,6 +15,8 @@ use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use slab::Slab;
+
 use crate::address::Address;
 use crate::driver::socket::{classify_accept_error, AcceptError};
 use crate::driver::{is_cancelled, Completion, Op, OpKey, SocketId};
@@ -72,7 +74,9 @@ struct State {
     next_backoff: Duration,
     closed: bool,
     listener_closed: bool,
-    connections: Vec<Transport>,
+    /// The accepted connections whose socket is not released yet; each
+    /// removes itself when it is (see `start_connection`).
+    connections: Slab<Transport>,
     accepted: u64,
     accept_errors: u64,
     waiters: Vec<Waker>,
@@ -228,9 +232,7 @@ impl Server {
 
     /// Connections whose transport is still open.
     pub fn active_connections(&self) -> usize {
-        let mut state = self.inner.state.borrow_mut();
-        state.connections.retain(|t| !t.is_released());
-        state.connections.len()
+        self.inner.state.borrow().connections.len()
     }
 
     /// Stops accepting and closes the listening socket; existing connections
@@ -255,16 +257,22 @@ impl Server {
 
     /// Closes every connection gracefully.
     pub fn close_clients(&self) {
-        for t in self.inner.state.borrow().connections.clone() {
+        for t in self.connections() {
             t.close();
         }
     }
 
     /// Aborts every connection.
     pub fn abort_clients(&self) {
-        for t in self.inner.state.borrow().connections.clone() {
+        for t in self.connections() {
             t.abort();
         }
+    }
+
+    /// The open connections (a copy: closing one changes the set).
+    fn connections(&self) -> Vec<Transport> {
+        let state = self.inner.state.borrow();
+        state.connections.iter().map(|(_, t)| t.clone()).collect()
     }
 
     /// Resolves once the server is closed and every connection it accepted
@@ -406,12 +414,21 @@ impl Server {
             }
         };
         let t = (self.inner.starter)(h, socket, protocol);
+        let key = {
+            let mut state = self.inner.state.borrow_mut();
+            state.accepted += 1;
+            state.connections.insert(t.clone())
+        };
         let server = self.clone();
-        t.on_release(Box::new(move || server.notify()));
-        let mut state = self.inner.state.borrow_mut();
-        state.accepted += 1;
-        state.connections.retain(|t| !t.is_released());
-        state.connections.push(t);
+        t.on_release(Box::new(move || server.released(key)));
+    }
+
+    /// The connection under `key` released its socket: the server forgets it.
+    fn released(&self, key: usize) {
+        let t = self.inner.state.borrow_mut().connections.try_remove(key);
+        self.notify();
+        // Dropped outside the borrow (it may be the transport's last handle).
+        drop(t);
     }
 
     /// L3: resource exhaustion (or a broken listener) never ends the server;

@@ -10,12 +10,12 @@
 
 use std::any::Any;
 use std::cell::RefMut;
-use std::collections::VecDeque;
 use std::io;
 
 use super::flow::{is_pause_edge, WriteEdges};
 use super::Transport;
 use crate::event_loop::{guarded, CallbackPanicked, ExceptionContext, ExceptionSource};
+use crate::inline_deque::InlineDeque;
 use crate::protocol::AnyProtocol;
 
 /// Byte accounting of one transport (R1): at `connection_lost`,
@@ -56,15 +56,18 @@ pub(crate) enum Held {
 #[derive(Debug)]
 pub(crate) struct Delivery {
     protocol: Option<AnyProtocol>,
-    /// A `set_protocol` made while the protocol was out being called.
-    replacement: Option<AnyProtocol>,
+    /// A `set_protocol` made while the protocol was out being called (boxed:
+    /// rare, and every connection carries the field).
+    replacement: Option<Box<AnyProtocol>>,
     /// `connection_made` not yet delivered.
     made_pending: bool,
     /// How many of the write side's edges ([`WriteEdges`]) the current
     /// protocol was told; `None`: a protocol installed by `set_protocol` that
     /// was told nothing yet, and starts from the current level (W2).
     told_write: Option<WriteEdges>,
-    held: VecDeque<Held>,
+    /// Received data and EOF not delivered yet, oldest first (inline: an
+    /// idle connection's queue owns no memory).
+    held: InlineDeque<Held>,
     /// `pause_reading()` is in effect (R2, R3).
     pub(crate) read_paused: bool,
     /// The application closed: nothing more is delivered, bytes that still
@@ -96,7 +99,7 @@ impl Delivery {
             replacement: None,
             made_pending: true,
             told_write: Some(0),
-            held: VecDeque::new(),
+            held: InlineDeque::new(),
             read_paused: false,
             reading_closed: false,
             lost: None,
@@ -185,7 +188,7 @@ impl Delivery {
 
     /// Drops held data (the application closed, or the connection failed).
     pub(crate) fn discard_held(&mut self) {
-        for h in self.held.drain(..) {
+        for h in self.held.drain() {
             if let Held::Data(d) = h {
                 self.ledger.held -= d.len() as u64;
                 self.ledger.discarded += d.len() as u64;
@@ -249,7 +252,7 @@ impl Delivery {
         }
         self.told_write = None;
         if self.busy {
-            self.replacement.replace(protocol)
+            self.replacement.replace(Box::new(protocol)).map(|p| *p)
         } else {
             self.protocol.replace(protocol)
         }
@@ -387,7 +390,7 @@ pub(crate) fn dispatch(host: &dyn DeliveryHost) {
             let mut d = host.delivery();
             d.busy = false;
             let replaced = match d.replacement.take() {
-                Some(new) => Some(std::mem::replace(&mut protocol, new)),
+                Some(new) => Some(std::mem::replace(&mut protocol, *new)),
                 None => None,
             };
             d.protocol = Some(protocol);

@@ -5,29 +5,81 @@
 //! transport to its engine (plaintext to encrypt). Both take slices from the
 //! front with [`SendQueue::front_chunks`] or [`SendQueue::front_slices`] and
 //! then [`SendQueue::advance`] over as many bytes as went out.
+//!
+//! An idle connection's queue owns no memory: the first chunk is kept
+//! inline, and a drained queue gives its tail (the buffer small writes are
+//! copied into) to a pool of the thread, the loop's, where the next write
+//! of any connection takes it back; so a closed-loop exchange allocates
+//! nothing per write, and holding ten thousand quiet connections holds no
+//! write buffer at all.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::io::IoSlice;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::inline_deque::InlineDeque;
+
 /// Writes smaller than this are copied into the tail, so that many small
 /// writes go out as one slice.
 const COALESCE_BELOW: usize = 16 * 1024;
+
+/// Most tails the pool of one thread keeps.
+const TAIL_POOL_MAX: usize = 64;
+
+/// A tail whose buffer grew beyond this (a burst of small writes while a
+/// send was in flight) is not kept once sealed: its buffer goes with the
+/// sealed chunk and is freed after the send, so neither a connection nor
+/// the pool holds more than this per tail.
+const TAIL_KEEP_MAX_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Tails of drained queues, for the next small write on this thread.
+    /// Their buffers may still be shared with a send in flight; by the time
+    /// a write takes one back, that send has usually completed.
+    static TAILS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A tail for a small write of `n` bytes: a pooled one whose buffer is free
+/// again (no allocation), else a new empty one.
+fn take_tail(n: usize) -> BytesMut {
+    if let Some(mut tail) = TAILS
+        .try_with(|pool| pool.borrow_mut().pop())
+        .ok()
+        .flatten()
+    {
+        if tail.try_reclaim(n) && tail.capacity() <= TAIL_KEEP_MAX_BYTES {
+            return tail;
+        }
+    }
+    BytesMut::new()
+}
+
+/// Gives an empty tail to the pool (dropped if the pool is full).
+fn give_tail(tail: BytesMut) {
+    debug_assert!(tail.is_empty());
+    let _ = TAILS.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < TAIL_POOL_MAX {
+            pool.push(tail);
+        }
+    });
+}
 
 /// Bytes written and not yet passed on, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
     /// Sealed chunks, in write order.
     /// Invariant: no chunk is empty.
-    chunks: VecDeque<Bytes>,
+    chunks: InlineDeque<Bytes>,
     /// Bytes of `chunks[0]` already passed on.
     /// Invariant: zero if `chunks` is empty, else `< chunks[0].len()`.
     front_sent: usize,
     /// Small writes copied together, to be sealed into `chunks` before
     /// anything is taken from the front. Its bytes come after every chunk.
-    tail: BytesMut,
+    /// `None` while the queue is drained (its buffer went to the pool).
+    tail: Option<BytesMut>,
     /// Bytes not passed on: the chunks (minus `front_sent`) and the tail.
     /// Invariant: `len == Σ chunks[i].len() - front_sent + tail.len()`.
     len: usize,
@@ -44,7 +96,9 @@ impl SendQueue {
     /// Appends a copy of `data`; small writes are coalesced in the tail.
     pub(crate) fn push_copy(&mut self, data: &[u8]) {
         if data.len() < COALESCE_BELOW {
-            self.tail.extend_from_slice(data);
+            self.tail
+                .get_or_insert_with(|| take_tail(data.len()))
+                .extend_from_slice(data);
             self.len += data.len();
         } else {
             self.push(Bytes::copy_from_slice(data));
@@ -63,8 +117,14 @@ impl SendQueue {
 
     /// Moves the tail into the chunks, so that the front slices cover it.
     pub(crate) fn seal(&mut self) {
-        if !self.tail.is_empty() {
-            self.chunks.push_back(self.tail.split().freeze());
+        if let Some(tail) = self.tail.as_mut().filter(|t| !t.is_empty()) {
+            // Before the split, the capacity covers every byte the buffer
+            // grew to since the last seal.
+            let grown = tail.capacity() > TAIL_KEEP_MAX_BYTES;
+            self.chunks.push_back(tail.split().freeze());
+            if grown {
+                self.tail = None;
+            }
         }
     }
 
@@ -72,7 +132,7 @@ impl SendQueue {
     /// returns how many bytes of the first one went out already (for a send
     /// op that owns its buffers; `out` is a reused `Vec`).
     pub(crate) fn front_chunks(&self, max_chunks: usize, out: &mut Vec<Bytes>) -> usize {
-        out.extend(self.chunks.iter().take(max_chunks).cloned());
+        self.chunks.clone_front_into(max_chunks, out);
         self.front_sent
     }
 
@@ -124,13 +184,19 @@ impl SendQueue {
                 n = 0;
             }
         }
+        if self.len == 0 {
+            // Drained: the tail is empty (its bytes were sealed and sent).
+            if let Some(tail) = self.tail.take() {
+                give_tail(tail);
+            }
+        }
     }
 
     /// Drops everything; returns how many bytes were dropped.
     pub(crate) fn clear(&mut self) -> usize {
         let dropped = self.len;
         self.chunks.clear();
-        self.tail.clear();
+        self.tail = None;
         self.front_sent = 0;
         self.len = 0;
         dropped
@@ -180,6 +246,42 @@ mod tests {
         let mut chunks = Vec::new();
         let offset = q.front_chunks(max_chunks, &mut chunks);
         (chunks, offset)
+    }
+
+    #[test]
+    fn a_drained_queue_owns_no_buffer() {
+        let mut q = SendQueue::default();
+        q.push_copy(b"ping");
+        q.push(Bytes::from(vec![1; COALESCE_BELOW]));
+        q.push_copy(b"pong");
+        let (chunks, _) = front(&q, 64);
+        drop(chunks);
+        q.advance(4 + COALESCE_BELOW);
+        assert!(q.tail.is_some(), "the tail holds bytes not passed on");
+        q.seal();
+        q.advance(4);
+        assert_eq!((q.len(), q.chunks.len()), (0, 0));
+        assert!(q.tail.is_none(), "the drained tail went to the pool");
+        // The next small write takes a tail back and goes out as before.
+        q.push_copy(b"again");
+        assert_eq!(drain(&mut q, 100), b"again");
+        assert!(q.tail.is_none());
+    }
+
+    #[test]
+    fn a_tail_grown_by_a_burst_is_not_kept() {
+        let mut q = SendQueue::default();
+        for _ in 0..(2 * TAIL_KEEP_MAX_BYTES / 1000) {
+            q.push_copy(&[1; 1000]);
+        }
+        q.seal();
+        assert!(q.tail.is_none(), "its buffer went with the sealed chunk");
+        q.push_copy(b"x");
+        assert!(q.tail.as_ref().unwrap().capacity() <= TAIL_KEEP_MAX_BYTES);
+        assert_eq!(
+            drain(&mut q, 1 << 20).len(),
+            2 * TAIL_KEEP_MAX_BYTES / 1000 * 1000 + 1
+        );
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub(crate) struct StreamTransport {
     peer: Option<Address>,
     local: Option<Address>,
     socket_state: RefCell<SocketState>,
-    release_hooks: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// What runs once the socket is released (one closure, however many
+    /// were registered: see `on_release`).
+    release_hook: RefCell<Option<Box<dyn FnOnce()>>>,
     /// Our entry in the loop's resources (shut down when the loop closes).
     resource_key: usize,
 }
@@ -128,7 +130,7 @@ impl StreamTransport {
                 aborted: false,
                 socket_closed: false,
             }),
-            release_hooks: RefCell::default(),
+            release_hook: RefCell::default(),
             resource_key: handle.register(this.clone(), true),
         });
         #[cfg(feature = "broken-early-delivery")]
@@ -410,8 +412,8 @@ impl StreamTransport {
             event_loop.with_driver(|driver| driver.close(self.socket));
             event_loop.unregister(self.resource_key, true);
         }
-        let hooks = std::mem::take(&mut *self.release_hooks.borrow_mut());
-        for f in hooks {
+        let hook = self.release_hook.borrow_mut().take();
+        if let Some(f) = hook {
             f();
         }
     }
@@ -597,8 +599,17 @@ impl TransportImpl for StreamTransport {
     fn on_release(&self, f: Box<dyn FnOnce()>) {
         if self.is_released() {
             f();
-        } else {
-            self.release_hooks.borrow_mut().push(f);
+            return;
         }
+        // Hooks run in the order they came: a second one is chained after
+        // the first (rare: a TLS connection's timer and its server).
+        let mut hook = self.release_hook.borrow_mut();
+        *hook = Some(match hook.take() {
+            None => f,
+            Some(first) => Box::new(move || {
+                first();
+                f();
+            }),
+        });
     }
 }

@@ -3,7 +3,6 @@
 //! them in order until an op hits `EAGAIN` again (see the invariant in the
 //! module documentation of `poll`).
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use mio::{Interest, Token};
 use super::attempt::Attempt;
 use super::{PollDriver, State, WAKER};
 use crate::driver::{cancelled_error, Op, OpKey};
+use crate::inline_deque::InlineDeque;
 
 /// Which queue of its socket an op parks in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,12 +29,14 @@ const NO_QUEUES: u32 = u32::MAX;
 pub(super) struct Queues {
     fd: RawFd,
     registered: bool,
-    reads: VecDeque<OpKey>,
-    writes: VecDeque<OpKey>,
+    /// Parked ops, oldest first (inline: an idle socket's one parked
+    /// receive takes no allocation).
+    reads: InlineDeque<OpKey>,
+    writes: InlineDeque<OpKey>,
 }
 
 impl Queues {
-    fn queue(&mut self, dir: Dir) -> &mut VecDeque<OpKey> {
+    fn queue(&mut self, dir: Dir) -> &mut InlineDeque<OpKey> {
         match dir {
             Dir::Read => &mut self.reads,
             Dir::Write => &mut self.writes,
@@ -64,7 +66,7 @@ impl PollDriver {
     }
 
     /// The queue `dir` of the socket `fd`, if it has queues.
-    fn queue_mut(&mut self, fd: RawFd, dir: Dir) -> Option<&mut VecDeque<OpKey>> {
+    fn queue_mut(&mut self, fd: RawFd, dir: Dir) -> Option<&mut InlineDeque<OpKey>> {
         let key = self.queues_key(fd)?;
         Some(self.queues[key].queue(dir))
     }
@@ -78,8 +80,8 @@ impl PollDriver {
         let key = self.queues.insert(Queues {
             fd,
             registered: false,
-            reads: VecDeque::new(),
-            writes: VecDeque::new(),
+            reads: InlineDeque::new(),
+            writes: InlineDeque::new(),
         });
         // fds are small non-negative numbers (the kernel hands out the
         // lowest free one); one u32 per fd maps them to their queues.
@@ -95,7 +97,7 @@ impl PollDriver {
     pub(super) fn forget_queues(&mut self, fd: RawFd) {
         if let Some(key) = self.queues_key(fd) {
             self.queues_by_fd[fd as usize] = NO_QUEUES;
-            let queues = self.queues.remove(key);
+            let mut queues = self.queues.remove(key);
             debug_assert!(
                 queues.reads.is_empty() && queues.writes.is_empty(),
                 "close({fd}) with ops parked on it"
@@ -105,7 +107,7 @@ impl PollDriver {
             }
             // Defensive (the caller guarantees nothing is in flight): ops still
             // parked complete with EBADF rather than never (O1).
-            for key in queues.reads.into_iter().chain(queues.writes) {
+            for key in queues.reads.drain().chain(queues.writes.drain()) {
                 self.finish(key, Err(io::Error::from_raw_os_error(libc::EBADF)));
             }
         }
@@ -176,7 +178,7 @@ impl PollDriver {
                 Some(State::Parked)
             ) {
                 if let Some(q) = self.queue_mut(fd, dir) {
-                    q.retain(|k| *k != key);
+                    q.remove(&key);
                 }
                 // Removing an op that never got past EAGAIN keeps the invariant:
                 // the drain above just stopped on an EAGAIN of this direction.

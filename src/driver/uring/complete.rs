@@ -196,9 +196,6 @@ impl UringDriver {
 
     /// Turns an op's one result (raw: negative errno) into its completion.
     pub(super) fn finish(&mut self, key: OpKey, slot: Slot, res: i32) -> Completion {
-        if let Some(l) = self.live.get_mut(key.index as usize) {
-            *l = None;
-        }
         let Slot {
             mut op,
             user,

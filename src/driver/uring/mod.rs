@@ -165,8 +165,6 @@ pub struct UringDriver {
     /// the current `wait`.
     arrivals: usize,
     slots: Slots<Slot>,
-    /// The live key for each slot index (to cancel everything on drop).
-    live: Vec<Option<OpKey>>,
     /// Ops completed without the kernel (unsupported shutdown, invalid args):
     /// key and raw result (negative errno), returned by the next `wait`.
     ready: VecDeque<(OpKey, i32)>,
@@ -320,7 +318,6 @@ impl UringDriver {
             multishot_accept_supported: kernel_6_0,
             multishot_accept,
             slots: Slots::default(),
-            live: Vec::new(),
             ready: VecDeque::new(),
             pending: VecDeque::new(),
             cq_dropped: 0,
@@ -400,11 +397,6 @@ impl Driver for UringDriver {
             self.complete_later(key, -libc::ENOBUFS);
             return key;
         }
-        let i = key.index as usize;
-        if self.live.len() <= i {
-            self.live.resize(i + 1, None);
-        }
-        self.live[i] = Some(key);
         self.start(key);
         key
     }

@@ -32,7 +32,7 @@ impl UringDriver {
                 garbage.push(self.finish(key, slot, res));
             }
         }
-        let live: Vec<OpKey> = self.live.iter().flatten().copied().collect();
+        let live: Vec<OpKey> = self.slots.keys().collect();
         for key in live {
             self.cancel(key);
         }
@@ -68,7 +68,6 @@ impl UringDriver {
             // multishot receive, the ring's): never free them.
             std::mem::forget(std::mem::take(&mut self.slots));
             std::mem::forget(self.buf_ring.take());
-            self.live.clear();
         }
         if self.waker_armed {
             leaked += 1;
