@@ -171,7 +171,16 @@ impl Handle {
 
     /// Calls the exception handler for every caught panic. A handler that
     /// re-raises leaves the rest queued for the next safe point.
+    #[inline]
     pub(super) fn flush_exceptions(&self) {
+        // Called after every ready job: the usual empty queue costs a check.
+        if self.inner.exceptions.borrow().is_empty() {
+            return;
+        }
+        self.flush_queued_exceptions();
+    }
+
+    fn flush_queued_exceptions(&self) {
         loop {
             let Some(context) = self.inner.exceptions.borrow_mut().pop_front() else {
                 return;

@@ -398,9 +398,11 @@ pub(crate) fn dispatch(host: &dyn DeliveryHost) {
             let finished = if d.finished { d.protocol.take() } else { None };
             (replaced, finished)
         };
-        for old in [replaced, finished].into_iter().flatten() {
-            if let Err(p) = guarded(|| drop(old)) {
-                report_panic(host, "drop", p);
+        if replaced.is_some() || finished.is_some() {
+            for old in [replaced, finished].into_iter().flatten() {
+                if let Err(p) = guarded(|| drop(old)) {
+                    report_panic(host, "drop", p);
+                }
             }
         }
         if let Some(p) = panic {

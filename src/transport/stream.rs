@@ -303,23 +303,27 @@ impl StreamTransport {
         let Some(event_loop) = self.core.event_loop() else {
             return;
         };
-        let mut bufs = event_loop.take_send_vec();
-        let offset = self.core.with_send_queue(|queue| {
-            queue.seal();
-            queue.front_chunks(MAX_SEND_SLICES, &mut bufs)
-        });
-        if !bufs.is_empty() {
-            state.send = Some(event_loop.submit_owned(
-                Op::Send {
-                    socket: self.socket,
-                    bufs,
-                    offset,
-                },
-                self.strong(),
-            ));
-            return;
+        // Most runs (after a send or a receive completed) find nothing
+        // written: then no `Vec` is taken from the pool and given back.
+        if self.write_buffer_size() > 0 {
+            let mut bufs = event_loop.take_send_vec();
+            let offset = self.core.with_send_queue(|queue| {
+                queue.seal();
+                queue.front_chunks(MAX_SEND_SLICES, &mut bufs)
+            });
+            if !bufs.is_empty() {
+                state.send = Some(event_loop.submit_owned(
+                    Op::Send {
+                        socket: self.socket,
+                        bufs,
+                        offset,
+                    },
+                    self.strong(),
+                ));
+                return;
+            }
+            event_loop.give_send_vec(bufs);
         }
-        event_loop.give_send_vec(bufs);
         if state.eof_requested && !state.eof_sent && !state.closing {
             state.eof_sent = true;
             state.shutdown = Some(event_loop.submit_owned(

@@ -14,11 +14,24 @@ use crate::driver::{Op, OpKey, SocketId};
 /// Result of one non-blocking attempt.
 pub(super) enum Attempt {
     Done(io::Result<usize>),
+    /// A receive got fewer bytes than it had room for: the socket's
+    /// receive queue was empty when it returned (see
+    /// `Queues::read_drained`).
+    ShortRead(usize),
     WouldBlock,
 }
 
 fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// The attempt of a receive that got `n` bytes with room for `room`.
+fn received(n: usize, room: usize) -> Attempt {
+    if n > 0 && n < room {
+        Attempt::ShortRead(n)
+    } else {
+        Attempt::Done(Ok(n))
+    }
 }
 
 /// Runs `f` again while it fails with `EINTR`.
@@ -128,7 +141,7 @@ impl PollDriver {
                             buf.extend_from_slice(scratch);
                             scratch.clear();
                         }
-                        Attempt::Done(Ok(n))
+                        received(n, room)
                     }
                     Err(err) if is_would_block(&err) => Attempt::WouldBlock,
                     Err(err) => Attempt::Done(Err(err)),
@@ -147,7 +160,7 @@ impl PollDriver {
                         // `len`), so `len + n` bytes are initialised and within
                         // the capacity.
                         unsafe { buf.set_len(len + n) };
-                        Attempt::Done(Ok(n))
+                        received(n, room)
                     }
                     Err(err) if is_would_block(&err) => Attempt::WouldBlock,
                     Err(err) => Attempt::Done(Err(err)),

@@ -39,6 +39,16 @@
 //! > a connect), so the kernel will report a fresh edge when the socket becomes
 //! > ready again.
 //!
+//! One refinement on the read side: a TCP receive that got fewer bytes than
+//! it had room for found the receive queue empty when it returned, so it
+//! counts as that `EAGAIN`; the next receive on the socket is then parked
+//! without its doomed syscall until an event comes (as tokio does: one
+//! `recv` per request instead of two). The exceptions, where a short
+//! receive leaves bytes behind (an urgent mark, a FIN or an error queued
+//! after data), were each reported with EPOLLPRI, EPOLLRDHUP or EPOLLERR;
+//! a socket that ever reported one of them is always attempted (see
+//! `Queues::read_drained`).
+//!
 //! An op that completes without `EAGAIN` may leave the socket readable without
 //! any further edge; that is fine, because no op is parked then. An op is only
 //! parked after its own attempt hit `EAGAIN`, or behind a parked op of the same

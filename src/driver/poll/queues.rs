@@ -29,6 +29,23 @@ const NO_QUEUES: u32 = u32::MAX;
 pub(super) struct Queues {
     fd: RawFd,
     registered: bool,
+    /// A TCP socket (checked once, when its queues are created).
+    tcp: bool,
+    /// A read now would hit `EAGAIN`: the socket's last read-side syscall
+    /// did (accept, recv), or was a short receive on TCP, and no event
+    /// came for the socket since. [`PollDriver::attempt_queued`] then parks
+    /// a new read at once, saving that syscall (one per round trip of a
+    /// request/response protocol, as tokio saves it). The edge the parked
+    /// op needs is still due: bytes that arrive after that syscall make
+    /// the kernel report one. A short TCP receive leaves nothing behind
+    /// except at an urgent mark, before a FIN, or before an error, and the
+    /// arrival of each of those was (or is about to be) reported with
+    /// EPOLLPRI, EPOLLRDHUP or EPOLLERR, which set `read_events_sticky`.
+    /// Any event clears it (a writable one too, conservatively).
+    read_drained: bool,
+    /// An event said priority data, read side closed, hang-up or error:
+    /// reads on the socket are always attempted from then on.
+    read_events_sticky: bool,
     /// Parked ops, oldest first (inline: an idle socket's one parked
     /// receive takes no allocation).
     reads: InlineDeque<OpKey>,
@@ -77,9 +94,19 @@ impl PollDriver {
         if let Some(key) = self.queues_key(fd) {
             return key;
         }
+        // SO_DOMAIN, once per socket: short receives end a drain on TCP only
+        // (a Unix stream also stops short at a change of sender
+        // credentials or passed descriptors, with no edge to follow).
+        let tcp = matches!(
+            crate::driver::socket::borrow(crate::driver::SocketId(fd)).domain(),
+            Ok(d) if d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6
+        );
         let key = self.queues.insert(Queues {
             fd,
             registered: false,
+            tcp,
+            read_drained: false,
+            read_events_sticky: false,
             reads: InlineDeque::new(),
             writes: InlineDeque::new(),
         });
@@ -91,6 +118,32 @@ impl PollDriver {
         }
         self.queues_by_fd[index] = u32::try_from(key).expect("fewer than 2^32 sockets");
         key
+    }
+
+    /// Whether a read on `fd` would hit `EAGAIN` (see
+    /// [`Queues::read_drained`]).
+    fn read_drained(&self, fd: RawFd) -> bool {
+        self.queues_key(fd).is_some_and(|key| {
+            let q = &self.queues[key];
+            q.registered && q.read_drained && !q.read_events_sticky
+        })
+    }
+
+    /// One attempt of `key`, parked on `fd`'s `dir` queue, recording in
+    /// its queues whether a read-side attempt drained the socket.
+    fn attempt_noted(&mut self, key: OpKey, fd: RawFd, dir: Dir) -> Attempt {
+        let attempt = self.attempt(key);
+        if dir == Dir::Read {
+            if let Some(k) = self.queues_key(fd) {
+                let q = &mut self.queues[k];
+                q.read_drained = match attempt {
+                    Attempt::WouldBlock => true,
+                    Attempt::ShortRead(_) => q.tcp,
+                    Attempt::Done(_) => false,
+                };
+            }
+        }
+        attempt
     }
 
     /// The socket `fd` is being closed: deregisters it and drops its queues.
@@ -127,7 +180,8 @@ impl PollDriver {
             let registered = self.poll.registry().register(
                 &mut SourceFd(&fd),
                 token,
-                Interest::READABLE | Interest::WRITABLE,
+                // PRIORITY: urgent data must be seen (`read_events_sticky`).
+                Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
             );
             if let Err(err) = registered {
                 // Without registration the op would never wake: fail it.
@@ -146,13 +200,19 @@ impl PollDriver {
             let Some(key) = self.queue_mut(fd, dir).and_then(|q| q.front().copied()) else {
                 return;
             };
-            match self.attempt(key) {
+            match self.attempt_noted(key, fd, dir) {
                 Attempt::WouldBlock => return,
                 Attempt::Done(result) => {
                     if let Some(q) = self.queue_mut(fd, dir) {
                         q.pop_front();
                     }
                     self.finish(key, result);
+                }
+                Attempt::ShortRead(n) => {
+                    if let Some(q) = self.queue_mut(fd, dir) {
+                        q.pop_front();
+                    }
+                    self.finish(key, Ok(n));
                 }
             }
         }
@@ -205,9 +265,20 @@ impl PollDriver {
                     self.park(key, fd, dir);
                     continue;
                 }
+                if dir == Dir::Read && self.read_drained(fd) {
+                    // Not attempted: it would hit EAGAIN, and the edge it
+                    // needs is due (see `Queues::read_drained`).
+                    self.park(key, fd, dir);
+                    continue;
+                }
             }
-            match (self.attempt(key), target) {
+            let attempt = match target {
+                Some((fd, dir)) => self.attempt_noted(key, fd, dir),
+                None => self.attempt(key),
+            };
+            match (attempt, target) {
                 (Attempt::Done(result), _) => self.finish(key, result),
+                (Attempt::ShortRead(n), _) => self.finish(key, Ok(n)),
                 (Attempt::WouldBlock, Some((fd, dir))) => self.park(key, fd, dir),
                 (Attempt::WouldBlock, None) => {
                     self.finish(key, Err(io::Error::from_raw_os_error(libc::EAGAIN)))
@@ -234,6 +305,13 @@ impl PollDriver {
                 woken = true;
             } else {
                 ready.push(ev.token().0);
+                if let Some(q) = self.queues.get_mut(ev.token().0) {
+                    // Readiness came: a read may get bytes again.
+                    q.read_drained = false;
+                    if ev.is_priority() || ev.is_read_closed() || ev.is_error() {
+                        q.read_events_sticky = true;
+                    }
+                }
             }
         }
         for key in ready.drain(..) {

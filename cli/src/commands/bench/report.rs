@@ -173,7 +173,7 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
         ""
     };
     println!(
-        "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
+        "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>11}",
         "server",
         "median",
         "min - max",
@@ -183,6 +183,7 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
         "srv cpu",
         "cli cpu",
         "bound",
+        if cell.is_bulk() { "" } else { "srv us/rt" },
         extra
     );
     let loopback = figure(out, ci, ServerKind::Loopback).map(|s| s.median);
@@ -199,8 +200,20 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
             median_of(out, ci, kind, |m| m.server_cpu),
             median_of(out, ci, kind, |m| m.client_cpu),
         );
+        // Server CPU per round trip: the server's efficiency even where the
+        // client limited the rate (same as CPU ms per 1,000 round trips).
+        let per_rt = if cell.is_bulk() {
+            String::new()
+        } else {
+            let v = median_of(out, ci, kind, Measured::server_us_per_unit);
+            if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "-".into()
+            }
+        };
         println!(
-            "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>11}",
+            "{:<20} {:>9} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10} {:>11}",
             kind.name(),
             fmt_value(cell, s.median),
             format!("{} - {}", fmt_value(cell, s.min), fmt_value(cell, s.max)),
@@ -210,6 +223,7 @@ fn print_cell(plan: &Plan, out: &Outcome, ci: usize, cell: Cell) {
             pct(srv),
             pct(cli),
             bound(srv, cli),
+            per_rt,
             of_loopback
         );
     }
@@ -273,6 +287,11 @@ pub fn json(plan: &Plan, out: &Outcome) -> Value {
                 "p99_us": num(median_of(out, ci, kind, |m| m.p99_us)),
                 "server_cpu": num(median_of(out, ci, kind, |m| m.server_cpu)),
                 "client_cpu": num(median_of(out, ci, kind, |m| m.client_cpu)),
+                "server_us_per_round_trip": if cell.is_bulk() {
+                    Value::Null
+                } else {
+                    num(median_of(out, ci, kind, Measured::server_us_per_unit))
+                },
                 "wall_s": num(median_of(out, ci, kind, |m| m.wall_s)),
             }));
         }
