@@ -1533,15 +1533,22 @@ fn engine_error_with_peer_not_reading_is_bounded_by_shutdown_timeout() {
             until(&h, LIMIT, "server made", || srv.borrow().made == 1).await;
             // The kernel's socket buffers fill, so the alert queued behind
             // our data cannot flush: wait until the server's raw transport
-            // has a backlog and the kernel took nothing more for 20 ms (its
-            // ledger counts what the kernel accepted).
+            // has a backlog and the kernel took nothing more for ten 20 ms
+            // looks in a row (its ledger counts what the kernel accepted).
+            // One quiet 20 ms was not enough on a loaded machine: a send
+            // completion can be late that long while the buffers still
+            // have room, and the alert then flushed at once (seen: released
+            // after 42 ms).
             let st = srv.borrow().transport.clone().unwrap().raw_transport();
             let deadline = h.now() + LIMIT;
-            loop {
+            let mut quiet = 0;
+            while quiet < 10 {
                 let before = st.ledger().sent;
                 sleep(&h, Duration::from_millis(20)).await;
                 if st.ledger().sent == before && st.get_write_buffer_size() > 0 {
-                    break;
+                    quiet += 1;
+                } else {
+                    quiet = 0;
                 }
                 assert!(h.now() < deadline, "the server's socket buffers never filled");
             }
