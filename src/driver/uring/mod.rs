@@ -149,6 +149,9 @@ pub struct UringDriver {
     ring_buffers: usize,
     /// Multishot arrivals reaped by the current `wait`.
     arrivals: usize,
+    /// Delivered receive buffers given back ([`Driver::recycle_recv_buf`]),
+    /// for the next arrivals to be copied into: no allocation per arrival.
+    spare_bufs: Vec<Vec<u8>>,
     slots: Slots<Slot>,
     /// The live key for each slot index (to cancel everything on drop).
     live: Vec<Option<OpKey>>,
@@ -295,6 +298,7 @@ impl UringDriver {
                 0
             },
             arrivals: 0,
+            spare_bufs: Vec::new(),
             buf_ring,
             slots: Slots::default(),
             live: Vec::new(),
@@ -352,6 +356,17 @@ impl Driver for UringDriver {
 
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn recycle_recv_buf(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        let wanted = self.buf_ring.is_some()
+            && self.spare_bufs.len() < self.ring_buffers
+            && buf.capacity() >= RING_BUFFER_SIZE;
+        if !wanted {
+            return Some(buf);
+        }
+        self.spare_bufs.push(buf);
+        None
     }
 
     fn submit(&mut self, op: Op, user: usize) -> OpKey {
