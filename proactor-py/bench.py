@@ -1,28 +1,43 @@
-"""Echo benchmark: asyncio, uvloop and proactor side by side, in one run.
+"""Benchmark: asyncio, uvloop and proactor side by side, in one run.
 
-For each loop, an echo server runs in its own process on that loop, in two
-flavours: asyncio streams (``start_server``, ``read``/``write``/``drain``)
-and a ``Protocol`` (``data_received`` writes back). A client process with
-plain blocking sockets (the same for every loop, so only the server's loop
-differs) keeps CONNECTIONS connections each doing request/response round
-trips of SIZE bytes (1 KiB and 100 KiB) for SECONDS, and every echoed byte
-is compared with what was sent. Server and client are pinned to different
-CPUs when the machine has two or more (``os.sched_setaffinity``).
+For each loop, a server runs in its own process on that loop, pinned to one
+CPU; the load generator runs pinned to another (``os.sched_setaffinity``,
+when the machine has two or more CPUs). Rows:
 
-    python bench.py                       # every loop, 1 KiB and 100 KiB
-    python bench.py --seconds 5 --loops proactor,uvloop
+- echo through asyncio streams (``start_server``, ``read``/``write``/
+  ``drain``) and through a ``Protocol`` (``data_received`` writes back),
+  1 KiB and 100 KiB round trips: the client is ``bench_client.c``
+  (compiled here with ``cc``; C threads with blocking sockets, so no GIL
+  limits it), CONNECTIONS connections each doing request/response round
+  trips for SECONDS; every echoed byte is compared with what was sent.
+- HTTP/1.1 keep-alive under load: a minimal ``Protocol`` server (parses
+  requests, answers a fixed 13-byte body) and an aiohttp ``web`` app, each
+  driven by ``wrk`` (one thread, HTTP_CONNECTIONS connections); a row fails
+  on any socket error or non-2xx answer wrk reports.
 
-Prints one table (round trips per second, MB/s each way); exit 1 if a loop
-is missing or an echo came back wrong.
+Rows are measured ROUNDS times, interleaved (round 1 of every row and loop,
+then round 2, ...), so that a slow spell of a shared machine hits every
+loop alike; each cell is the median, with min-max.
+
+    python bench.py                       # every loop and row, 3 rounds
+    python bench.py --seconds 2 --rounds 5 --loops proactor,uvloop --rows echo
+
+Prints two tables: round trips (or requests) per second, and the server's
+CPU time (user + system, from /proc) per round trip or request, which other
+work on a shared machine disturbs less than the rates. Exit 1 if a loop or
+tool is missing or a check failed.
 """
 
 import argparse
 import os
-import socket
+import re
+import shutil
+import statistics
 import subprocess
 import sys
-import threading
-import time
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SERVER = r'''
 import asyncio, os, sys
@@ -42,6 +57,22 @@ class Echo(asyncio.Protocol):
     def data_received(self, data):
         self.transport.write(data)
 
+RESPONSE = (b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n'
+            b'Content-Length: 13\r\n\r\nHello, world!')
+
+class Http(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: one fixed answer per request (headers only)."""
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b''
+    def data_received(self, data):
+        data = self.pending + data
+        n = data.count(b'\r\n\r\n')
+        if n:
+            self.transport.write(RESPONSE * n)
+            data = data[data.rindex(b'\r\n\r\n') + 4:]
+        self.pending = data
+
 async def handle(reader, writer):
     while True:
         data = await reader.read(256 * 1024)
@@ -55,8 +86,20 @@ async def main():
     loop = asyncio.get_running_loop()
     if flavour == 'streams':
         server = await asyncio.start_server(handle, '127.0.0.1', 0)
+    elif flavour == 'aiohttp':
+        from aiohttp import web
+        async def hello(request):
+            return web.Response(text='Hello, world!')
+        app = web.Application()
+        app.router.add_get('/', hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, '127.0.0.1', 0)
+        await site.start()
+        server = site._server
     else:
-        server = await loop.create_server(Echo, '127.0.0.1', 0)
+        server = await loop.create_server(
+            Http if flavour == 'http' else Echo, '127.0.0.1', 0)
     print(server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()
@@ -65,91 +108,156 @@ with asyncio.Runner(loop_factory=factory) as runner:
     runner.run(main())
 '''
 
-
-def client(port, size, seconds, connections):
-    """Round trips per second over ``connections`` blocking sockets; checks
-    every echoed byte."""
-    payload = os.urandom(size)
-    counts = [0] * connections
-    errors = []
-    deadline = time.monotonic() + seconds
-
-    def one(i):
-        try:
-            with socket.create_connection(('127.0.0.1', port)) as s:
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                buf = bytearray(size)
-                view = memoryview(buf)
-                while time.monotonic() < deadline:
-                    s.sendall(payload)
-                    got = 0
-                    while got < size:
-                        n = s.recv_into(view[got:])
-                        if n == 0:
-                            raise ConnectionError('server closed')
-                        got += n
-                    if buf != payload:
-                        raise AssertionError('echo mismatch')
-                    counts[i] += 1
-        except Exception as exc:  # reported in the table
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,))
-               for i in range(connections)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    return sum(counts) / elapsed, errors
+# (label, server flavour, load: echo message size in bytes, or 'wrk')
+ROWS = [
+    ('echo, streams', 'streams', 1024),
+    ('echo, streams', 'streams', 100 * 1024),
+    ('echo, Protocol', 'protocol', 1024),
+    ('echo, Protocol', 'protocol', 100 * 1024),
+    ('HTTP, Protocol', 'http', 'wrk'),
+    ('HTTP, aiohttp', 'aiohttp', 'wrk'),
+]
 
 
-def run_row(loop_name, flavour, size, args, cpus):
+def build_client(workdir):
+    """Compiles bench_client.c; returns the executable's path."""
+    exe = os.path.join(workdir, 'bench_client')
+    subprocess.run(['cc', '-O2', '-pthread', '-o', exe,
+                    os.path.join(HERE, 'bench_client.c')], check=True)
+    return exe
+
+
+def echo_load(client, port, size, args, cpus):
+    out = subprocess.run(
+        [client, str(port), str(size), str(args.seconds),
+         str(args.connections)],
+        capture_output=True, text=True, preexec_fn=pin(cpus)).stdout
+    if out.startswith('FAIL') or len(out.split()) != 2:
+        return None, out.strip() or 'client failed'
+    count, elapsed = out.split()
+    return int(count) / float(elapsed), None
+
+
+def wrk_load(port, args, cpus):
+    out = subprocess.run(
+        ['wrk', '-t1', f'-c{args.http_connections}', f'-d{args.seconds}s',
+         f'http://127.0.0.1:{port}/'],
+        capture_output=True, text=True, preexec_fn=pin(cpus)).stdout
+    rate = re.search(r'Requests/sec:\s*([\d.]+)', out)
+    bad = re.search(r'(Socket errors:.*|Non-2xx or 3xx responses:.*)', out)
+    if not rate or bad:
+        return None, (bad.group(1) if bad else 'wrk: no Requests/sec')
+    return float(rate.group(1)), None
+
+
+def pin(cpus):
+    return (lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) the process has used so far."""
+    with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def measure(loop_name, flavour, load, args, cpus, client):
     server_cpu = cpus[0] if len(cpus) >= 2 else -1
+    load_cpus = cpus[1:] if len(cpus) >= 2 else None
     proc = subprocess.Popen(
         [sys.executable, '-c', SERVER, loop_name, flavour, str(server_cpu)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
-        if len(cpus) >= 2:
-            os.sched_setaffinity(0, set(cpus[1:]))
-        rate, errors = client(port, size, args.seconds, args.connections)
+        cpu0 = cpu_seconds(proc.pid)
+        if load == 'wrk':
+            rate, error = wrk_load(port, args, load_cpus)
+        else:
+            rate, error = echo_load(client, port, load, args, load_cpus)
+        cpu = cpu_seconds(proc.pid) - cpu0
+        return rate, cpu, error
     finally:
         proc.stdin.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return rate, errors
+
+
+def cell(values, fmt):
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return (f'{format(med, fmt)} ({format(min(values), fmt)}–'
+            f'{format(max(values), fmt)})')
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--loops', default='asyncio,uvloop,proactor')
-    ap.add_argument('--seconds', type=float, default=3.0)
-    ap.add_argument('--connections', type=int, default=4)
+    ap.add_argument('--rows', default='echo,http',
+                    help='echo, http, or both (comma-separated)')
+    ap.add_argument('--seconds', type=int, default=2)
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--connections', type=int, default=4,
+                    help='echo client connections')
+    ap.add_argument('--http-connections', type=int, default=32)
     args = ap.parse_args()
     loops = args.loops.split(',')
+    kinds = args.rows.split(',')
+    rows = [r for r in ROWS
+            if ('http' if r[2] == 'wrk' else 'echo') in kinds]
+    if any(r[2] == 'wrk' for r in rows) and not shutil.which('wrk'):
+        print('wrk not found (apt-get install wrk)')
+        return 1
     cpus = sorted(os.sched_getaffinity(0))
-    print(f'echo, {args.connections} connections, {args.seconds:g} s per '
-          f'row, Python {sys.version.split()[0]}, CPUs {cpus} '
-          f'(server on {cpus[0] if len(cpus) >= 2 else "any"})')
-    print('| server | size | ' + ' | '.join(loops) + ' |')
-    print('|---' * (len(loops) + 2) + '|')
+    print(f'{args.rounds} rounds of {args.seconds} s per cell, interleaved; '
+          f'echo: {args.connections} connections; HTTP: wrk -t1 '
+          f'-c{args.http_connections}; Python {sys.version.split()[0]}; '
+          f'server on CPU {cpus[0] if len(cpus) >= 2 else "any"}, load on '
+          f'{cpus[1:] if len(cpus) >= 2 else "any"}', flush=True)
     status = 0
-    for flavour in ('streams', 'protocol'):
-        for size in (1024, 100 * 1024):
+    rates = {}
+    costs = {}
+    failures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        client = build_client(tmp) if any(r[2] != 'wrk' for r in rows) else None
+        for rnd in range(args.rounds):
+            for label, flavour, load in rows:
+                for loop_name in loops:
+                    key = (label, load, loop_name)
+                    rate, cpu, error = measure(loop_name, flavour, load,
+                                               args, cpus, client)
+                    if error:
+                        failures.setdefault(key, error)
+                    else:
+                        rates.setdefault(key, []).append(rate)
+                        # server CPU µs per round trip (or request)
+                        costs.setdefault(key, []).append(
+                            cpu * 1e6 / (rate * args.seconds))
+            print(f'round {rnd + 1}/{args.rounds} done', file=sys.stderr,
+                  flush=True)
+    for title, table, fmt in (
+            ('round trips/s (echo) or requests/s (HTTP): median (min–max)',
+             rates, ',.0f'),
+            ('server CPU µs per round trip or request (user + system): '
+             'median (min–max); lower is better', costs, '.1f')):
+        print(f'\n{title}\n')
+        print('| server | load | ' + ' | '.join(loops) + ' |')
+        print('|---' * (len(loops) + 2) + '|')
+        for label, flavour, load in rows:
             cells = []
             for loop_name in loops:
-                rate, errors = run_row(loop_name, flavour, size, args, cpus)
-                if errors:
+                key = (label, load, loop_name)
+                if key in failures:
                     status = 1
-                    cells.append(f'FAIL {errors[0]!r}')
+                    cells.append(f'FAIL {failures[key]}')
                 else:
-                    cells.append(f'{rate:,.0f}/s ({rate * size / 1e6:.0f} MB/s)')
-            print(f'| {flavour} | {size // 1024} KiB | ' + ' | '.join(cells)
-                  + ' |', flush=True)
+                    cells.append(cell(table[key], fmt))
+            what = (f'wrk, {args.http_connections} conns' if load == 'wrk'
+                    else f'{load // 1024} KiB')
+            print(f'| {label} | {what} | ' + ' | '.join(cells) + ' |',
+                  flush=True)
     return status
 
 

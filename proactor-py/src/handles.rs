@@ -177,7 +177,9 @@ fn run_call(py: Python<'_>, call: &Call) -> PyResult<()> {
     full.push(call.callback.bind(py).clone());
     full.extend(args.iter());
     let full = PyTuple::new(py, full)?;
-    call.context.bind(py).call_method1("run", full)?;
+    call.context
+        .bind(py)
+        .call_method1(pyo3::intern!(py, "run"), full)?;
     Ok(())
 }
 

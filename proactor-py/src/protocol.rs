@@ -116,7 +116,7 @@ impl ConnState {
             return;
         }
         if let Some(p) = self.protocol(py) {
-            if let Err(e) = p.call_method0("pause_writing") {
+            if let Err(e) = p.call_method0(pyo3::intern!(py, "pause_writing")) {
                 self.report(py, e, "protocol.pause_writing() failed");
             }
         }
@@ -153,7 +153,7 @@ impl ConnState {
             return;
         }
         if let Some(p) = self.protocol(py) {
-            if let Err(e) = p.call_method0("resume_writing") {
+            if let Err(e) = p.call_method0(pyo3::intern!(py, "resume_writing")) {
                 self.report(py, e, "protocol.resume_writing() failed");
             }
         }
@@ -232,7 +232,7 @@ impl BaseProtocol for Adapter {
             let Some(p) = self.state.protocol(py) else {
                 return false;
             };
-            match p.call_method0("eof_received") {
+            match p.call_method0(pyo3::intern!(py, "eof_received")) {
                 Ok(keep) => keep.is_truthy().unwrap_or(false),
                 Err(e) => {
                     self.state

@@ -5,14 +5,20 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use proactor::Transport;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::bound::ThreadBound;
 use crate::protocol::{Adapter, ConnState, DeferredClose};
+
+/// A `bytes` object at least this long is queued by reference, not copied
+/// (smaller ones are copied: proactor coalesces small writes into one send).
+const SHARE_FROM: usize = 16 * 1024;
 
 struct Inner {
     transport: Transport,
@@ -48,7 +54,14 @@ impl NativeTransport {
 
     fn push(&self, py: Python<'_>, inner: &Inner, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Ok(b) = data.cast::<PyBytes>() {
-            inner.transport.write(b.as_bytes());
+            if b.as_bytes().len() < SHARE_FROM {
+                inner.transport.write(b.as_bytes());
+            } else {
+                // `bytes` is immutable: the send queue holds the object
+                // itself (a reference, released once the bytes went out).
+                let owned = PyBackedBytes::from(b.clone());
+                inner.transport.write_bytes(Bytes::from_owner(owned));
+            }
             return Ok(());
         }
         if data.is_instance_of::<PyString>() {

@@ -319,6 +319,14 @@ pub trait Driver: fmt::Debug {
         false
     }
 
+    /// A receive buffer whose bytes were delivered, offered back: a driver
+    /// that copies arrivals out of buffers of its own (uring's multishot
+    /// receives) keeps it to copy the next ones into. Returns it if not
+    /// kept.
+    fn recycle_recv_buf(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        Some(buf)
+    }
+
     /// Requests cancellation of a submitted op. Never completes it here: its
     /// one completion still arrives from `wait`, with the real result if the
     /// op finished first (O2). A stale key is ignored.

@@ -536,7 +536,13 @@ impl Handle {
     }
 
     /// Returns a receive buffer to the pool.
-    pub(crate) fn give_recv_buf(&self, mut buf: Vec<u8>) {
+    pub(crate) fn give_recv_buf(&self, buf: Vec<u8>) {
+        // Multishot arrivals are copied into buffers the driver keeps.
+        let buf = match self.inner.driver.try_borrow_mut() {
+            Ok(mut driver) => driver.recycle_recv_buf(buf),
+            Err(_) => Some(buf),
+        };
+        let Some(mut buf) = buf else { return };
         if self.inner.driver_provides_recv {
             return; // freed: nothing would take it from the pool
         }

@@ -70,7 +70,14 @@ impl Handle {
             None => i.driver.borrow_mut().wait(timeout, &mut out),
             Some(hook) => {
                 let mut driver = i.driver.borrow_mut();
-                super::wait_hook::run(&*hook, || driver.wait(timeout, &mut out))
+                super::wait_hook::run(&*hook, || {
+                    let r = driver.wait(timeout, &mut out);
+                    // Awake before the hook's own code after the wait: what
+                    // it sends through the remote handle is taken this turn,
+                    // and leaves no wake behind to end the next wait early.
+                    i.remote.awake();
+                    r
+                })
             }
         };
         *i.completions.borrow_mut() = out;

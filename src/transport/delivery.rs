@@ -82,12 +82,19 @@ pub(crate) struct Delivery {
     ledger: Ledger,
 }
 
+/// Held data chunks that follow each other are handed to the protocol as
+/// one, up to this many bytes: one receive buffer's worth (what the poll
+/// driver reads at once), so that a callback never carries more than one
+/// receive could have brought.
+const COALESCE_MAX: usize = crate::event_loop::RECV_BUF_SIZE;
+
 /// The next thing to tell the protocol.
 enum Next {
     Made,
     PauseWriting,
     ResumeWriting,
-    Data(Vec<u8>),
+    /// Data, and the buffers whose bytes were coalesced into it.
+    Data(Vec<u8>, Vec<Vec<u8>>),
     Eof,
     Lost(Option<io::Error>),
 }
@@ -258,6 +265,36 @@ impl Delivery {
         }
     }
 
+    /// Appends to `first` (data just taken from the front) the data chunks
+    /// held right behind it, up to [`COALESCE_MAX`] bytes in all: what
+    /// already arrived reaches the protocol in one callback, not one per
+    /// receive (a multishot receive brings a message in ring-buffer-sized
+    /// pieces). Returns the emptied buffers, for reuse.
+    fn coalesce(&mut self, first: &mut Vec<u8>) -> Vec<Vec<u8>> {
+        let mut spent = Vec::new();
+        let mut total = first.len();
+        for h in self.held.iter() {
+            match h {
+                Held::Data(next) if total + next.len() <= COALESCE_MAX => total += next.len(),
+                _ => break,
+            }
+        }
+        if total == first.len() {
+            return spent;
+        }
+        first.reserve_exact(total - first.len());
+        while let Some(Held::Data(next)) = self.held.front() {
+            if first.len() + next.len() > COALESCE_MAX {
+                break;
+            }
+            if let Some(Held::Data(next)) = self.held.pop_front() {
+                first.extend_from_slice(&next);
+                spent.push(next);
+            }
+        }
+        spent
+    }
+
     /// The next event for the protocol, given the write side's `edges`.
     ///
     /// W2, what a protocol sees: every edge the write side recorded, one
@@ -279,7 +316,7 @@ impl Delivery {
         if self.made_pending {
             if let Some(Held::Data(d)) = self.held.pop_front() {
                 self.ledger.held -= d.len() as u64;
-                return Some(Next::Data(d));
+                return Some(Next::Data(d, Vec::new()));
             }
         }
         if self.made_pending {
@@ -302,9 +339,10 @@ impl Delivery {
         }
         if !self.read_paused {
             match self.held.pop_front() {
-                Some(Held::Data(d)) => {
+                Some(Held::Data(mut d)) => {
+                    let spent = self.coalesce(&mut d);
                     self.ledger.held -= d.len() as u64;
-                    return Some(Next::Data(d));
+                    return Some(Next::Data(d, spent));
                 }
                 Some(Held::Eof) => return Some(Next::Eof),
                 None => {}
@@ -370,7 +408,10 @@ pub(crate) fn dispatch(host: &dyn DeliveryHost) {
                 "resume_writing",
                 guarded(|| protocol.resume_writing()).err(),
             ),
-            Next::Data(buf) => {
+            Next::Data(buf, spent) => {
+                for b in spent {
+                    host.recycle(b);
+                }
                 let panic = deliver_data(host, &mut protocol, buf, &mut failure);
                 (protocol.data_callback(), panic)
             }

@@ -138,8 +138,9 @@ impl BufRing {
 
     /// Copies the `n` bytes the kernel received into buffer `bid` out, and
     /// gives the buffer back to the ring.
-    pub(super) fn take(&mut self, bid: u16, n: usize) -> Vec<u8> {
-        let out = self.read(bid, n);
+    /// `out` is a spare buffer to copy into (cleared first), or `Vec::new()`.
+    pub(super) fn take(&mut self, bid: u16, n: usize, out: Vec<u8>) -> Vec<u8> {
+        let out = self.read(bid, n, out);
         self.give_back(bid);
         out
     }
@@ -152,10 +153,11 @@ impl BufRing {
         }
     }
 
-    fn read(&self, bid: u16, n: usize) -> Vec<u8> {
+    fn read(&self, bid: u16, n: usize, mut out: Vec<u8>) -> Vec<u8> {
+        out.clear();
         if bid >= self.entries {
             tracing::error!(bid, "uring: CQE names a buffer outside the ring");
-            return Vec::new();
+            return out;
         }
         let n = n.min(self.size);
         // SAFETY: buffer `bid` lies inside `bufs`; the kernel wrote its
@@ -164,6 +166,7 @@ impl BufRing {
         let bytes = unsafe {
             std::slice::from_raw_parts(self.bufs.ptr.as_ptr().add(usize::from(bid) * self.size), n)
         };
-        bytes.to_vec()
+        out.extend_from_slice(bytes);
+        out
     }
 }

@@ -133,7 +133,8 @@ impl UringDriver {
         let bid = cqueue::buffer_select(flags)?;
         let ring = self.buf_ring.as_mut()?;
         let n = usize::try_from(res).unwrap_or(0);
-        Some(ring.take(bid, n))
+        let spare = self.spare_bufs.pop().unwrap_or_default();
+        Some(ring.take(bid, n, spare))
     }
 
     /// A CQE of an armed multishot receive: one arrival, returned as a

@@ -164,6 +164,9 @@ pub struct UringDriver {
     /// Multishot arrivals (bytes received, connections accepted) reaped by
     /// the current `wait`.
     arrivals: usize,
+    /// Delivered receive buffers given back ([`Driver::recycle_recv_buf`]),
+    /// for the next arrivals to be copied into: no allocation per arrival.
+    spare_bufs: Vec<Vec<u8>>,
     slots: Slots<Slot>,
     /// Ops completed without the kernel (unsupported shutdown, invalid args):
     /// key and raw result (negative errno), returned by the next `wait`.
@@ -314,6 +317,7 @@ impl UringDriver {
                 0
             },
             arrivals: 0,
+            spare_bufs: Vec::new(),
             buf_ring,
             multishot_accept_supported: kernel_6_0,
             multishot_accept,
@@ -378,6 +382,17 @@ impl Driver for UringDriver {
 
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn recycle_recv_buf(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
+        let wanted = self.buf_ring.is_some()
+            && self.spare_bufs.len() < self.ring_buffers
+            && buf.capacity() >= RING_BUFFER_SIZE;
+        if !wanted {
+            return Some(buf);
+        }
+        self.spare_bufs.push(buf);
+        None
     }
 
     fn submit(&mut self, op: Op, user: usize) -> OpKey {
