@@ -28,7 +28,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 
 use futures_channel::oneshot;
-use proactor::{BaseProtocol, DriverKind, Protocol, Transport};
+use proactor::{BaseProtocol, DriverKind, EventLoop, Handle, Protocol, Server, Transport};
 use util::*;
 
 /// Counts the allocations of the current thread, and the bytes it holds
@@ -177,6 +177,24 @@ fn echo_round_trips_allocate_nothing_per_op_in_the_loop() {
     eprintln!("allocations per echo round trip: {:?}", figures.borrow());
 }
 
+/// Opens one client connection to `server` that makes one echo round trip
+/// and then stays idle; returns once the echo came back.
+fn connect_one_round_trip(lp: &EventLoop, h: &Handle, server: &Server) -> Transport {
+    let (tx, rx) = oneshot::channel();
+    let protocol = OneRoundTrip {
+        got: 0,
+        done: Some(tx),
+    };
+    let client = lp
+        .run_until_complete(h.create_connection(server.local_addr(), protocol))
+        .expect("loop runs")
+        .expect("connect");
+    lp.run_until_complete(rx)
+        .expect("loop runs")
+        .expect("echoed");
+    client
+}
+
 /// Writes one message and waits for its echo, then stays idle.
 struct OneRoundTrip {
     got: usize,
@@ -204,29 +222,14 @@ fn idle_connections_hold_little_heap() {
     on_every_driver_shared("idle_connections_hold_little_heap", |lp| {
         let h = lp.handle();
         let server = h.create_server(localhost(), || Echo(None)).expect("listen");
-        let connect = |clients: &mut Vec<Transport>| {
-            let (tx, rx) = oneshot::channel();
-            let protocol = OneRoundTrip {
-                got: 0,
-                done: Some(tx),
-            };
-            let client = lp
-                .run_until_complete(h.create_connection(server.local_addr(), protocol))
-                .expect("loop runs")
-                .expect("connect");
-            lp.run_until_complete(rx)
-                .expect("loop runs")
-                .expect("echoed");
-            clients.push(client);
-        };
         let mut clients = Vec::with_capacity(CONNECTIONS + 50);
         // The loop's tables and pools reach their working size first.
         for _ in 0..50 {
-            connect(&mut clients);
+            clients.push(connect_one_round_trip(&lp, &h, &server));
         }
         let before = live_bytes();
         for _ in 0..CONNECTIONS {
-            connect(&mut clients);
+            clients.push(connect_one_round_trip(&lp, &h, &server));
         }
         // Both ends of each connection are on this loop.
         let per_connection = (live_bytes() - before) as f64 / (2 * CONNECTIONS) as f64;
@@ -272,19 +275,7 @@ fn ended_connections_hold_no_heap() {
         let round = || {
             let mut clients = Vec::with_capacity(CONNECTIONS);
             for _ in 0..CONNECTIONS {
-                let (tx, rx) = oneshot::channel();
-                let protocol = OneRoundTrip {
-                    got: 0,
-                    done: Some(tx),
-                };
-                let client = lp
-                    .run_until_complete(h.create_connection(server.local_addr(), protocol))
-                    .expect("loop runs")
-                    .expect("connect");
-                lp.run_until_complete(rx)
-                    .expect("loop runs")
-                    .expect("echoed");
-                clients.push(client);
+                clients.push(connect_one_round_trip(&lp, &h, &server));
             }
             clients.iter().for_each(Transport::close);
             drop(clients);
