@@ -18,6 +18,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
+#[path = "../tests/util/echo.rs"]
+mod echo;
+use echo::Echo;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_channel::oneshot;
 use proactor::{
@@ -70,20 +74,6 @@ impl Gate {
             if let Some(tx) = self.tx.borrow_mut().take() {
                 let _ = tx.send(());
             }
-        }
-    }
-}
-
-struct Echo(Option<Transport>);
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            t.write(data);
         }
     }
 }

@@ -7,10 +7,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/util/echo.rs"]
+mod echo;
+use echo::Echo;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
-use proactor::{BaseProtocol, DriverKind, EventLoop, Protocol, Transport};
+use proactor::{BaseProtocol, DriverKind, EventLoop, Protocol};
 
 const DRIVERS: [DriverKind; 3] = [DriverKind::Uring, DriverKind::Poll, DriverKind::Sim];
 
@@ -44,20 +48,6 @@ fn call_soon(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-struct Echo(Option<Transport>);
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            t.write(data);
-        }
-    }
 }
 
 /// Forwards the size of each received chunk to the benchmark.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod buffered;
+mod echo;
 #[path = "../matrix/mod.rs"]
 pub mod matrix;
 pub mod pauses;
@@ -16,10 +17,12 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use proactor::{BaseProtocol, EventLoop, Handle, Protocol, SimConfig, Transport};
+use proactor::{EventLoop, Handle, SimConfig};
 
 #[allow(unused_imports)]
 pub use buffered::{BufHook, BufRecorder};
+#[allow(unused_imports)]
+pub use echo::Echo;
 #[allow(unused_imports)]
 pub use recorder::{Hooks, Rec, Recorder};
 
@@ -155,22 +158,4 @@ pub fn localhost() -> proactor::Address {
 pub fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     Pin::new(f).poll(&mut cx)
-}
-
-/// The plainest echo server protocol: writes back what it receives, closes
-/// on EOF (the default `eof_received`).
-pub struct Echo(pub Option<Transport>);
-
-impl BaseProtocol for Echo {
-    fn connection_made(&mut self, t: Transport) {
-        self.0 = Some(t);
-    }
-}
-
-impl Protocol for Echo {
-    fn data_received(&mut self, data: &[u8]) {
-        if let Some(t) = &self.0 {
-            t.write(data);
-        }
-    }
 }
