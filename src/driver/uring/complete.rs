@@ -10,7 +10,7 @@ use super::prep::Side;
 use super::ring::{is_busy, Enter};
 use super::{
     Slot, UringDriver, CANCEL_BIT, CLOSE_UD, INTERNAL_BIT, KERNEL_TASK_WORK_BATCH,
-    MAX_DRAIN_ROUNDS, TIMEOUT_UD, WAKER_CANCEL_UD, WAKER_UD,
+    MAX_DRAIN_ROUNDS, MERGE_MAX, TIMEOUT_UD, WAKER_CANCEL_UD, WAKER_UD,
 };
 use crate::address::Address;
 use crate::driver::{cancelled_error, socket, Completion, Op, OpKey, Slots, SocketId};
@@ -34,9 +34,9 @@ impl UringDriver {
             // or connect: entering again would read on (and hold), or
             // accept on, without end before the loop ever delivers, pauses
             // or runs anything else (a storm of connecting clients kept one
-            // turn accepting for over a second). A ring's worth of arrivals
-            // is one turn's share; the rest waits for the next.
-            let enough = self.arrivals > 0 && self.arrivals >= self.ring_buffers;
+            // turn accepting for over a second). `turn_arrivals` is one
+            // turn's share; the rest waits for the next.
+            let enough = self.arrivals > 0 && self.arrivals >= self.turn_arrivals;
             if !(overflow || batch) || rounds == MAX_DRAIN_ROUNDS || enough {
                 break;
             }
@@ -106,11 +106,14 @@ impl UringDriver {
                 }
             } else {
                 let key = Slots::<Slot>::decode(ud);
-                let arrival = self.take_arrival(flags, res);
                 if cqueue::more(flags) {
-                    self.arrived(key, arrival, res, out);
+                    if !self.merge_arrival(key, flags, res, out) {
+                        let arrival = self.take_arrival(flags, res);
+                        self.arrived(key, arrival, res, out);
+                    }
                     continue;
                 }
+                let arrival = self.take_arrival(flags, res);
                 match self.slots.remove(key) {
                     Some(mut slot) => {
                         if let (Op::RecvMulti { buf, .. }, Some(bytes)) = (&mut slot.op, arrival) {
@@ -134,7 +137,45 @@ impl UringDriver {
         let ring = self.buf_ring.as_mut()?;
         let n = usize::try_from(res).unwrap_or(0);
         let spare = self.spare_bufs.pop().unwrap_or_default();
-        Some(ring.take(bid, n, spare))
+        Some(ring.take(bid, n, flags, spare))
+    }
+
+    /// Appends the bytes of a multishot receive's CQE to the arrival reaped
+    /// just before it, if that is the last completion in `out` and of the
+    /// same op, up to [`MERGE_MAX`] bytes in all. A burst on one socket comes
+    /// as CQEs back to back, one per ring buffer: merged, its bytes are
+    /// copied out of the ring once, into the buffer the protocol gets,
+    /// instead of into one buffer each and again when delivery coalesces
+    /// them. Returns whether it merged (the buffer is back in the ring).
+    fn merge_arrival(&mut self, key: OpKey, flags: u32, res: i32, out: &mut [Completion]) -> bool {
+        let (Some(bid), Ok(n)) = (cqueue::buffer_select(flags), usize::try_from(res)) else {
+            return false;
+        };
+        let Some(Completion {
+            more: true,
+            key: last_key,
+            op: Op::RecvMulti { buf, .. },
+            result: Ok(total),
+            ..
+        }) = out.last_mut()
+        else {
+            return false;
+        };
+        let Some(ring) = self.buf_ring.as_mut() else {
+            return false;
+        };
+        if *last_key != key || buf.len() + n > MERGE_MAX {
+            return false;
+        }
+        // Room for a whole burst at once: growing step by step would copy
+        // the bytes already there again.
+        if buf.capacity() < MERGE_MAX {
+            buf.reserve_exact(MERGE_MAX - buf.len());
+        }
+        ring.append(bid, n, flags, buf);
+        *total = buf.len();
+        self.arrivals += 1;
+        true
     }
 
     /// A CQE of an armed multishot receive: one arrival, returned as a

@@ -115,17 +115,49 @@ const BUSY_WAIT: Duration = Duration::from_millis(1);
 const KERNEL_TASK_WORK_BATCH: usize = 16;
 /// Bound on those extra entries per `wait`.
 const MAX_DRAIN_ROUNDS: usize = 4096;
-/// Buffers in the provided buffer ring (a power of two): enough for the
-/// arrivals of one turn of a busy loop; more only wait for the next arm
-/// (`ENOBUFS` loses nothing). The kernel cycles through all of them, so
-/// the ring's whole size is touched memory: 64 x 16 KiB (1 MiB) stays in
-/// cache, where 128 x 64 KiB measured half the bulk throughput.
-const RING_BUFFERS: u16 = 64;
-/// Size of each provided buffer: the most one arrival carries.
-const RING_BUFFER_SIZE: usize = 16 * 1024;
+/// The shape of a provided buffer ring: `buffers` (a power of two) of
+/// `size` bytes, consumed incrementally or a whole buffer per arrival.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RingShape {
+    pub(crate) buffers: u16,
+    pub(crate) size: usize,
+    pub(crate) incremental: bool,
+}
+
+/// The ring where the kernel consumes buffers incrementally (6.12): 1 MiB
+/// in 64 KiB buffers, so that a bulk receive takes up to 64 KiB at once
+/// and small arrivals pack one buffer after the other. The kernel cycles
+/// through the whole ring, so it is all touched memory: 1 MiB stays in
+/// cache, where 128 x 64 KiB whole buffers measured half the bulk
+/// throughput.
+const INCREMENTAL_RING: RingShape = RingShape {
+    buffers: 16,
+    size: 64 * 1024,
+    incremental: true,
+};
+/// The ring elsewhere: 1 MiB in 16 KiB buffers, each arrival taking one
+/// whole (64 of them: enough for the arrivals of one turn of a busy loop;
+/// more only wait for the next arm, and `ENOBUFS` loses nothing).
+const WHOLE_BUFFER_RING: RingShape = RingShape {
+    buffers: 64,
+    size: 16 * 1024,
+    incremental: false,
+};
+/// Multishot arrivals one `wait` reaps at least before it stops entering
+/// the kernel for more (a ring's worth if the ring has more buffers).
+const TURN_ARRIVALS: usize = 64;
+/// Most bytes one arrival carries when consecutive CQEs of a multishot
+/// receive are merged: what delivery hands a protocol at once
+/// (`RECV_BUF_SIZE`, the poll driver's read size).
+const MERGE_MAX: usize = crate::event_loop::RECV_BUF_SIZE;
+/// Delivered buffers smaller than this are not kept for arrivals.
+const SPARE_MIN_CAPACITY: usize = 16 * 1024;
 /// Set to `0` to make the driver receive single-shot although the kernel
 /// offers multishot (for measuring one against the other).
 pub const MULTISHOT_ENV: &str = "PROACTOR_URING_MULTISHOT";
+/// Set to `0` to keep the kernel from consuming provided buffers
+/// incrementally although it can (for measuring one against the other).
+pub const INCREMENTAL_ENV: &str = "PROACTOR_URING_INCREMENTAL";
 /// Set to `1` to make servers accept with one multishot accept each where
 /// the kernel offers it (off by default: see
 /// `Builder::uring_multishot_accept`, which overrides this).
@@ -159,8 +191,9 @@ pub struct UringDriver {
     /// Multishot accept is offered to servers: supported and asked for
     /// ([`MULTISHOT_ACCEPT_ENV`], `UringDriver::set_multishot_accept`).
     multishot_accept: bool,
-    /// Buffers in `buf_ring` (0 without one).
-    ring_buffers: usize,
+    /// Multishot arrivals one `wait` reaps before it stops entering the
+    /// kernel for more: [`TURN_ARRIVALS`], or a ring's worth of buffers.
+    turn_arrivals: usize,
     /// Multishot arrivals (bytes received, connections accepted) reaped by
     /// the current `wait`.
     arrivals: usize,
@@ -213,6 +246,10 @@ impl fmt::Debug for UringDriver {
         f.debug_struct("UringDriver")
             .field("setup", &self.setup)
             .field("multishot", &self.buf_ring.is_some())
+            .field(
+                "incremental",
+                &self.buf_ring.as_ref().is_some_and(BufRing::incremental),
+            )
             .field("multishot_accept", &self.multishot_accept)
             .field("ext_arg", &self.ext_arg)
             .field("shutdown_supported", &self.shutdown_supported)
@@ -242,16 +279,30 @@ impl UringDriver {
     /// still safe (the kernel keeps an overflow list that `wait` flushes in
     /// the same turn) but slower.
     pub fn with_queues(entries: u32, cq_entries: u32) -> io::Result<UringDriver> {
-        Self::with_buffer_ring(entries, cq_entries, RING_BUFFERS, RING_BUFFER_SIZE)
+        let shapes: &[RingShape] = if env_not_zero(INCREMENTAL_ENV) {
+            &[INCREMENTAL_RING, WHOLE_BUFFER_RING]
+        } else {
+            &[WHOLE_BUFFER_RING]
+        };
+        Self::with_buffer_rings(entries, cq_entries, shapes)
     }
 
-    /// [`UringDriver::with_queues`] with a provided buffer ring of
-    /// `buffers` (a power of two) of `size` bytes each.
+    /// [`UringDriver::with_queues`] with a provided buffer ring of `shape`.
+    #[cfg(test)]
     pub(crate) fn with_buffer_ring(
         entries: u32,
         cq_entries: u32,
-        buffers: u16,
-        size: usize,
+        shape: RingShape,
+    ) -> io::Result<UringDriver> {
+        Self::with_buffer_rings(entries, cq_entries, &[shape])
+    }
+
+    /// [`UringDriver::with_queues`] with the first provided buffer ring of
+    /// `shapes` that the kernel accepts (none: receives are single-shot).
+    fn with_buffer_rings(
+        entries: u32,
+        cq_entries: u32,
+        shapes: &[RingShape],
     ) -> io::Result<UringDriver> {
         let (ring, setup) = build_ring(entries.max(8), cq_entries.max(2 * entries))?;
         let mut probe = Probe::new();
@@ -287,16 +338,29 @@ impl UringDriver {
         let kernel_6_0 = probe.is_supported(opcode::SendZc::CODE);
         let multishot_accept =
             kernel_6_0 && std::env::var(MULTISHOT_ACCEPT_ENV).is_ok_and(|v| v.trim() == "1");
-        let buf_ring = if kernel_6_0 && env_not_zero(MULTISHOT_ENV) {
-            match BufRing::register(&ring.submitter(), buffers, size) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!("uring: no provided buffer ring ({e}): single-shot receives");
-                    None
+        let mut buf_ring = None;
+        if kernel_6_0 && env_not_zero(MULTISHOT_ENV) {
+            for shape in shapes {
+                let RingShape {
+                    buffers,
+                    size,
+                    incremental,
+                } = *shape;
+                match BufRing::register(&ring.submitter(), buffers, size, incremental) {
+                    Ok(r) => {
+                        buf_ring = Some((r, buffers));
+                        break;
+                    }
+                    Err(e) => tracing::debug!(?shape, "uring: provided buffer ring refused: {e}"),
                 }
             }
-        } else {
-            None
+            if buf_ring.is_none() {
+                tracing::warn!("uring: no provided buffer ring: single-shot receives");
+            }
+        }
+        let (buf_ring, turn_arrivals) = match buf_ring {
+            Some((r, buffers)) => (Some(r), TURN_ARRIVALS.max(usize::from(buffers))),
+            None => (None, 0),
         };
 
         // Blocking eventfd: io_uring arms poll on it; a non-blocking one
@@ -311,11 +375,7 @@ impl UringDriver {
 
         let mut driver = UringDriver {
             ring,
-            ring_buffers: if buf_ring.is_some() {
-                usize::from(buffers)
-            } else {
-                0
-            },
+            turn_arrivals,
             arrivals: 0,
             spare_bufs: Vec::new(),
             buf_ring,
@@ -347,11 +407,13 @@ impl UringDriver {
         };
         driver.arm_waker();
         let multishot = driver.buf_ring.is_some();
+        let incremental = driver.buf_ring.as_ref().is_some_and(BufRing::incremental);
         tracing::debug!(
             setup,
             ext_arg,
             shutdown_supported,
             multishot,
+            incremental,
             "uring driver ready"
         );
         Ok(driver)
@@ -386,8 +448,8 @@ impl Driver for UringDriver {
 
     fn recycle_recv_buf(&mut self, buf: Vec<u8>) -> Option<Vec<u8>> {
         let wanted = self.buf_ring.is_some()
-            && self.spare_bufs.len() < self.ring_buffers
-            && buf.capacity() >= RING_BUFFER_SIZE;
+            && self.spare_bufs.len() < self.turn_arrivals
+            && buf.capacity() >= SPARE_MIN_CAPACITY;
         if !wanted {
             return Some(buf);
         }

@@ -34,8 +34,19 @@ fn shots(d: &mut UringDriver, ours: SocketId) -> (Vec<u8>, io::Result<usize>) {
 
 #[test]
 fn an_empty_buffer_ring_ends_the_multishot_with_enobufs_and_loses_nothing() {
+    for incremental in [false, true] {
+        empty_ring_loses_nothing(incremental);
+    }
+}
+
+fn empty_ring_loses_nothing(incremental: bool) {
     // Two buffers of 64 bytes: 1,000 bytes cannot fit in one reap.
-    let mut d = match UringDriver::with_buffer_ring(64, 512, 2, 64) {
+    let shape = RingShape {
+        buffers: 2,
+        size: 64,
+        incremental,
+    };
+    let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
         Ok(d) if d.supports_multishot_recv() => d,
         Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
         Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
@@ -63,12 +74,123 @@ fn an_empty_buffer_ring_ends_the_multishot_with_enobufs_and_loses_nothing() {
     assert_quiescent(&d);
 }
 
+/// Whether the running kernel is 6.12 or later (incremental buffer rings).
+fn kernel_has_incremental_rings() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 12)
+}
+
+/// Small arrivals, one at a time, each taking far less than a buffer: an
+/// incremental ring hands out the same buffer again and again, each
+/// arrival's bytes after the last one's, and each arrives exactly as sent
+/// (read from the start of the buffer, the second and later ones would
+/// repeat the first). A whole-buffer ring uses a buffer per arrival and
+/// must give each back for 100 arrivals to fit in two.
+#[test]
+fn small_arrivals_come_exactly_as_sent_from_either_ring() {
+    for incremental in [true, false] {
+        let shape = RingShape {
+            buffers: 2,
+            size: 4096,
+            incremental,
+        };
+        let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
+            Ok(d) if d.supports_multishot_recv() => d,
+            Ok(_) if incremental && kernel_has_incremental_rings() => {
+                panic!("a 6.12+ kernel refused an incremental buffer ring")
+            }
+            Ok(_) => {
+                return eprintln!("SKIPPED: no multishot receive (incremental: {incremental})")
+            }
+            Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+        };
+        let ring_incremental = d.buf_ring.as_ref().is_some_and(BufRing::incremental);
+        assert_eq!(ring_incremental, incremental);
+        let (ours, mut peer) = pair();
+        let key = d.submit(
+            Op::RecvMulti {
+                socket: ours,
+                buf: Vec::new(),
+            },
+            0,
+        );
+        let mut out = Vec::new();
+        for i in 0..100u8 {
+            let message = contract::pattern(37, i.into());
+            peer.write_all(&message).unwrap();
+            let c = wait_for(&mut d, key, &mut out);
+            assert!(c.more, "the multishot ended: {:?}", c.result);
+            let Op::RecvMulti { buf, .. } = c.op else {
+                panic!("multishot completed as {}", c.op.name());
+            };
+            assert_eq!(buf, message, "arrival {i} (incremental: {incremental})");
+        }
+        d.cancel(key);
+        let last = wait_for(&mut d, key, &mut out);
+        assert!(!last.more);
+        d.close(ours);
+        assert_quiescent(&d);
+    }
+}
+
+/// Bytes already waiting when a multishot is armed come as CQEs back to
+/// back, one per 1 KiB buffer: they reach the loop merged, as fewer
+/// arrivals than buffers, in order and whole (one copy out of the ring).
+#[test]
+fn consecutive_arrivals_of_one_receive_are_merged() {
+    let shape = RingShape {
+        buffers: 64,
+        size: 1024,
+        incremental: false,
+    };
+    let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
+        Ok(d) if d.supports_multishot_recv() => d,
+        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
+        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    };
+    let (ours, mut peer) = pair();
+    let data = contract::pattern(16 * 1024, 3);
+    peer.write_all(&data).unwrap();
+    let key = d.submit(
+        Op::RecvMulti {
+            socket: ours,
+            buf: Vec::new(),
+        },
+        0,
+    );
+    let (mut got, mut arrivals, mut out) = (Vec::new(), 0, Vec::new());
+    while got.len() < data.len() {
+        let c = wait_for(&mut d, key, &mut out);
+        assert!(c.more, "the multishot ended: {:?}", c.result);
+        let Op::RecvMulti { buf, .. } = c.op else {
+            panic!("multishot completed as {}", c.op.name());
+        };
+        assert_eq!(c.result.unwrap(), buf.len());
+        got.extend_from_slice(&buf);
+        arrivals += 1;
+    }
+    assert_eq!(got, data);
+    assert!(arrivals < 16, "16 buffers came as {arrivals} arrivals");
+    d.cancel(key);
+    assert!(!wait_for(&mut d, key, &mut out).more);
+    d.close(ours);
+    assert_quiescent(&d);
+}
+
 /// A peer that never stops sending keeps an armed multishot posting
 /// arrivals: one `wait` returns after about a ring's worth of them, so the
 /// loop gets to deliver (and pause) instead of reading on without end.
 #[test]
 fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
-    let mut d = match UringDriver::with_buffer_ring(64, 4096, 256, 64) {
+    let shape = RingShape {
+        buffers: 256,
+        size: 64,
+        incremental: false,
+    };
+    let mut d = match UringDriver::with_buffer_ring(64, 4096, shape) {
         Ok(d) if d.supports_multishot_recv() => d,
         Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
         Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
