@@ -86,7 +86,7 @@ impl Client {
         let pattern = Pattern::new(plan.seed);
         let c = Client {
             plan,
-            pattern,
+            pattern: pattern.clone(),
             next_packet: 0,
             transport: None,
             write_paused: false,
