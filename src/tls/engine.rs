@@ -5,7 +5,7 @@
 //! manner of rustls's own state machines.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
@@ -19,6 +19,31 @@ use crate::transport::{SendQueue, TlsInfo};
 const ENCRYPT_STEP_BYTES: usize = 64 * 1024;
 /// Most queued writes handed to rustls in one vectored write.
 const ENCRYPT_STEP_SLICES: usize = 64;
+
+/// Most plaintext one feed puts in one buffer: what delivery hands a
+/// protocol at once.
+const PLAINTEXT_BUFFER_MAX: usize = crate::event_loop::RECV_BUF_SIZE;
+
+/// Most plaintext in one TLS record.
+const RECORD_MAX: usize = 16 * 1024;
+
+/// Appends the `n` bytes of plaintext rustls holds to `out`, without
+/// zeroing a buffer for them first.
+fn read_plaintext(conn: &mut Connection, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    let mut reader = conn.reader();
+    let mut left = n;
+    while left > 0 {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Err(io::Error::other("rustls held less plaintext than it said"));
+        }
+        let k = chunk.len().min(left);
+        out.extend_from_slice(&chunk[..k]);
+        reader.consume(k);
+        left -= k;
+    }
+    Ok(())
+}
 
 /// A rustls connection and what it told us.
 pub(super) struct TlsEngine {
@@ -76,11 +101,12 @@ impl TlsEngine {
         self.peer_closed
     }
 
-    /// Decrypts `ciphertext`, in every phase (T1): each batch of plaintext
-    /// it yields is appended to `plaintext` as one buffer. Stops at the
+    /// Decrypts `ciphertext`, in every phase (T1): the plaintext it yields
+    /// is appended to `plaintext`, in buffers of up to 64 KiB. Stops at the
     /// first error, and ignores whatever follows the peer's `close_notify`.
     pub(super) fn feed(&mut self, mut ciphertext: &[u8], plaintext: &mut Vec<Vec<u8>>) -> Fed {
         let mut fed = Fed::default();
+        let first_new = plaintext.len();
         while !ciphertext.is_empty() {
             if self.peer_closed {
                 tracing::debug!(n = ciphertext.len(), "ignoring bytes after close_notify");
@@ -103,12 +129,29 @@ impl TlsEngine {
             };
             let n = state.plaintext_bytes_to_read();
             if n > 0 {
-                let mut buf = vec![0; n];
-                if let Err(e) = self.conn.reader().read_exact(&mut buf) {
+                // Plaintext is never longer than the ciphertext it came in:
+                // room for what is left of the input (and a record rustls
+                // may have read ahead) keeps one buffer for the whole feed,
+                // so delivery does not copy the pieces together.
+                let room = if ciphertext.is_empty() {
+                    n
+                } else {
+                    (n + ciphertext.len() + RECORD_MAX).min(PLAINTEXT_BUFFER_MAX)
+                };
+                let fits = plaintext.len() > first_new
+                    && plaintext
+                        .last()
+                        .is_some_and(|l| l.len() + n <= l.capacity());
+                if !fits {
+                    plaintext.push(Vec::with_capacity(room));
+                }
+                let buf = plaintext
+                    .last_mut()
+                    .expect("a buffer was just made or found");
+                if let Err(e) = read_plaintext(&mut self.conn, n, buf) {
                     fed.error = Some(e);
                     break;
                 }
-                plaintext.push(buf);
             }
             if state.peer_has_closed() && !self.peer_closed {
                 self.peer_closed = true;

@@ -181,3 +181,29 @@ fn plaintext_injected_before_the_handshake_fails_it() {
     assert!(matches!(TlsError::of(&e), Some(TlsError::Engine(_))), "{e}");
     assert!(plaintext.is_empty() && server.is_handshaking());
 }
+
+/// Several records fed at once come out as one plaintext buffer (up to
+/// 64 KiB), not one per record: delivery then hands them over without
+/// copying them together. Every byte comes out once, in order.
+#[test]
+fn records_fed_together_come_out_in_one_buffer() {
+    let (mut client, mut server) = pair();
+    handshake(&mut client, &mut server);
+    let data: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut queue = SendQueue::default();
+    queue.push(Bytes::from(data.clone()));
+    encrypt_all(&mut client, &mut queue);
+    let ciphertext = client.take_output().unwrap().unwrap();
+    let mut plaintext = vec![b"held before".to_vec()];
+    let fed = server.feed(&ciphertext, &mut plaintext);
+    assert!(fed.error.is_none(), "{:?}", fed.error);
+    assert_eq!(plaintext[0], b"held before", "earlier buffers untouched");
+    let sizes: Vec<usize> = plaintext[1..].iter().map(Vec::len).collect();
+    assert_eq!(plaintext[1..].concat(), data);
+    assert_eq!(
+        sizes.len(),
+        2,
+        "7 records of 16 KiB in buffers of {sizes:?}"
+    );
+    assert!(sizes[0] <= 64 * 1024, "{sizes:?}");
+}
