@@ -324,3 +324,98 @@ fn l3_a_burst_beyond_the_completion_queue_is_accepted_whole() {
         }
     }
 }
+
+/// A multishot accept hands over the whole listen backlog in one kernel
+/// call: the server starts at most 32 of those connections per loop turn
+/// (the rest wait, in order), so one turn never spends itself starting
+/// hundreds; past 512 waiting it holds the accept, and every connection
+/// still starts; `close()` closes the ones not started yet. Before the
+/// pacing, all 300 of a burst started in one turn.
+#[test]
+fn l3_a_multishot_accept_starts_connections_a_turn_at_a_time() {
+    let wanted = std::env::var("PROACTOR_TEST_DRIVERS")
+        .map_or(true, |v| v.split(',').any(|s| s.trim() == "uring"));
+    if !wanted {
+        return;
+    }
+    let lp = match EventLoop::builder()
+        .driver(DriverKind::Uring)
+        .uring_multishot_accept(true)
+        .build()
+    {
+        Ok(lp) => lp,
+        Err(e) => return eprintln!("skipping uring: {e}"),
+    };
+    let h = lp.handle();
+    let server = h.create_server(localhost(), Echo::default).unwrap();
+    let addr = server.local_addr().as_inet().unwrap();
+    // More than the 512 the server lets wait: it holds the accept meanwhile
+    // (the listen backlog, 1,024, keeps the rest) and arms it again.
+    const FIRST: usize = 700;
+    let clients: Vec<TcpStream> = (0..FIRST)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut per_turn = Vec::new();
+    let mut turns = 0;
+    while server.accepted() < FIRST as u64 {
+        turns += 1;
+        assert!(turns < 10_000, "accepted {} of {FIRST}", server.accepted());
+        let before = server.accepted();
+        turn(&h);
+        per_turn.push(server.accepted() - before);
+    }
+    let most = per_turn.iter().copied().max().unwrap_or(0);
+    if most == 1 {
+        // One connection per turn: the kernel has no multishot accept.
+        return eprintln!("skipping: no multishot accept on this kernel");
+    }
+    assert!(
+        most <= 32,
+        "{most} connections started in one turn: {per_turn:?}"
+    );
+    // A second burst, taken by the kernel and not started yet when the
+    // server closes: those sockets are closed, not leaked or started.
+    let late: Vec<TcpStream> = (0..BURST)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let started_before = server.accepted();
+    while server.accepted() == started_before {
+        turn(&h);
+    }
+    server.close();
+    for _ in 0..10 {
+        turn(&h);
+    }
+    let started = (server.accepted() - started_before) as usize;
+    assert!(
+        started < BURST,
+        "every late connection started before close()"
+    );
+    // The server's FIN (or reset) reaches a closed one's client at once
+    // on loopback; a started one stays open (would block).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ended = 0;
+    for mut c in late {
+        c.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match std::io::Read::read(&mut c, &mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(0) | Err(_) => ended += 1,
+            Ok(_) => panic!("a late connection got data it never sent"),
+        }
+    }
+    assert!(
+        ended >= BURST - started,
+        "{ended} late connections ended, {} were never started",
+        BURST - started
+    );
+    server.abort_clients();
+    drop(clients);
+    lp.close().unwrap();
+}
+
+/// One loop turn that returns within a millisecond even with nothing to do.
+fn turn(h: &Handle) {
+    h.call_later(Duration::from_millis(1), || {});
+    h.run_once().unwrap();
+}

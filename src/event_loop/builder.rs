@@ -97,9 +97,10 @@ impl Builder {
     /// `PROACTOR_URING_MULTISHOT_ACCEPT=1`: it accepted about 9% more
     /// connections per second on a connect/close churn, but under a storm
     /// of connections one `io_uring_enter` accepts the whole listen backlog
-    /// (hundreds to over a thousand connections measured), the loop spends
-    /// that turn starting them all, and a well-behaved client can wait over
-    /// a second (README, Performance). Other drivers ignore it.
+    /// (hundreds to over a thousand connections measured); the server
+    /// starts them 32 per loop turn, and a well-behaved client still waited
+    /// two to three times longer than with one accept per turn (README,
+    /// Performance). Other drivers ignore it.
     pub fn uring_multishot_accept(mut self, on: bool) -> Self {
         self.uring_multishot_accept = Some(on);
         self

@@ -5,8 +5,18 @@
 //! when the kernel ends it (an error, or it stopped after one more), the
 //! server arms it again, at once or after a back-off, exactly as it would
 //! a single-shot [`Op::Accept`] after the same result.
+//!
+//! A multishot accept takes the whole listen backlog in one kernel call
+//! (over a thousand connections under a storm), so its connections are not
+//! started at once: they wait in arrival order and at most
+//! [`STARTS_PER_TURN`] start per loop turn, so that one turn never spends
+//! itself starting them while new connections overflow the backlog. Past
+//! [`UNSTARTED_MAX`] waiting, the accept is cancelled and armed again once
+//! they are down to half: the listen backlog pushes back, as it does on a
+//! loop accepting one connection per turn.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -26,6 +36,12 @@ use crate::event_loop::{
 use crate::net::ServerOptions;
 use crate::protocol::AnyProtocol;
 use crate::transport::{StreamTransport, Transport};
+
+/// Connections a multishot accept handed over that start in one loop turn.
+const STARTS_PER_TURN: usize = 32;
+/// Connections waiting to start above which the multishot accept is
+/// cancelled (armed again when half are started).
+const UNSTARTED_MAX: usize = 512;
 
 /// First pause after an accept error; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -80,6 +96,14 @@ struct State {
     accepted: u64,
     accept_errors: u64,
     waiters: Vec<Waker>,
+    /// Sockets a multishot accept handed over that are not started yet,
+    /// oldest first.
+    unstarted: VecDeque<SocketId>,
+    /// A [`Server::start_unstarted`] callback is scheduled.
+    starts_scheduled: bool,
+    /// The multishot accept was cancelled for too many unstarted sockets:
+    /// not armed again until they are down to half.
+    accept_held: bool,
 }
 
 impl fmt::Debug for Server {
@@ -245,9 +269,14 @@ impl Server {
         state.closed = true;
         let accept = state.accept;
         let backoff = state.backoff.take();
+        let unstarted = std::mem::take(&mut state.unstarted);
         drop(state);
         if let Some(t) = backoff {
             t.cancel();
+        }
+        if let Some(h) = self.inner.handle.upgrade() {
+            // Accepted but never handed to a protocol: closed cleanly.
+            h.with_driver(|d| unstarted.into_iter().for_each(|s| d.close(s)));
         }
         match (accept, self.inner.handle.upgrade()) {
             (Some(k), Some(h)) => h.cancel(k),
@@ -313,7 +342,7 @@ impl Server {
             return;
         };
         let mut state = self.inner.state.borrow_mut();
-        if state.closed || state.accept.is_some() {
+        if state.closed || state.accept.is_some() || state.accept_held {
             return;
         }
         let listener = self.inner.listener;
@@ -348,6 +377,7 @@ impl Server {
             // is over: whatever follows arms the next one.
             self.inner.state.borrow_mut().accept = None;
         }
+        let multishot = matches!(c.op, Op::AcceptMulti { .. });
         let accepted = match c.op {
             Op::Accept { accepted, .. } | Op::AcceptMulti { accepted, .. } => accepted,
             _ => None,
@@ -358,6 +388,8 @@ impl Server {
                     // The accept won the race with close(): the connection was
                     // never handed to anyone, so close it cleanly.
                     h.with_driver(|d| d.close(socket));
+                } else if multishot {
+                    self.queue_start(&h, socket);
                 } else {
                     self.start_connection(&h, socket);
                 }
@@ -367,7 +399,7 @@ impl Server {
                 }
                 self.arm();
             }
-            (Err(e), _) if is_cancelled(&e) => {}
+            (Err(e), _) if is_cancelled(&e) => self.rearm_if_drained(),
             (Err(e), _) if classify_accept_error(&e) == AcceptError::Connection => {
                 // L3: one incoming connection failed (a peer that reset before
                 // it was accepted, a firewall...): skip it and accept the
@@ -393,6 +425,77 @@ impl Server {
         // final completion (the cancel `close` asked for).
         if !more && self.inner.state.borrow().closed {
             self.close_listener();
+        }
+    }
+
+    /// Queues a socket of the multishot accept to start in a later turn;
+    /// cancels the accept if too many wait.
+    fn queue_start(&self, h: &Handle, socket: SocketId) {
+        let mut state = self.inner.state.borrow_mut();
+        state.unstarted.push_back(socket);
+        let cancel = match state.accept {
+            Some(key) if state.unstarted.len() > UNSTARTED_MAX && !state.accept_held => {
+                state.accept_held = true;
+                Some(key)
+            }
+            _ => None,
+        };
+        drop(state);
+        if let Some(key) = cancel {
+            tracing::debug!(addr = %self.inner.addr, "accept: {UNSTARTED_MAX} connections wait to start; holding the accept");
+            h.cancel(key);
+        }
+        self.schedule_starts(h);
+    }
+
+    fn schedule_starts(&self, h: &Handle) {
+        let mut state = self.inner.state.borrow_mut();
+        if state.starts_scheduled || state.unstarted.is_empty() {
+            return;
+        }
+        state.starts_scheduled = true;
+        drop(state);
+        let server = self.clone();
+        h.call_soon(move || server.start_unstarted());
+    }
+
+    /// Starts up to [`STARTS_PER_TURN`] waiting connections; the rest wait
+    /// for the next turn.
+    fn start_unstarted(&self) {
+        let Some(h) = self.inner.handle.upgrade() else {
+            return;
+        };
+        self.inner.state.borrow_mut().starts_scheduled = false;
+        for _ in 0..STARTS_PER_TURN {
+            let next = {
+                let mut state = self.inner.state.borrow_mut();
+                if state.closed {
+                    break; // close() closed them
+                }
+                state.unstarted.pop_front()
+            };
+            let Some(socket) = next else {
+                break;
+            };
+            self.start_connection(&h, socket);
+        }
+        self.rearm_if_drained();
+        self.schedule_starts(&h);
+    }
+
+    /// Arms the held multishot accept again once its final completion came
+    /// and the waiting connections are down to half of [`UNSTARTED_MAX`].
+    fn rearm_if_drained(&self) {
+        let mut state = self.inner.state.borrow_mut();
+        let drained = state.unstarted.len() <= UNSTARTED_MAX / 2;
+        if !(state.accept_held && state.accept.is_none() && drained) {
+            return;
+        }
+        state.accept_held = false;
+        let waiting = state.backoff.is_some();
+        drop(state);
+        if !waiting {
+            self.arm();
         }
     }
 
