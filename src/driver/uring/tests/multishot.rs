@@ -8,16 +8,50 @@ use std::io::Write;
 
 use super::*;
 
-/// Arms a multishot on `ours` and collects its completions up to the
-/// final one: (bytes, final result).
-fn shots(d: &mut UringDriver, ours: SocketId) -> (Vec<u8>, io::Result<usize>) {
-    let key = d.submit(
+/// A driver with a provided buffer ring of `shape`, or `None` (the reason
+/// printed) where the kernel has no multishot receive or refuses io_uring.
+fn ring_driver(cq_entries: u32, shape: RingShape) -> Option<UringDriver> {
+    match UringDriver::with_buffer_ring(64, cq_entries, shape) {
+        Ok(d) if d.supports_multishot_recv() => Some(d),
+        Ok(_) if shape.incremental && kernel_has_incremental_rings() => {
+            panic!("a 6.12+ kernel refused an incremental buffer ring")
+        }
+        Ok(_) => {
+            eprintln!("SKIPPED: no multishot receive with {shape:?}");
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: io_uring refused: {e}");
+            None
+        }
+    }
+}
+
+/// Arms a multishot receive on `socket`.
+fn arm(d: &mut UringDriver, socket: SocketId) -> OpKey {
+    d.submit(
         Op::RecvMulti {
-            socket: ours,
+            socket,
             buf: Vec::new(),
         },
         0,
-    );
+    )
+}
+
+/// The bytes of an arrival (a completion flagged `more`).
+fn arrival(c: Completion) -> Vec<u8> {
+    assert!(c.more, "the multishot ended: {:?}", c.result);
+    let Op::RecvMulti { buf, .. } = c.op else {
+        panic!("multishot completed as {}", c.op.name());
+    };
+    assert_eq!(c.result.unwrap(), buf.len());
+    buf
+}
+
+/// Arms a multishot on `ours` and collects its completions up to the
+/// final one: (bytes, final result).
+fn shots(d: &mut UringDriver, ours: SocketId) -> (Vec<u8>, io::Result<usize>) {
+    let key = arm(d, ours);
     let mut bytes = Vec::new();
     let mut later = Vec::new();
     loop {
@@ -46,10 +80,8 @@ fn empty_ring_loses_nothing(incremental: bool) {
         size: 64,
         incremental,
     };
-    let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
-        Ok(d) if d.supports_multishot_recv() => d,
-        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
-        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    let Some(mut d) = ring_driver(512, shape) else {
+        return;
     };
     let (ours, mut peer) = pair();
     let data = contract::pattern(1000, 5);
@@ -97,36 +129,19 @@ fn small_arrivals_come_exactly_as_sent_from_either_ring() {
             size: 4096,
             incremental,
         };
-        let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
-            Ok(d) if d.supports_multishot_recv() => d,
-            Ok(_) if incremental && kernel_has_incremental_rings() => {
-                panic!("a 6.12+ kernel refused an incremental buffer ring")
-            }
-            Ok(_) => {
-                return eprintln!("SKIPPED: no multishot receive (incremental: {incremental})")
-            }
-            Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+        let Some(mut d) = ring_driver(512, shape) else {
+            return;
         };
         let ring_incremental = d.buf_ring.as_ref().is_some_and(BufRing::incremental);
         assert_eq!(ring_incremental, incremental);
         let (ours, mut peer) = pair();
-        let key = d.submit(
-            Op::RecvMulti {
-                socket: ours,
-                buf: Vec::new(),
-            },
-            0,
-        );
+        let key = arm(&mut d, ours);
         let mut out = Vec::new();
         for i in 0..100u8 {
             let message = contract::pattern(37, i.into());
             peer.write_all(&message).unwrap();
-            let c = wait_for(&mut d, key, &mut out);
-            assert!(c.more, "the multishot ended: {:?}", c.result);
-            let Op::RecvMulti { buf, .. } = c.op else {
-                panic!("multishot completed as {}", c.op.name());
-            };
-            assert_eq!(buf, message, "arrival {i} (incremental: {incremental})");
+            let got = arrival(wait_for(&mut d, key, &mut out));
+            assert_eq!(got, message, "arrival {i} (incremental: {incremental})");
         }
         d.cancel(key);
         let last = wait_for(&mut d, key, &mut out);
@@ -146,30 +161,16 @@ fn consecutive_arrivals_of_one_receive_are_merged() {
         size: 1024,
         incremental: false,
     };
-    let mut d = match UringDriver::with_buffer_ring(64, 512, shape) {
-        Ok(d) if d.supports_multishot_recv() => d,
-        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
-        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    let Some(mut d) = ring_driver(512, shape) else {
+        return;
     };
     let (ours, mut peer) = pair();
     let data = contract::pattern(16 * 1024, 3);
     peer.write_all(&data).unwrap();
-    let key = d.submit(
-        Op::RecvMulti {
-            socket: ours,
-            buf: Vec::new(),
-        },
-        0,
-    );
+    let key = arm(&mut d, ours);
     let (mut got, mut arrivals, mut out) = (Vec::new(), 0, Vec::new());
     while got.len() < data.len() {
-        let c = wait_for(&mut d, key, &mut out);
-        assert!(c.more, "the multishot ended: {:?}", c.result);
-        let Op::RecvMulti { buf, .. } = c.op else {
-            panic!("multishot completed as {}", c.op.name());
-        };
-        assert_eq!(c.result.unwrap(), buf.len());
-        got.extend_from_slice(&buf);
+        got.extend_from_slice(&arrival(wait_for(&mut d, key, &mut out)));
         arrivals += 1;
     }
     assert_eq!(got, data);
@@ -190,10 +191,8 @@ fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
         size: 64,
         incremental: false,
     };
-    let mut d = match UringDriver::with_buffer_ring(64, 4096, shape) {
-        Ok(d) if d.supports_multishot_recv() => d,
-        Ok(_) => return eprintln!("SKIPPED: this kernel has no multishot receive"),
-        Err(e) => return eprintln!("SKIPPED: io_uring refused: {e}"),
+    let Some(mut d) = ring_driver(4096, shape) else {
+        return;
     };
     let (ours, mut peer) = pair();
     let writer = std::thread::spawn(move || {
@@ -201,13 +200,7 @@ fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
         // Until our side closes: EPIPE ends it.
         while peer.write_all(&chunk).is_ok() {}
     });
-    let key = d.submit(
-        Op::RecvMulti {
-            socket: ours,
-            buf: Vec::new(),
-        },
-        0,
-    );
+    let key = arm(&mut d, ours);
     let mut out = Vec::new();
     while out.is_empty() {
         d.wait(Some(Duration::from_secs(1)), &mut out).unwrap();
