@@ -35,7 +35,7 @@ mod stats;
 pub mod uring;
 
 #[cfg(test)]
-mod tests_accept;
+pub(crate) mod tests_accept;
 
 use std::fmt;
 use std::io;

@@ -36,6 +36,38 @@ fn wanted(kind: DriverKind) -> bool {
         .unwrap_or(true)
 }
 
+/// A uring driver of `entries` SQ and `cq_entries` CQ entries with
+/// multishot accept on, or `None` (the reason printed) where io_uring is
+/// refused or the kernel has no multishot accept.
+pub(super) fn multishot_accept_driver(entries: u32, cq_entries: u32) -> Option<UringDriver> {
+    let mut d = match UringDriver::with_queues(entries, cq_entries) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipping uring: io_uring refused on this machine ({e})");
+            return None;
+        }
+    };
+    d.set_multishot_accept(true);
+    if !d.supports_multishot_accept() {
+        eprintln!("skipping: this kernel has no multishot accept");
+        return None;
+    }
+    Some(d)
+}
+
+/// The socket and peer a successful multishot accept completion hands over.
+pub(super) fn accepted_socket(c: Completion) -> (SocketId, Address) {
+    assert_eq!(c.result.unwrap(), 0, "every accept succeeds");
+    let Op::AcceptMulti {
+        accepted: Some(socket_and_peer),
+        ..
+    } = c.op
+    else {
+        panic!("accept completed without a socket: {:?}", c.op);
+    };
+    socket_and_peer
+}
+
 fn localhost() -> Address {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -155,14 +187,9 @@ fn l3_multishot_accept_reports_every_peer_with_its_address() {
     if !wanted(DriverKind::Uring) {
         return;
     }
-    let mut d = match UringDriver::new(64) {
-        Ok(d) => d,
-        Err(e) => return eprintln!("skipping uring: io_uring refused on this machine ({e})"),
+    let Some(mut d) = multishot_accept_driver(64, 512) else {
+        return;
     };
-    d.set_multishot_accept(true);
-    if !d.supports_multishot_accept() {
-        return eprintln!("skipping: this kernel has no multishot accept");
-    }
     let listener = d.listen(&localhost(), 16).unwrap();
     let addr = d.local_addr(listener).unwrap();
     let reset = connect_and_reset(&mut d, listener);
@@ -191,14 +218,7 @@ fn l3_multishot_accept_reports_every_peer_with_its_address() {
         for c in out.drain(..) {
             assert_eq!((c.key, c.user), (key, 7));
             assert!(c.more, "the multishot accept ended: {c:?}");
-            assert_eq!(c.result.unwrap(), 0);
-            let Op::AcceptMulti {
-                accepted: Some((socket, peer)),
-                ..
-            } = c.op
-            else {
-                panic!("accept completed without a socket: {:?}", c.op);
-            };
+            let (socket, peer) = accepted_socket(c);
             sockets.push(socket);
             peers.push(peer);
         }
