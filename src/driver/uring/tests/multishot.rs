@@ -9,9 +9,20 @@ use std::io::Write;
 use super::*;
 use crate::driver::tests_accept::{accepted_socket, multishot_accept_driver};
 
-/// A driver with a provided buffer ring of `shape`, or `None` (the reason
+/// A driver with a provided buffer ring of `buffers` x `size` bytes
+/// (consumed `incremental`ly or whole), or `None` (the reason
 /// printed) where the kernel has no multishot receive or refuses io_uring.
-fn ring_driver(cq_entries: u32, shape: RingShape) -> Option<UringDriver> {
+fn ring_driver(
+    cq_entries: u32,
+    buffers: u16,
+    size: usize,
+    incremental: bool,
+) -> Option<UringDriver> {
+    let shape = RingShape {
+        buffers,
+        size,
+        incremental,
+    };
     match UringDriver::with_buffer_ring(64, cq_entries, shape) {
         Ok(d) if d.supports_multishot_recv() => Some(d),
         Ok(_) if shape.incremental && kernel_has_incremental_rings() => {
@@ -76,12 +87,7 @@ fn an_empty_buffer_ring_ends_the_multishot_with_enobufs_and_loses_nothing() {
 
 fn empty_ring_loses_nothing(incremental: bool) {
     // Two buffers of 64 bytes: 1,000 bytes cannot fit in one reap.
-    let shape = RingShape {
-        buffers: 2,
-        size: 64,
-        incremental,
-    };
-    let Some(mut d) = ring_driver(512, shape) else {
+    let Some(mut d) = ring_driver(512, 2, 64, incremental) else {
         return;
     };
     let (ours, mut peer) = pair();
@@ -125,12 +131,7 @@ fn kernel_has_incremental_rings() -> bool {
 #[test]
 fn small_arrivals_come_exactly_as_sent_from_either_ring() {
     for incremental in [true, false] {
-        let shape = RingShape {
-            buffers: 2,
-            size: 4096,
-            incremental,
-        };
-        let Some(mut d) = ring_driver(512, shape) else {
+        let Some(mut d) = ring_driver(512, 2, 4096, incremental) else {
             return;
         };
         let ring_incremental = d.buf_ring.as_ref().is_some_and(BufRing::incremental);
@@ -157,12 +158,7 @@ fn small_arrivals_come_exactly_as_sent_from_either_ring() {
 /// arrivals than buffers, in order and whole (one copy out of the ring).
 #[test]
 fn consecutive_arrivals_of_one_receive_are_merged() {
-    let shape = RingShape {
-        buffers: 64,
-        size: 1024,
-        incremental: false,
-    };
-    let Some(mut d) = ring_driver(512, shape) else {
+    let Some(mut d) = ring_driver(512, 64, 1024, false) else {
         return;
     };
     let (ours, mut peer) = pair();
@@ -187,12 +183,7 @@ fn consecutive_arrivals_of_one_receive_are_merged() {
 /// loop gets to deliver (and pause) instead of reading on without end.
 #[test]
 fn one_wait_reaps_about_a_ring_of_arrivals_from_a_peer_that_keeps_sending() {
-    let shape = RingShape {
-        buffers: 256,
-        size: 64,
-        incremental: false,
-    };
-    let Some(mut d) = ring_driver(4096, shape) else {
+    let Some(mut d) = ring_driver(4096, 256, 64, false) else {
         return;
     };
     let (ours, mut peer) = pair();
