@@ -60,6 +60,18 @@ fn arrival(c: Completion) -> Vec<u8> {
     buf
 }
 
+/// Cancels the multishot `key`, waits for its final completion, closes
+/// `ours` and checks nothing is left in flight.
+fn cancel_and_close(d: &mut UringDriver, key: OpKey, ours: SocketId, out: &mut Vec<Completion>) {
+    d.cancel(key);
+    assert!(
+        !wait_for(d, key, out).more,
+        "the cancelled multishot went on"
+    );
+    d.close(ours);
+    assert_quiescent(d);
+}
+
 /// Arms a multishot on `ours` and collects its completions up to the
 /// final one: (bytes, final result).
 fn shots(d: &mut UringDriver, ours: SocketId) -> (Vec<u8>, io::Result<usize>) {
@@ -145,11 +157,7 @@ fn small_arrivals_come_exactly_as_sent_from_either_ring() {
             let got = arrival(wait_for(&mut d, key, &mut out));
             assert_eq!(got, message, "arrival {i} (incremental: {incremental})");
         }
-        d.cancel(key);
-        let last = wait_for(&mut d, key, &mut out);
-        assert!(!last.more);
-        d.close(ours);
-        assert_quiescent(&d);
+        cancel_and_close(&mut d, key, ours, &mut out);
     }
 }
 
@@ -172,10 +180,7 @@ fn consecutive_arrivals_of_one_receive_are_merged() {
     }
     assert_eq!(got, data);
     assert!(arrivals < 16, "16 buffers came as {arrivals} arrivals");
-    d.cancel(key);
-    assert!(!wait_for(&mut d, key, &mut out).more);
-    d.close(ours);
-    assert_quiescent(&d);
+    cancel_and_close(&mut d, key, ours, &mut out);
 }
 
 /// A peer that never stops sending keeps an armed multishot posting
